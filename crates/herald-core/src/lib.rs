@@ -1,1 +1,18 @@
+//! Node state and session logic: channels, presence, sign-in, client events and the fan-out path.
+//!
+//! Invariant: this crate never awaits the network and knows nothing of sockets, HTTP or Redis.
+//! Everything here is plain data plus non-blocking queues ([`Outbox`]); the server crate owns IO.
 
+pub mod app;
+pub mod broker;
+pub mod node;
+pub mod outbox;
+pub mod presence;
+pub mod rate_limit;
+pub mod session;
+
+pub use app::{App, AppSecret, NodeLimits};
+pub use broker::{Broker, Envelope, MemoryBroker};
+pub use node::{AppState, Node};
+pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
+pub use session::{Flow, Session};

@@ -1,0 +1,509 @@
+//! The node: every app's channel table, presence rosters, signed-in users and cache, for the
+//! sockets connected to *this* node.
+//!
+//! Invariant: no lock here is held across an await (there are no awaits), and the only thing done
+//! under a lock besides bookkeeping is pushing frames into outboxes, which never blocks.
+//! Lock order: `channels` before any outbox; `users`, `watchers` and `cache` are never held together
+//! with `channels`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_protocol::server_message;
+use herald_protocol::{ChannelKind, ChannelName, CloseCode, SocketId, UserId};
+use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
+
+use crate::app::{App, NodeLimits};
+use crate::outbox::{CloseRequest, DisconnectReason, Frame, Outbox, PushError};
+use crate::presence::PresenceRoster;
+
+/// How long a cache channel remembers its last event (Pusher: "up to 30 minutes").
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// Channels with more subscribers than this get `subscription_count` at most every 5 s.
+const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
+const SUBSCRIPTION_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// All apps served by this node.
+#[derive(Debug)]
+pub struct Node {
+    id: u64,
+    next_seq: AtomicU64,
+    by_key: HashMap<String, Arc<AppState>>,
+    by_id: HashMap<String, Arc<AppState>>,
+    pub limits: NodeLimits,
+    connections: AtomicUsize,
+}
+
+impl Node {
+    pub fn new(id: u64, apps: Vec<App>, limits: NodeLimits) -> Node {
+        let states: Vec<Arc<AppState>> = apps.into_iter().map(|app| Arc::new(AppState::new(app))).collect();
+        Node {
+            id,
+            next_seq: AtomicU64::new(1),
+            by_key: states.iter().map(|s| (s.app.key.clone(), s.clone())).collect(),
+            by_id: states.iter().map(|s| (s.app.id.clone(), s.clone())).collect(),
+            limits,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn app_by_key(&self, key: &str) -> Option<&Arc<AppState>> {
+        self.by_key.get(key)
+    }
+
+    pub fn app_by_id(&self, id: &str) -> Option<&Arc<AppState>> {
+        self.by_id.get(id)
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppState>> {
+        self.by_id.values()
+    }
+
+    /// A new cluster-unique socket id.
+    pub fn next_socket_id(&self) -> SocketId {
+        SocketId { node: self.id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// Counts a connection against the node limit; false when the node is full.
+    pub fn try_add_connection(&self, max: usize) -> bool {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn remove_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+struct Channel {
+    subscribers: HashMap<SocketId, Subscriber>,
+    presence: Option<PresenceRoster>,
+    last_count_sent: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Outbox,
+    /// The presence identity this socket subscribed with.
+    user: Option<UserId>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedEvent {
+    event: String,
+    data: String,
+    frame: Frame,
+    stored_at: Instant,
+}
+
+/// What the fan-out of one event did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub delivered: usize,
+    /// Recipients whose outbox overflowed: they are now closing as slow consumers.
+    pub dropped_slow: usize,
+}
+
+/// A presence identity to subscribe with, from validated `channel_data`.
+#[derive(Debug)]
+pub struct PresenceMember {
+    pub user_id: UserId,
+    pub user_info: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    PresenceFull { max: usize },
+}
+
+/// What a subscribe changed, for webhooks and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    pub channel_occupied: bool,
+    pub member_added: bool,
+    pub cache_miss: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unsubscribed {
+    pub channel_vacated: bool,
+    pub member_removed: bool,
+}
+
+/// Occupancy of one channel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub occupied: bool,
+    pub subscription_count: usize,
+    pub user_count: Option<usize>,
+}
+
+/// The last event of a cache channel, as the HTTP API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheInfo {
+    pub event: String,
+    pub data: String,
+    pub ttl: Duration,
+}
+
+/// One app's state on this node.
+#[derive(Debug)]
+pub struct AppState {
+    pub app: App,
+    channels: RwLock<HashMap<ChannelName, Channel>>,
+    /// Signed-in sockets per user.
+    users: Mutex<HashMap<UserId, Vec<(SocketId, Outbox)>>>,
+    /// Watched user → sockets whose watchlist names them.
+    watchers: Mutex<HashMap<UserId, Vec<(SocketId, Outbox)>>>,
+    cache: Mutex<HashMap<ChannelName, CachedEvent>>,
+    connections: AtomicUsize,
+}
+
+impl AppState {
+    fn new(app: App) -> AppState {
+        AppState {
+            app,
+            channels: RwLock::default(),
+            users: Mutex::default(),
+            watchers: Mutex::default(),
+            cache: Mutex::default(),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a connection against the app's quota; false when the app is full.
+    pub fn try_add_connection(&self) -> bool {
+        let max = self.app.max_connections.unwrap_or(usize::MAX);
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn remove_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Adds a socket to a channel and queues its `subscription_succeeded` (and the cached event or
+    /// `cache_miss`) before any broadcast can reach it. Subscribing again is idempotent.
+    ///
+    /// # Errors
+    /// `PresenceFull` when a new member would exceed the app's presence limit.
+    pub fn subscribe(
+        &self,
+        socket: SocketId,
+        outbox: &Outbox,
+        channel: &ChannelName,
+        member: Option<PresenceMember>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let mut res = Subscribed::default();
+        {
+            let mut channels = self.channels.write();
+            let is_presence = channel.kind() == ChannelKind::Presence;
+            if let (Some(member), Some(existing)) = (&member, channels.get(channel)) {
+                let roster = existing.presence.as_ref();
+                let is_new = roster.is_none_or(|r| !r.contains(&member.user_id));
+                if is_new && roster.is_some_and(|r| r.user_count() >= self.app.max_presence_members) {
+                    return Err(SubscribeError::PresenceFull { max: self.app.max_presence_members });
+                }
+            }
+            res.channel_occupied = !channels.contains_key(channel);
+            let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
+                subscribers: HashMap::new(),
+                presence: is_presence.then(PresenceRoster::default),
+                last_count_sent: None,
+            });
+            let previous_user = entry.subscribers.get(&socket).and_then(|s| s.user.clone());
+            let user = member.as_ref().map(|m| m.user_id.clone());
+            if let (Some(roster), Some(old)) = (entry.presence.as_mut(), &previous_user) {
+                if Some(old) != user.as_ref() && roster.remove(socket, old) {
+                    let frame = Frame::new(server_message::member_removed(channel.as_str(), old));
+                    push_all(&entry.subscribers, &frame, Some(socket));
+                }
+            }
+            entry.subscribers.insert(socket, Subscriber { outbox: outbox.clone(), user });
+            match (entry.presence.as_mut(), member) {
+                (Some(roster), Some(member)) => {
+                    let first = roster.add(socket, &member.user_id, member.user_info);
+                    let _ = outbox.push(Frame::new(server_message::presence_subscription_succeeded(
+                        channel.as_str(),
+                        roster.members(),
+                    )));
+                    if first {
+                        res.member_added = true;
+                        let added = roster.member(&member.user_id).expect("just added");
+                        let frame = Frame::new(server_message::member_added(channel.as_str(), added));
+                        push_all(&entry.subscribers, &frame, Some(socket));
+                    }
+                }
+                _ => {
+                    let _ = outbox.push(Frame::new(server_message::subscription_succeeded(channel.as_str())));
+                }
+            }
+            if self.app.subscription_count && !is_presence {
+                send_subscription_count(channel, entry);
+            }
+        }
+        if channel.is_cache() {
+            match self.cached(channel) {
+                Some(cached) => {
+                    let _ = outbox.push(cached.frame);
+                }
+                None => {
+                    res.cache_miss = true;
+                    let _ = outbox.push(Frame::new(server_message::cache_miss(channel.as_str())));
+                }
+            }
+        }
+        Ok(res)
+    }
+
+    /// Removes a socket from a channel; a no-op when it was not subscribed.
+    pub fn unsubscribe(&self, socket: SocketId, channel: &ChannelName) -> Unsubscribed {
+        let mut res = Unsubscribed::default();
+        let mut channels = self.channels.write();
+        let Some(entry) = channels.get_mut(channel) else {
+            return res;
+        };
+        let Some(subscriber) = entry.subscribers.remove(&socket) else {
+            return res;
+        };
+        if let (Some(roster), Some(user)) = (entry.presence.as_mut(), subscriber.user.as_ref()) {
+            if roster.remove(socket, user) {
+                res.member_removed = true;
+                let frame = Frame::new(server_message::member_removed(channel.as_str(), user));
+                push_all(&entry.subscribers, &frame, None);
+            }
+        }
+        if entry.subscribers.is_empty() {
+            channels.remove(channel);
+            res.channel_vacated = true;
+        } else if self.app.subscription_count && entry.presence.is_none() {
+            send_subscription_count(channel, entry);
+        }
+        res
+    }
+
+    /// Fans one event out to this node's subscribers of `channel`, except `except`.
+    /// The frame's bytes are shared, never copied per subscriber.
+    pub fn deliver(&self, channel: &ChannelName, frame: &Frame, except: Option<SocketId>) -> Delivery {
+        let channels = self.channels.read();
+        match channels.get(channel) {
+            Some(entry) => push_all(&entry.subscribers, frame, except),
+            None => Delivery::default(),
+        }
+    }
+
+    /// Remembers the last event published to a cache channel.
+    pub fn store_cache(&self, channel: &ChannelName, event: &str, data: &str, frame: &Frame) {
+        let cached = CachedEvent {
+            event: event.to_owned(),
+            data: data.to_owned(),
+            frame: Frame { text: frame.text.clone(), published_at: None },
+            stored_at: Instant::now(),
+        };
+        self.cache.lock().insert(channel.clone(), cached);
+    }
+
+    fn cached(&self, channel: &ChannelName) -> Option<CachedEvent> {
+        let mut cache = self.cache.lock();
+        match cache.get(channel) {
+            Some(c) if c.stored_at.elapsed() < CACHE_TTL => Some(c.clone()),
+            Some(_) => {
+                cache.remove(channel);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn cache_info(&self, channel: &ChannelName) -> Option<CacheInfo> {
+        self.cached(channel).map(|c| CacheInfo {
+            event: c.event,
+            data: c.data,
+            ttl: CACHE_TTL.saturating_sub(c.stored_at.elapsed()),
+        })
+    }
+
+    pub fn channel_info(&self, channel: &ChannelName) -> ChannelInfo {
+        let channels = self.channels.read();
+        match channels.get(channel) {
+            Some(entry) => ChannelInfo {
+                occupied: true,
+                subscription_count: entry.subscribers.len(),
+                user_count: entry.presence.as_ref().map(PresenceRoster::user_count),
+            },
+            None => ChannelInfo {
+                user_count: (channel.kind() == ChannelKind::Presence).then_some(0),
+                ..ChannelInfo::default()
+            },
+        }
+    }
+
+    /// Occupied channels whose names start with `prefix`.
+    pub fn channels(&self, prefix: &str) -> Vec<(ChannelName, ChannelInfo)> {
+        let channels = self.channels.read();
+        channels
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with(prefix))
+            .map(|(name, entry)| {
+                let info = ChannelInfo {
+                    occupied: true,
+                    subscription_count: entry.subscribers.len(),
+                    user_count: entry.presence.as_ref().map(PresenceRoster::user_count),
+                };
+                (name.clone(), info)
+            })
+            .collect()
+    }
+
+    /// Distinct users of a presence channel.
+    pub fn presence_users(&self, channel: &ChannelName) -> Vec<UserId> {
+        let channels = self.channels.read();
+        channels
+            .get(channel)
+            .and_then(|c| c.presence.as_ref())
+            .map(|r| r.user_ids().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Registers a signed-in socket; true when the user just came online.
+    pub fn sign_in(&self, user: &UserId, socket: SocketId, outbox: &Outbox) -> bool {
+        let came_online = {
+            let mut users = self.users.lock();
+            let sockets = users.entry(user.clone()).or_default();
+            let first = sockets.is_empty();
+            if !sockets.iter().any(|(s, _)| *s == socket) {
+                sockets.push((socket, outbox.clone()));
+            }
+            first
+        };
+        if came_online {
+            self.notify_watchers(user, "online");
+        }
+        came_online
+    }
+
+    /// Forgets a signed-in socket; true when the user just went offline.
+    pub fn sign_out(&self, user: &UserId, socket: SocketId) -> bool {
+        let went_offline = {
+            let mut users = self.users.lock();
+            let Some(sockets) = users.get_mut(user) else {
+                return false;
+            };
+            sockets.retain(|(s, _)| *s != socket);
+            let empty = sockets.is_empty();
+            if empty {
+                users.remove(user);
+            }
+            empty
+        };
+        if went_offline {
+            self.notify_watchers(user, "offline");
+        }
+        went_offline
+    }
+
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.users.lock().contains_key(user)
+    }
+
+    /// Registers `socket` as watching `users` and returns which of them are online now.
+    pub fn watch(&self, socket: SocketId, outbox: &Outbox, users: &[UserId]) -> (Vec<UserId>, Vec<UserId>) {
+        {
+            let mut watchers = self.watchers.lock();
+            for user in users {
+                watchers.entry(user.clone()).or_default().push((socket, outbox.clone()));
+            }
+        }
+        let online = self.users.lock();
+        users.iter().cloned().partition(|u| online.contains_key(u))
+    }
+
+    pub fn unwatch(&self, socket: SocketId, users: &[UserId]) {
+        let mut watchers = self.watchers.lock();
+        for user in users {
+            if let Some(list) = watchers.get_mut(user) {
+                list.retain(|(s, _)| *s != socket);
+                if list.is_empty() {
+                    watchers.remove(user);
+                }
+            }
+        }
+    }
+
+    fn notify_watchers(&self, user: &UserId, transition: &str) {
+        let watchers = self.watchers.lock();
+        if let Some(list) = watchers.get(user) {
+            let frame = Frame::new(server_message::watchlist_events(&[(transition, vec![user])]));
+            for (_, outbox) in list {
+                let _ = outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// Closes every connection signed in as `user`; returns how many.
+    pub fn terminate_user(&self, user: &UserId) -> usize {
+        let users = self.users.lock();
+        let Some(sockets) = users.get(user) else {
+            return 0;
+        };
+        for (_, outbox) in sockets {
+            let _ = outbox.push(Frame::new(server_message::error(
+                Some(CloseCode::Unauthorized.code()),
+                "Connection terminated by the app",
+            )));
+            outbox.close(CloseRequest {
+                code: CloseCode::Unauthorized,
+                message: "Connection terminated by the app",
+                reason: DisconnectReason::Terminated,
+            });
+        }
+        sockets.len()
+    }
+}
+
+fn push_all(subscribers: &HashMap<SocketId, Subscriber>, frame: &Frame, except: Option<SocketId>) -> Delivery {
+    let mut res = Delivery::default();
+    for (socket, subscriber) in subscribers {
+        if Some(*socket) == except {
+            continue;
+        }
+        match subscriber.outbox.push(frame.clone()) {
+            Ok(()) => res.delivered += 1,
+            Err(PushError::Overflow) => res.dropped_slow += 1,
+            Err(PushError::Closed) => {}
+        }
+    }
+    res
+}
+
+fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
+    let count = entry.subscribers.len();
+    let now = Instant::now();
+    if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE
+        && entry.last_count_sent.is_some_and(|t| now.duration_since(t) < SUBSCRIPTION_COUNT_INTERVAL)
+    {
+        return;
+    }
+    entry.last_count_sent = Some(now);
+    let frame = Frame::new(server_message::subscription_count(channel.as_str(), count));
+    push_all(&entry.subscribers, &frame, None);
+}
