@@ -1,1 +1,208 @@
+//! The IO shell around `herald-core`: the TCP listener, HTTP (health, metrics, the Pusher REST
+//! API), the WebSocket endpoint and the shutdown drain.
+//!
+//! Invariant: only this crate spawns long-lived tasks, and every one of them is registered with
+//! the `TaskTracker` in [`Shared`], so shutdown can wait for all of them.
 
+pub mod config;
+pub mod http_api;
+pub mod metrics;
+pub mod shutdown;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_core::{Broker, MemoryBroker, Node, NodeLimits, Outbox};
+use herald_protocol::SocketId;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// What every request handler and socket task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub node: Arc<Node>,
+    pub broker: Arc<dyn Broker>,
+    pub limits: Arc<NodeLimits>,
+    /// Every open WebSocket's outbox, so the drain can ask each to reconnect elsewhere.
+    pub sockets: Mutex<HashMap<SocketId, Outbox>>,
+    pub tracker: TaskTracker,
+    /// Set when the drain starts: readiness fails from then on.
+    pub draining: AtomicBool,
+    pub metrics: PrometheusHandle,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Shared> {
+        let node_id = config
+            .node_id
+            .unwrap_or_else(|| rand::random::<u32>().into());
+        let limits = Arc::new(config.node_limits());
+        let node = Arc::new(Node::new(node_id, config.apps(), (*limits).clone()));
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(node.clone()));
+        Arc::new(Shared {
+            node,
+            broker,
+            limits,
+            sockets: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            metrics: metrics::install(),
+            config,
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+            && self.node.connection_count() < self.config.max_connections
+    }
+}
+
+/// Builds every route: health, metrics, the WebSocket endpoint and the HTTP API, each also under
+/// the configured path prefix.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let mut pusher = Router::new()
+        .route("/app/{key}", get(ws::upgrade))
+        .merge(http_api::router(&shared));
+    let prefix = shared.config.path_prefix.clone();
+    if !prefix.is_empty() {
+        pusher = pusher.clone().merge(Router::new().nest(&prefix, pusher));
+    }
+    Router::new()
+        .route(
+            "/up",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .merge(pusher)
+        .fallback(ws::fallback)
+        .with_state(shared)
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_ready() {
+        Json(serde_json::json!({"ready": true})).into_response()
+    } else {
+        let reason = if shared.draining.load(Ordering::Acquire) {
+            "draining"
+        } else {
+            "over capacity"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"ready": false, "reason": reason})),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(shared): State<Arc<Shared>>) -> String {
+    shared.metrics.render()
+}
+
+/// Serves until `shutdown` is cancelled, then drains (see [`shutdown`]) and returns.
+///
+/// # Errors
+/// Only start-up failures; a failing connection never ends the server.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let shared = Shared::new(config);
+    let app = router(shared.clone());
+    let stop_accepting = CancellationToken::new();
+    tracing::info!(addr = %listener.local_addr()?, node_id = shared.node.id(), "herald listening");
+
+    let upkeep = {
+        let shared = shared.clone();
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => shared.metrics.run_upkeep(),
+                    () = stop.cancelled() => break,
+                }
+            }
+        })
+    };
+
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        app,
+        shared.clone(),
+        stop_accepting.clone(),
+    ));
+    shutdown.cancelled().await;
+    shutdown::drain(&shared, &stop_accepting).await;
+    let _ = accept.await;
+    upkeep.abort();
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let limits = &shared.config.limits;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            res = listener.accept() => match res {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone().into_service::<hyper::body::Incoming>());
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        shared.tracker.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => log_http_error(res, peer),
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    log_http_error(conn.await, peer);
+                }
+            }
+        });
+    }
+}
+
+fn log_http_error(res: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(err) = res {
+        tracing::debug!(%err, %peer, "http connection ended with an error");
+    }
+}

@@ -1,0 +1,394 @@
+//! Configuration: defaults, then an optional TOML file, then `HERALD_*` environment variables
+//! (`HERALD_DRAIN__WINDOW=10s` for nested keys), then command-line flags, layered by figment.
+//!
+//! Invariant: the whole tree is validated once, at start-up, into typed values; a bad file fails
+//! start-up with a message naming the key.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use herald_core::{App, AppSecret, NodeLimits};
+use serde::{Deserialize, Serialize};
+
+/// Top-level keys an environment variable may set; anything else under `HERALD_` is ignored so
+/// that unrelated variables (`HERALD_BIN` in a test script, say) cannot break start-up.
+const ENV_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "path_prefix",
+    "node_id",
+    "log_format",
+    "debug",
+    "redis_url",
+    "activity_timeout",
+    "pong_timeout",
+    "max_connections",
+    "limits",
+    "drain",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// Mount point for `/app/{key}` and `/apps/{id}/…`, e.g. `/ws` behind a reverse proxy.
+    /// Requests without the prefix are served as well.
+    pub path_prefix: String,
+    /// This node's id, the first half of every socket id; random when unset.
+    pub node_id: Option<u64>,
+    pub log_format: LogFormat,
+    /// Log every protocol frame.
+    pub debug: bool,
+    /// Reserved for the Redis broker.
+    pub redis_url: Option<String>,
+    /// Advertised to clients in `connection_established`; a client silent this long is pinged.
+    #[serde(with = "humantime_serde")]
+    pub activity_timeout: Duration,
+    /// How long a pinged client has to answer before it is closed with 4201.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Open connections on this node before new ones are refused with 4100.
+    pub max_connections: usize,
+    pub limits: LimitsConfig,
+    pub drain: DrainConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_channels_per_connection: usize,
+    pub max_channel_name_length: usize,
+    pub max_event_name_length: usize,
+    /// Largest WebSocket message (and frame) a client may send.
+    pub max_frame_bytes: usize,
+    /// Bytes queued for one socket before it is closed as a slow consumer (4100).
+    pub outbox_max_bytes: usize,
+    /// Time a client has to send its HTTP request headers (upgrade or API).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head.
+    pub max_header_bytes: usize,
+    /// Largest HTTP API request body.
+    pub max_request_body_bytes: usize,
+    /// Time to receive a whole HTTP API request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Accepted clock skew for `auth_timestamp` on signed HTTP API requests.
+    #[serde(with = "humantime_serde")]
+    pub api_timestamp_window: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// After the signal, readiness is false but the node keeps serving this long.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Sockets are closed with 4200 in jittered batches spread over this window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// From the signal to exit, whatever is left.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "yes")]
+    pub client_events: bool,
+    /// 0 is unlimited.
+    #[serde(default)]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: usize,
+    #[serde(default = "defaults::max_presence_members")]
+    pub max_presence_members: usize,
+    #[serde(default = "defaults::max_presence_user_info_bytes")]
+    pub max_presence_user_info_bytes: usize,
+    #[serde(default = "defaults::max_client_events_per_second")]
+    pub max_client_events_per_second: u32,
+    #[serde(default)]
+    pub subscription_count: bool,
+    #[serde(default = "defaults::max_channels_per_publish")]
+    pub max_channels_per_publish: usize,
+    #[serde(default = "defaults::max_batch_size")]
+    pub max_batch_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+mod defaults {
+    pub fn max_message_size() -> usize {
+        10 * 1024
+    }
+    pub fn max_presence_members() -> usize {
+        100
+    }
+    pub fn max_presence_user_info_bytes() -> usize {
+        1024
+    }
+    pub fn max_client_events_per_second() -> u32 {
+        10
+    }
+    pub fn max_channels_per_publish() -> usize {
+        100
+    }
+    pub fn max_batch_size() -> usize {
+        10
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 6001,
+            path_prefix: String::new(),
+            node_id: None,
+            log_format: LogFormat::Text,
+            debug: false,
+            redis_url: None,
+            activity_timeout: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            limits: LimitsConfig::default(),
+            drain: DrainConfig::default(),
+            apps: vec![AppConfig::from_app(&App::demo())],
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let node = NodeLimits::default();
+        LimitsConfig {
+            max_channels_per_connection: node.max_channels_per_connection,
+            max_channel_name_length: node.max_channel_name_length,
+            max_event_name_length: node.max_event_name_length,
+            max_frame_bytes: 64 * 1024,
+            outbox_max_bytes: node.outbox_max_bytes,
+            handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_request_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            api_timestamp_window: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            delay: Duration::from_secs(5),
+            window: Duration::from_secs(10),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AppConfig {
+    fn from_app(app: &App) -> AppConfig {
+        AppConfig {
+            id: app.id.clone(),
+            key: app.key.clone(),
+            secret: app.secret.expose().to_owned(),
+            enabled: app.enabled,
+            client_events: app.client_events,
+            max_connections: app.max_connections.unwrap_or(0),
+            allowed_origins: app.allowed_origins.clone(),
+            max_message_size: app.max_message_size,
+            max_presence_members: app.max_presence_members,
+            max_presence_user_info_bytes: app.max_presence_user_info_bytes,
+            max_client_events_per_second: app.max_client_events_per_second,
+            subscription_count: app.subscription_count,
+            max_channels_per_publish: app.max_channels_per_publish,
+            max_batch_size: app.max_batch_size,
+        }
+    }
+
+    pub fn to_app(&self) -> App {
+        App {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            secret: AppSecret::new(self.secret.clone()),
+            enabled: self.enabled,
+            client_events: self.client_events,
+            max_connections: (self.max_connections > 0).then_some(self.max_connections),
+            allowed_origins: self.allowed_origins.clone(),
+            max_message_size: self.max_message_size,
+            max_presence_members: self.max_presence_members,
+            max_presence_user_info_bytes: self.max_presence_user_info_bytes,
+            max_client_events_per_second: self.max_client_events_per_second,
+            subscription_count: self.subscription_count,
+            max_channels_per_publish: self.max_channels_per_publish,
+            max_batch_size: self.max_batch_size,
+        }
+    }
+}
+
+/// Values given on the command line; only those present override the other layers.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+}
+
+impl Config {
+    /// Layers defaults, the file, the environment and the flags, then validates.
+    ///
+    /// # Errors
+    /// A message naming the offending key and what is wrong with it.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = Env::prefixed("HERALD_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            ENV_KEYS.contains(&top)
+        });
+        figment = figment.merge(env).merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|err| {
+            let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", messages.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// # Errors
+    /// The first rule a value breaks, naming its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.apps.is_empty() {
+            bail!("apps: at least one app must be configured");
+        }
+        let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+        for (i, app) in self.apps.iter().enumerate() {
+            if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
+                bail!("apps[{i}]: id, key and secret must not be empty");
+            }
+            if !ids.insert(&app.id) {
+                bail!("apps[{i}].id: duplicate app id {:?}", app.id);
+            }
+            if !keys.insert(&app.key) {
+                bail!("apps[{i}].key: duplicate app key {:?}", app.key);
+            }
+            if app.max_client_events_per_second == 0 {
+                bail!("apps[{i}].max_client_events_per_second: must be at least 1");
+            }
+        }
+        if !self.path_prefix.is_empty()
+            && (!self.path_prefix.starts_with('/') || self.path_prefix.ends_with('/'))
+        {
+            bail!("path_prefix: must start with '/' and not end with '/', e.g. \"/ws\"");
+        }
+        if self.activity_timeout < Duration::from_secs(1) {
+            bail!("activity_timeout: must be at least 1s (pusher-js refuses a zero timeout)");
+        }
+        if self.drain.deadline < self.drain.delay + self.drain.window {
+            bail!("drain.deadline: must be at least drain.delay + drain.window");
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            bail!("limits.max_frame_bytes: must be at least 1024");
+        }
+        Ok(())
+    }
+
+    pub fn apps(&self) -> Vec<App> {
+        self.apps.iter().map(AppConfig::to_app).collect()
+    }
+
+    pub fn node_limits(&self) -> NodeLimits {
+        NodeLimits {
+            max_channels_per_connection: self.limits.max_channels_per_connection,
+            max_channel_name_length: self.limits.max_channel_name_length,
+            max_event_name_length: self.limits.max_event_name_length,
+            outbox_max_bytes: self.limits.outbox_max_bytes,
+            ..NodeLimits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_serve_the_demo_app() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.port, 6001);
+        assert_eq!(
+            (config.apps[0].id.as_str(), config.apps[0].key.as_str()),
+            ("1", "app-key")
+        );
+    }
+
+    #[test]
+    fn bad_file_names_the_key() {
+        let dir = std::env::temp_dir().join(format!("herald-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "port = \"not a number\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+        std::fs::write(
+            &path,
+            "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nbogus = 1\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        std::fs::write(&path, "[[apps]]\nid = \"1\"\nkey = \"k\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secret"), "{err}");
+        std::fs::write(&path, "[drain]\nwindow = \"2s\"\ndelay = \"0s\"\ndeadline = \"5s\"\n[[apps]]\nid = \"7\"\nkey = \"k\"\nsecret = \"s\"\n").unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.drain.window, Duration::from_secs(2));
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!(config.apps[0].max_presence_members, 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

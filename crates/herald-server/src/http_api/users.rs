@@ -1,0 +1,83 @@
+//! `GET /apps/{app_id}/channels/{channel}/users` and
+//! `POST /apps/{app_id}/users/{user_id}/terminate_connections`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{Method, Uri};
+use axum::response::Response;
+use herald_protocol::{ChannelKind, ChannelName, UserId};
+use serde_json::{json, Value};
+
+use super::events::read_body;
+use super::{auth, respond, ApiError};
+use crate::Shared;
+
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    Path((app_id, channel)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    respond(
+        "channel_users",
+        list_inner(&shared, &app_id, &channel, &method, &uri),
+    )
+}
+
+fn list_inner(
+    shared: &Shared,
+    app_id: &str,
+    name: &str,
+    method: &Method,
+    uri: &Uri,
+) -> Result<Value, ApiError> {
+    let verified = auth::verify_request(shared, app_id, method, uri, &[])?;
+    let channel = ChannelName::parse(name, shared.limits.max_channel_name_length)
+        .map_err(|err| ApiError::bad_request(format!("Invalid channel name {name:?}: {err}")))?;
+    if channel.kind() != ChannelKind::Presence {
+        return Err(ApiError::bad_request(
+            "Users can only be listed for presence channels",
+        ));
+    }
+    let users: Vec<Value> = verified
+        .app
+        .presence_users(&channel)
+        .iter()
+        .map(|u| json!({"id": u.as_str()}))
+        .collect();
+    Ok(json!({ "users": users }))
+}
+
+pub async fn terminate(
+    State(shared): State<Arc<Shared>>,
+    Path((app_id, user_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        "terminate_connections",
+        terminate_inner(&shared, &app_id, &user_id, &method, &uri, body),
+    )
+}
+
+fn terminate_inner(
+    shared: &Shared,
+    app_id: &str,
+    user_id: &str,
+    method: &Method,
+    uri: &Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    let body = read_body(body)?;
+    let verified = auth::verify_request(shared, app_id, method, uri, &body)?;
+    if user_id.is_empty() {
+        return Err(ApiError::bad_request("user_id must not be empty"));
+    }
+    let closed = verified.app.terminate_user(&UserId(user_id.to_owned()));
+    tracing::info!(app_id, user_id, closed, "terminated user connections");
+    Ok(json!({}))
+}

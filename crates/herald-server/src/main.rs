@@ -1,0 +1,118 @@
+//! The `herald` binary: command line, configuration, logging, then `herald_server::run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use herald_server::config::{Config, LogFormat, Overrides};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A Pusher Channels protocol v7 server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Start(StartArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct StartArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    host: Option<String>,
+    /// Port for WebSockets, the HTTP API, health and metrics.
+    #[arg(long, short = 'p')]
+    port: Option<u16>,
+    /// Path prefix for `/app` and `/apps` behind a reverse proxy, e.g. `/ws`.
+    #[arg(long)]
+    path_prefix: Option<String>,
+    /// Log every protocol frame.
+    #[arg(long)]
+    debug: bool,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Redis URL for running several nodes as one cluster.
+    #[arg(long)]
+    redis_url: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Start(args)) => args,
+        None => cli.start,
+    };
+    let overrides = Overrides {
+        host: args.host,
+        port: args.port,
+        path_prefix: args.path_prefix,
+        log_format: args.log_format.map(|f| {
+            if f == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            }
+        }),
+        debug: args.debug.then_some(true),
+        redis_url: args.redis_url,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("herald: {err:#}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(&config);
+    raise_file_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+        let shutdown = CancellationToken::new();
+        herald_server::shutdown::spawn_signal_handler(shutdown.clone());
+        herald_server::run(config, listener, shutdown).await
+    })?;
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+fn init_tracing(config: &Config) {
+    let default = if config.debug {
+        "info,herald::frame=debug,herald_server=debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Every socket is a file: raise the soft open-file limit to the hard limit.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "could not raise the open-file limit"),
+    }
+}

@@ -1,0 +1,93 @@
+//! Signals and the paced drain.
+//!
+//! On the first SIGTERM or SIGINT readiness fails at once; the node keeps serving for
+//! `drain.delay` so load balancers stop sending new sockets; then it stops accepting and closes
+//! its sockets with 4200 in jittered batches spread over `drain.window` (pusher-js reconnects the
+//! same millisecond it sees 4200, so the spreading must happen here); whatever is left when
+//! `drain.deadline` passes is dropped. Events published during the drain still reach every socket
+//! that is open. A second signal exits at once.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use herald_core::{CloseRequest, DisconnectReason, Outbox};
+use herald_protocol::CloseCode;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics, Shared};
+
+/// How many close batches per second of drain window, at most.
+const BATCHES_PER_SECOND: u64 = 20;
+
+/// Cancels `token` on the first SIGTERM/SIGINT and exits the process on the second.
+pub fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received: draining");
+        token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal: exiting now");
+        std::process::exit(1);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    // SIGTERM: Kubernetes and systemd stop. SIGINT: Ctrl-C in a terminal.
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Runs the drain sequence; returns when every task finished or the deadline passed.
+pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
+    let started = Instant::now();
+    let drain = &shared.config.drain;
+    shared.draining.store(true, Ordering::Release);
+    metrics::draining(true);
+    tokio::time::sleep(drain.delay).await;
+
+    stop_accepting.cancel();
+    let mut sockets: Vec<Outbox> = shared.sockets.lock().values().cloned().collect();
+    tracing::info!(sockets = sockets.len(), window = ?drain.window, "closing sockets with 4200");
+    sockets.shuffle(&mut rand::thread_rng());
+    close_paced(sockets, drain.window).await;
+
+    shared.tracker.close();
+    let deadline = started + drain.deadline;
+    if tokio::time::timeout_at(deadline, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline reached with tasks still running");
+    }
+}
+
+async fn close_paced(sockets: Vec<Outbox>, window: Duration) {
+    if sockets.is_empty() {
+        return;
+    }
+    let window_ms = window.as_millis() as u64;
+    let batches = (window_ms * BATCHES_PER_SECOND / 1000).clamp(1, sockets.len() as u64) as usize;
+    let per_batch = sockets.len().div_ceil(batches);
+    let step = window / batches as u32;
+    let start = Instant::now();
+    for (i, batch) in sockets.chunks(per_batch).enumerate() {
+        // Jitter within the step so batches do not land on exact ticks either.
+        let jitter = step.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+        tokio::time::sleep_until(start + step * i as u32 + jitter).await;
+        for outbox in batch {
+            outbox.close(CloseRequest {
+                code: CloseCode::ReconnectImmediately,
+                message: "Server is shutting down; reconnect",
+                reason: DisconnectReason::Drain,
+            });
+        }
+    }
+}

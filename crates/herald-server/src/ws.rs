@@ -1,0 +1,379 @@
+//! The WebSocket endpoint: admission checks at upgrade, then one task per socket that moves
+//! frames between the socket, the session state machine and the outbox.
+//!
+//! Invariant: the socket task is the only writer of its socket, and it writes everything queued
+//! at once with a single flush (write coalescing).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::session::Outcome;
+use herald_core::{AppState, CloseRequest, DisconnectReason, Frame, Outbox, Session};
+use herald_protocol::server_message;
+use herald_protocol::{ClientMessage, CloseCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::metrics::{self, Limit};
+use crate::Shared;
+
+/// A socket whose writes stall this long is dropped as a slow consumer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Protocol versions whose wire format this server speaks (pusher-js sends 7).
+const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 4..=7;
+
+/// The WebSocket settings herald runs with; the Autobahn echo example uses the same.
+pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    // Small eager read buffer: idle sockets dominate memory, and Pusher messages are small.
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ConnectParams {
+    protocol: Option<String>,
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `GET /app/{key}`: validates the upgrade request, answers 101, and hands the socket to a task.
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    Query(params): Query<ConnectParams>,
+    req: Request<Body>,
+) -> Response {
+    let admission = admit(&shared, &key, params.protocol.as_deref(), req.headers());
+    accept_upgrade(shared, req, move |shared, socket| async move {
+        match admission {
+            Ok(app) => serve(shared, app, socket).await,
+            Err((code, message)) => reject(socket, code, message).await,
+        }
+    })
+}
+
+/// Any other path: a WebSocket upgrade is answered with 4005, anything else with a JSON 404.
+pub async fn fallback(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
+    if is_upgrade(req.headers()) {
+        return accept_upgrade(shared, req, |_, socket| async move {
+            reject(socket, CloseCode::PathNotFound, "Path not found").await;
+        });
+    }
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "Not found"})),
+    )
+        .into_response()
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+fn accept_upgrade<F, Fut>(shared: Arc<Shared>, mut req: Request<Body>, then: F) -> Response
+where
+    F: FnOnce(Arc<Shared>, Socket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let headers = req.headers();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade(headers) && version_ok)
+    else {
+        let body = serde_json::json!({"error": "Expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)"});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = websocket_config(shared.config.limits.max_frame_bytes);
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                then(shared, socket).await;
+            }
+            Err(err) => tracing::debug!(%err, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("static response parts are valid")
+}
+
+/// Decides, before the upgrade completes, whether this socket may join the app.
+fn admit(
+    shared: &Shared,
+    key: &str,
+    protocol: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Arc<AppState>, (CloseCode, &'static str)> {
+    let app = shared
+        .node
+        .app_by_key(key)
+        .ok_or((CloseCode::AppNotFound, "Application does not exist"))?;
+    if !app.app.enabled {
+        return Err((CloseCode::AppDisabled, "Application disabled"));
+    }
+    let protocol = protocol.ok_or((CloseCode::NoProtocol, "No protocol version supplied"))?;
+    match protocol.parse::<u32>() {
+        Ok(v) if SUPPORTED_PROTOCOLS.contains(&v) => {}
+        _ => {
+            return Err((
+                CloseCode::UnsupportedProtocol,
+                "Unsupported protocol version",
+            ))
+        }
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !app.app.origin_allowed(origin) {
+        metrics::limit_rejected(Limit::Origin);
+        return Err((CloseCode::Unauthorized, "Origin not allowed"));
+    }
+    Ok(app.clone())
+}
+
+async fn reject(mut socket: Socket, code: CloseCode, message: &'static str) {
+    metrics::connection_refused(refusal_reason(code));
+    let _ = socket
+        .send(Message::Text(
+            server_message::error(Some(code.code()), message).into(),
+        ))
+        .await;
+    let _ = socket.close(Some(close_frame(code, message))).await;
+    drain_until_closed(&mut socket).await;
+}
+
+fn refusal_reason(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::OverCapacity | CloseCode::AppOverQuota => "limit",
+        _ => "error",
+    }
+}
+
+fn close_frame(code: CloseCode, message: &str) -> CloseFrame {
+    CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: message.into(),
+    }
+}
+
+/// Reads until the peer answers our close (bounded), so the close frame is not lost to a reset.
+async fn drain_until_closed(socket: &mut Socket) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+}
+
+/// Runs an admitted socket to its end and cleans up after it.
+async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
+    if !shared
+        .node
+        .try_add_connection(shared.config.max_connections)
+    {
+        metrics::limit_rejected(Limit::NodeConnections);
+        return reject(socket, CloseCode::OverCapacity, "Over capacity").await;
+    }
+    if !app.try_add_connection() {
+        shared.node.remove_connection();
+        metrics::limit_rejected(Limit::AppConnections);
+        return reject(
+            socket,
+            CloseCode::AppOverQuota,
+            "Application is over connection quota",
+        )
+        .await;
+    }
+    let socket_id = shared.node.next_socket_id();
+    let outbox = Outbox::new(shared.limits.outbox_max_bytes);
+    shared.sockets.lock().insert(socket_id, outbox.clone());
+    let app_id = app.app.id.clone();
+    metrics::connection_opened(&app_id);
+    let activity_timeout = shared.config.activity_timeout;
+    let _ = outbox.push(Frame::new(server_message::connection_established(
+        socket_id,
+        activity_timeout.as_secs(),
+    )));
+    let mut session = Session::new(
+        app.clone(),
+        shared.broker.clone(),
+        shared.limits.clone(),
+        socket_id,
+        outbox.clone(),
+    );
+    let span = tracing::debug_span!("socket", app_id = %app_id, socket_id = %socket_id);
+    let _enter = span.enter();
+
+    let reason = connection_loop(&shared, &mut session, &outbox, &mut socket).await;
+
+    session.close();
+    shared.sockets.lock().remove(&socket_id);
+    app.remove_connection();
+    shared.node.remove_connection();
+    metrics::connection_closed(&app_id, reason.as_str());
+    tracing::debug!(reason = reason.as_str(), "socket closed");
+}
+
+async fn connection_loop(
+    shared: &Shared,
+    session: &mut Session,
+    outbox: &Outbox,
+    socket: &mut Socket,
+) -> DisconnectReason {
+    let app_id = session.app().app.id.clone();
+    let activity_timeout = shared.config.activity_timeout;
+    let pong_timeout = shared.config.pong_timeout;
+    let mut batch: Vec<Frame> = Vec::new();
+    let mut last_seen = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let timer = tokio::time::sleep(activity_timeout);
+    tokio::pin!(timer);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = outbox.changed() => {
+                let close = outbox.take(&mut batch);
+                if !batch.is_empty() {
+                    if let Err(reason) = write_batch(socket, &mut batch, &app_id).await {
+                        return reason;
+                    }
+                }
+                if let Some(CloseRequest { code, message, reason }) = close {
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close(Some(close_frame(code, message)))).await;
+                    drain_until_closed(socket).await;
+                    return reason;
+                }
+            }
+            msg = socket.next() => {
+                let Some(msg) = msg else { return DisconnectReason::ClientClose };
+                last_seen = Instant::now();
+                ping_sent = None;
+                match msg {
+                    Ok(Message::Text(text)) => {
+                        metrics::message_received(&app_id, text.len());
+                        tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
+                        match ClientMessage::parse(text.as_str()) {
+                            Ok(message) => {
+                                if let Outcome::ClientEventRejected = session.handle(message) {
+                                    metrics::limit_rejected(Limit::ClientEventRate);
+                                }
+                            }
+                            Err(err) => session.send_error(None, &format!("Invalid message: {err}")),
+                        }
+                    }
+                    Ok(Message::Binary(_)) => session.send_error(None, "Binary frames are not supported; send JSON text frames"),
+                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                    Ok(Message::Close(_)) => {
+                        drain_until_closed(socket).await;
+                        return DisconnectReason::ClientClose;
+                    }
+                    Err(tungstenite::Error::Capacity(err)) => {
+                        metrics::limit_rejected(Limit::FrameSize);
+                        let text = server_message::error(None, &format!("Message too large: {err}"));
+                        let _ = socket.send(Message::Text(text.into())).await;
+                        let frame = CloseFrame { code: WsCloseCode::Size, reason: "Message too large".into() };
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close(Some(frame))).await;
+                        return DisconnectReason::Limit;
+                    }
+                    Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                        return DisconnectReason::ClientClose;
+                    }
+                    Err(err) => {
+                        tracing::debug!(%err, "socket read failed");
+                        return DisconnectReason::Error;
+                    }
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if let Some(sent) = ping_sent {
+                    if now.duration_since(sent) >= pong_timeout {
+                        let _ = outbox.push(Frame::new(server_message::error(Some(CloseCode::PongNotReceived.code()), "Pong reply not received")));
+                        outbox.close(CloseRequest {
+                            code: CloseCode::PongNotReceived,
+                            message: "Pong reply not received",
+                            reason: DisconnectReason::PingTimeout,
+                        });
+                        timer.as_mut().reset(tokio::time::Instant::from_std(now + WRITE_TIMEOUT));
+                        continue;
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::from_std(sent + pong_timeout));
+                } else if now.duration_since(last_seen) >= activity_timeout {
+                    let _ = outbox.push(Frame::new(server_message::ping()));
+                    ping_sent = Some(now);
+                    timer.as_mut().reset(tokio::time::Instant::from_std(now + pong_timeout));
+                } else {
+                    timer.as_mut().reset(tokio::time::Instant::from_std(last_seen + activity_timeout));
+                }
+            }
+        }
+    }
+}
+
+/// Writes every queued frame and flushes once.
+async fn write_batch(
+    socket: &mut Socket,
+    batch: &mut Vec<Frame>,
+    app_id: &str,
+) -> Result<(), DisconnectReason> {
+    let count = batch.len();
+    let bytes: usize = batch.iter().map(|f| f.text.len()).sum();
+    let oldest = batch.iter().filter_map(|f| f.published_at).min();
+    let write = async {
+        for frame in batch.drain(..) {
+            tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
+            let text = Utf8Bytes::try_from(frame.text).map_err(|_| DisconnectReason::Error)?;
+            socket
+                .feed(Message::Text(text))
+                .await
+                .map_err(|_| DisconnectReason::Error)?;
+        }
+        socket.flush().await.map_err(|_| DisconnectReason::Error)
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(res) => res?,
+        Err(_) => return Err(DisconnectReason::SlowConsumer),
+    }
+    if batch.capacity() > 256 {
+        *batch = Vec::new();
+    }
+    metrics::messages_sent(app_id, count, bytes);
+    if let Some(at) = oldest {
+        metrics::delivery_latency(at.elapsed());
+    }
+    Ok(())
+}
