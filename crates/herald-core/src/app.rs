@@ -82,9 +82,9 @@ impl App {
             allowed == "*"
                 || allowed == origin
                 || allowed == host
-                || allowed
-                    .strip_prefix("*.")
-                    .is_some_and(|suffix| host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'))
+                || allowed.strip_prefix("*.").is_some_and(|suffix| {
+                    host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
+                })
         })
     }
 }

@@ -40,12 +40,21 @@ pub struct Node {
 
 impl Node {
     pub fn new(id: u64, apps: Vec<App>, limits: NodeLimits) -> Node {
-        let states: Vec<Arc<AppState>> = apps.into_iter().map(|app| Arc::new(AppState::new(app))).collect();
+        let states: Vec<Arc<AppState>> = apps
+            .into_iter()
+            .map(|app| Arc::new(AppState::new(app)))
+            .collect();
         Node {
             id,
             next_seq: AtomicU64::new(1),
-            by_key: states.iter().map(|s| (s.app.key.clone(), s.clone())).collect(),
-            by_id: states.iter().map(|s| (s.app.id.clone(), s.clone())).collect(),
+            by_key: states
+                .iter()
+                .map(|s| (s.app.key.clone(), s.clone()))
+                .collect(),
+            by_id: states
+                .iter()
+                .map(|s| (s.app.id.clone(), s.clone()))
+                .collect(),
             limits,
             connections: AtomicUsize::new(0),
         }
@@ -69,13 +78,18 @@ impl Node {
 
     /// A new cluster-unique socket id.
     pub fn next_socket_id(&self) -> SocketId {
-        SocketId { node: self.id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
+        SocketId {
+            node: self.id,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Counts a connection against the node limit; false when the node is full.
     pub fn try_add_connection(&self, max: usize) -> bool {
         self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -189,7 +203,9 @@ impl AppState {
     pub fn try_add_connection(&self) -> bool {
         let max = self.app.max_connections.unwrap_or(usize::MAX);
         self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -220,8 +236,11 @@ impl AppState {
             if let (Some(member), Some(existing)) = (&member, channels.get(channel)) {
                 let roster = existing.presence.as_ref();
                 let is_new = roster.is_none_or(|r| !r.contains(&member.user_id));
-                if is_new && roster.is_some_and(|r| r.user_count() >= self.app.max_presence_members) {
-                    return Err(SubscribeError::PresenceFull { max: self.app.max_presence_members });
+                if is_new && roster.is_some_and(|r| r.user_count() >= self.app.max_presence_members)
+                {
+                    return Err(SubscribeError::PresenceFull {
+                        max: self.app.max_presence_members,
+                    });
                 }
             }
             res.channel_occupied = !channels.contains_key(channel);
@@ -238,23 +257,33 @@ impl AppState {
                     push_all(&entry.subscribers, &frame, Some(socket));
                 }
             }
-            entry.subscribers.insert(socket, Subscriber { outbox: outbox.clone(), user });
+            entry.subscribers.insert(
+                socket,
+                Subscriber {
+                    outbox: outbox.clone(),
+                    user,
+                },
+            );
             match (entry.presence.as_mut(), member) {
                 (Some(roster), Some(member)) => {
                     let first = roster.add(socket, &member.user_id, member.user_info);
-                    let _ = outbox.push(Frame::new(server_message::presence_subscription_succeeded(
-                        channel.as_str(),
-                        roster.members(),
-                    )));
+                    let _ =
+                        outbox.push(Frame::new(server_message::presence_subscription_succeeded(
+                            channel.as_str(),
+                            roster.members(),
+                        )));
                     if first {
                         res.member_added = true;
                         let added = roster.member(&member.user_id).expect("just added");
-                        let frame = Frame::new(server_message::member_added(channel.as_str(), added));
+                        let frame =
+                            Frame::new(server_message::member_added(channel.as_str(), added));
                         push_all(&entry.subscribers, &frame, Some(socket));
                     }
                 }
                 _ => {
-                    let _ = outbox.push(Frame::new(server_message::subscription_succeeded(channel.as_str())));
+                    let _ = outbox.push(Frame::new(server_message::subscription_succeeded(
+                        channel.as_str(),
+                    )));
                 }
             }
             if self.app.subscription_count && !is_presence {
@@ -303,7 +332,12 @@ impl AppState {
 
     /// Fans one event out to this node's subscribers of `channel`, except `except`.
     /// The frame's bytes are shared, never copied per subscriber.
-    pub fn deliver(&self, channel: &ChannelName, frame: &Frame, except: Option<SocketId>) -> Delivery {
+    pub fn deliver(
+        &self,
+        channel: &ChannelName,
+        frame: &Frame,
+        except: Option<SocketId>,
+    ) -> Delivery {
         let channels = self.channels.read();
         match channels.get(channel) {
             Some(entry) => push_all(&entry.subscribers, frame, except),
@@ -316,7 +350,10 @@ impl AppState {
         let cached = CachedEvent {
             event: event.to_owned(),
             data: data.to_owned(),
-            frame: Frame { text: frame.text.clone(), published_at: None },
+            frame: Frame {
+                text: frame.text.clone(),
+                published_at: None,
+            },
             stored_at: Instant::now(),
         };
         self.cache.lock().insert(channel.clone(), cached);
@@ -426,11 +463,19 @@ impl AppState {
     }
 
     /// Registers `socket` as watching `users` and returns which of them are online now.
-    pub fn watch(&self, socket: SocketId, outbox: &Outbox, users: &[UserId]) -> (Vec<UserId>, Vec<UserId>) {
+    pub fn watch(
+        &self,
+        socket: SocketId,
+        outbox: &Outbox,
+        users: &[UserId],
+    ) -> (Vec<UserId>, Vec<UserId>) {
         {
             let mut watchers = self.watchers.lock();
             for user in users {
-                watchers.entry(user.clone()).or_default().push((socket, outbox.clone()));
+                watchers
+                    .entry(user.clone())
+                    .or_default()
+                    .push((socket, outbox.clone()));
             }
         }
         let online = self.users.lock();
@@ -452,7 +497,10 @@ impl AppState {
     fn notify_watchers(&self, user: &UserId, transition: &str) {
         let watchers = self.watchers.lock();
         if let Some(list) = watchers.get(user) {
-            let frame = Frame::new(server_message::watchlist_events(&[(transition, vec![user])]));
+            let frame = Frame::new(server_message::watchlist_events(&[(
+                transition,
+                vec![user],
+            )]));
             for (_, outbox) in list {
                 let _ = outbox.push(frame.clone());
             }
@@ -480,7 +528,11 @@ impl AppState {
     }
 }
 
-fn push_all(subscribers: &HashMap<SocketId, Subscriber>, frame: &Frame, except: Option<SocketId>) -> Delivery {
+fn push_all(
+    subscribers: &HashMap<SocketId, Subscriber>,
+    frame: &Frame,
+    except: Option<SocketId>,
+) -> Delivery {
     let mut res = Delivery::default();
     for (socket, subscriber) in subscribers {
         if Some(*socket) == except {
@@ -499,7 +551,9 @@ fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
     let count = entry.subscribers.len();
     let now = Instant::now();
     if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE
-        && entry.last_count_sent.is_some_and(|t| now.duration_since(t) < SUBSCRIPTION_COUNT_INTERVAL)
+        && entry
+            .last_count_sent
+            .is_some_and(|t| now.duration_since(t) < SUBSCRIPTION_COUNT_INTERVAL)
     {
         return;
     }

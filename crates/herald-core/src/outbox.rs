@@ -27,11 +27,17 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(text: String) -> Frame {
-        Frame { text: Bytes::from(text), published_at: None }
+        Frame {
+            text: Bytes::from(text),
+            published_at: None,
+        }
     }
 
     pub fn published(text: String, at: Instant) -> Frame {
-        Frame { text: Bytes::from(text), published_at: Some(at) }
+        Frame {
+            text: Bytes::from(text),
+            published_at: Some(at),
+        }
     }
 }
 
@@ -98,7 +104,11 @@ pub enum PushError {
 
 impl Outbox {
     pub fn new(max_bytes: usize) -> Outbox {
-        Outbox(Arc::new(Inner { state: Mutex::new(State::default()), notify: Notify::new(), max_bytes }))
+        Outbox(Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+        }))
     }
 
     /// Queues a frame without blocking.
@@ -171,7 +181,10 @@ mod tests {
     fn overflow_closes_as_slow_consumer_and_drops_queue() {
         let outbox = Outbox::new(10);
         assert_eq!(outbox.push(Frame::new("12345".into())), Ok(()));
-        assert_eq!(outbox.push(Frame::new("123456".into())), Err(PushError::Overflow));
+        assert_eq!(
+            outbox.push(Frame::new("123456".into())),
+            Err(PushError::Overflow)
+        );
         assert_eq!(outbox.push(Frame::new("1".into())), Err(PushError::Closed));
         let mut batch = Vec::new();
         let close = outbox.take(&mut batch).expect("close requested");
@@ -187,7 +200,10 @@ mod tests {
         outbox.push(Frame::new("bbbb".into())).unwrap();
         let mut batch = Vec::new();
         assert!(outbox.take(&mut batch).is_none());
-        assert_eq!(batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(), [b"aaaa", b"bbbb"]);
+        assert_eq!(
+            batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(),
+            [b"aaaa", b"bbbb"]
+        );
         outbox.push(Frame::new("cccccccc".into())).unwrap();
     }
 }

@@ -34,7 +34,13 @@ impl PresenceRoster {
                 false
             }
             None => {
-                self.members.insert(user.clone(), Entry { info, sockets: vec![socket] });
+                self.members.insert(
+                    user.clone(),
+                    Entry {
+                        info,
+                        sockets: vec![socket],
+                    },
+                );
                 true
             }
         }
@@ -64,13 +70,17 @@ impl PresenceRoster {
     }
 
     pub fn member(&self, user: &UserId) -> Option<Member<'_>> {
-        self.members
-            .get_key_value(user)
-            .map(|(user_id, e)| Member { user_id, user_info: e.info.as_deref() })
+        self.members.get_key_value(user).map(|(user_id, e)| Member {
+            user_id,
+            user_info: e.info.as_deref(),
+        })
     }
 
     pub fn members(&self) -> impl Iterator<Item = Member<'_>> + Clone {
-        self.members.iter().map(|(user_id, e)| Member { user_id, user_info: e.info.as_deref() })
+        self.members.iter().map(|(user_id, e)| Member {
+            user_id,
+            user_info: e.info.as_deref(),
+        })
     }
 
     pub fn user_ids(&self) -> impl Iterator<Item = &UserId> {
@@ -92,7 +102,10 @@ mod tests {
         let alice = UserId("alice".into());
         assert!(roster.add(sid(1), &alice, None));
         assert!(!roster.add(sid(2), &alice, None));
-        assert!(!roster.add(sid(2), &alice, None), "re-subscribing is idempotent");
+        assert!(
+            !roster.add(sid(2), &alice, None),
+            "re-subscribing is idempotent"
+        );
         assert_eq!(roster.user_count(), 1);
         assert!(!roster.remove(sid(1), &alice));
         assert!(roster.remove(sid(2), &alice));

@@ -15,7 +15,11 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(per_second: u32) -> TokenBucket {
         let per_second = f64::from(per_second.max(1));
-        TokenBucket { per_second, tokens: per_second, last: Instant::now() }
+        TokenBucket {
+            per_second,
+            tokens: per_second,
+            last: Instant::now(),
+        }
     }
 
     /// Takes one token if available.

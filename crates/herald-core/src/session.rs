@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use herald_protocol::server_message;
 use herald_protocol::signature;
-use herald_protocol::{ChannelKind, ChannelName, ChannelNameError, ClientMessage, CloseCode, ErrorCode, SocketId, UserId};
+use herald_protocol::{
+    ChannelKind, ChannelName, ChannelNameError, ClientMessage, CloseCode, ErrorCode, SocketId,
+    UserId,
+};
 use serde_json::value::RawValue;
 
 use crate::app::NodeLimits;
@@ -26,10 +29,19 @@ const MAX_USER_ID_LENGTH: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Nothing,
-    Subscribed { channel: ChannelName, res: Subscribed },
+    Subscribed {
+        channel: ChannelName,
+        res: Subscribed,
+    },
     SubscribeRejected,
-    Unsubscribed { channel: ChannelName, res: Unsubscribed },
-    ClientEvent { channel: ChannelName, delivery: Delivery },
+    Unsubscribed {
+        channel: ChannelName,
+        res: Unsubscribed,
+    },
+    ClientEvent {
+        channel: ChannelName,
+        delivery: Delivery,
+    },
     ClientEventRejected,
     SignedIn,
     SigninRejected,
@@ -70,7 +82,16 @@ impl Session {
         outbox: Outbox,
     ) -> Session {
         let client_events = TokenBucket::new(app.app.max_client_events_per_second);
-        Session { app, broker, limits, socket_id, outbox, channels: HashMap::new(), signed_in: None, client_events }
+        Session {
+            app,
+            broker,
+            limits,
+            socket_id,
+            outbox,
+            channels: HashMap::new(),
+            signed_in: None,
+            client_events,
+        }
     }
 
     pub fn socket_id(&self) -> SocketId {
@@ -92,12 +113,18 @@ impl Session {
                 Outcome::Nothing
             }
             ClientMessage::Pong | ClientMessage::Unknown { .. } => Outcome::Nothing,
-            ClientMessage::Subscribe { channel, auth, channel_data } => {
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref())
-            }
+            ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()),
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel),
             ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data),
-            ClientMessage::ClientEvent { event, channel, data } => self.client_event(&event, &channel, &data),
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => self.client_event(&event, &channel, &data),
         }
     }
 
@@ -111,7 +138,9 @@ impl Session {
     }
 
     fn subscription_error(&self, channel: &str, kind: &str, error: &str, status: u16) -> Outcome {
-        self.reply(server_message::subscription_error(channel, kind, error, status));
+        self.reply(server_message::subscription_error(
+            channel, kind, error, status,
+        ));
         Outcome::SubscribeRejected
     }
 
@@ -121,9 +150,13 @@ impl Session {
             Err(err @ ChannelNameError::TooLong { .. }) => {
                 return self.subscription_error(name, "LimitReached", &err.to_string(), 4009)
             }
-            Err(err) => return self.subscription_error(name, "InvalidChannel", &err.to_string(), 4009),
+            Err(err) => {
+                return self.subscription_error(name, "InvalidChannel", &err.to_string(), 4009)
+            }
         };
-        if !self.channels.contains_key(&channel) && self.channels.len() >= self.limits.max_channels_per_connection {
+        if !self.channels.contains_key(&channel)
+            && self.channels.len() >= self.limits.max_channels_per_connection
+        {
             let error = format!(
                 "Too many channels on one connection (at most {})",
                 self.limits.max_channels_per_connection
@@ -136,7 +169,9 @@ impl Session {
             ChannelKind::Public => None,
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
                 let message = signature::channel_auth_message(&socket, name, None);
-                if !auth.is_some_and(|a| signature::verify_auth(&app.key, app.secret.expose(), &message, a)) {
+                if !auth.is_some_and(|a| {
+                    signature::verify_auth(&app.key, app.secret.expose(), &message, a)
+                }) {
                     return self.subscription_error(name, "AuthError", "Invalid signature", 401);
                 }
                 None
@@ -146,12 +181,16 @@ impl Session {
                     return self.subscription_error(name, "AuthError", "Missing channel_data", 401);
                 };
                 let message = signature::channel_auth_message(&socket, name, Some(data));
-                if !auth.is_some_and(|a| signature::verify_auth(&app.key, app.secret.expose(), &message, a)) {
+                if !auth.is_some_and(|a| {
+                    signature::verify_auth(&app.key, app.secret.expose(), &message, a)
+                }) {
                     return self.subscription_error(name, "AuthError", "Invalid signature", 401);
                 }
                 match parse_channel_data(data, app.max_presence_user_info_bytes) {
                     Ok(member) => Some(member),
-                    Err(error) => return self.subscription_error(name, "LimitReached", &error, 4009),
+                    Err(error) => {
+                        return self.subscription_error(name, "LimitReached", &error, 4009)
+                    }
                 }
             }
             ChannelKind::ServerToUser => {
@@ -168,7 +207,10 @@ impl Session {
             }
         };
         let user = member.as_ref().map(|m| m.user_id.clone());
-        match self.app.subscribe(self.socket_id, &self.outbox, &channel, member) {
+        match self
+            .app
+            .subscribe(self.socket_id, &self.outbox, &channel, member)
+        {
             Ok(res) => {
                 self.channels.insert(channel.clone(), user);
                 Outcome::Subscribed { channel, res }
@@ -199,14 +241,20 @@ impl Session {
     fn client_event(&mut self, event: &str, name: &str, data: &RawValue) -> Outcome {
         let app = &self.app.app;
         if !app.client_events {
-            return self.reject_client_event(ErrorCode::ClientEventRejected, "Client events are disabled for this app");
+            return self.reject_client_event(
+                ErrorCode::ClientEventRejected,
+                "Client events are disabled for this app",
+            );
         }
         if event.len() > self.limits.max_event_name_length {
-            return self.reject_client_event(ErrorCode::ClientEventRejected, "Event name is too long");
+            return self
+                .reject_client_event(ErrorCode::ClientEventRejected, "Event name is too long");
         }
-        let subscribed = ChannelName::parse(name, usize::MAX)
-            .ok()
-            .and_then(|c| self.channels.get_key_value(&c).map(|(c, u)| (c.clone(), u.clone())));
+        let subscribed = ChannelName::parse(name, usize::MAX).ok().and_then(|c| {
+            self.channels
+                .get_key_value(&c)
+                .map(|(c, u)| (c.clone(), u.clone()))
+        });
         let Some((channel, user)) = subscribed else {
             return self.reject_client_event(
                 ErrorCode::Close(CloseCode::Unauthorized),
@@ -220,7 +268,10 @@ impl Session {
             );
         }
         if data.get().len() > app.max_message_size {
-            return self.reject_client_event(ErrorCode::ClientEventRejected, "Client event data is too large");
+            return self.reject_client_event(
+                ErrorCode::ClientEventRejected,
+                "Client event data is too large",
+            );
         }
         if !self.client_events.try_take(Instant::now()) {
             return self.reject_client_event(
@@ -228,7 +279,12 @@ impl Session {
                 "Client event rejected: rate limit exceeded",
             );
         }
-        let frame = Frame::new(server_message::client_event(event, channel.as_str(), data, user.as_ref()));
+        let frame = Frame::new(server_message::client_event(
+            event,
+            channel.as_str(),
+            data,
+            user.as_ref(),
+        ));
         let delivery = self.broker.publish(Envelope {
             app_id: app.id.clone(),
             channel: channel.clone(),
@@ -331,12 +387,17 @@ fn parse_channel_data(data: &str, max_info_bytes: usize) -> Result<PresenceMembe
         .and_then(UserId::from_json)
         .ok_or_else(|| "channel_data needs a user_id".to_owned())?;
     if user_id.as_str().len() > MAX_USER_ID_LENGTH {
-        return Err(format!("user_id is longer than {MAX_USER_ID_LENGTH} characters"));
+        return Err(format!(
+            "user_id is longer than {MAX_USER_ID_LENGTH} characters"
+        ));
     }
     if let Some(info) = &parsed.user_info {
         if info.get().len() > max_info_bytes {
             return Err(format!("user_info is larger than {max_info_bytes} bytes"));
         }
     }
-    Ok(PresenceMember { user_id, user_info: parsed.user_info })
+    Ok(PresenceMember {
+        user_id,
+        user_info: parsed.user_info,
+    })
 }

@@ -280,7 +280,7 @@ impl Config {
         }
         let env = Env::prefixed("HERALD_").split("__").filter(|key| {
             let top = key.as_str().split('.').next().unwrap_or_default();
-            ENV_KEYS.contains(&top)
+            ENV_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
         });
         figment = figment.merge(env).merge(Serialized::defaults(overrides));
         let config: Config = figment.extract().map_err(|err| {

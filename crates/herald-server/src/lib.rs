@@ -125,7 +125,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let shared = Shared::new(config);
+    serve(Shared::new(config), listener, shutdown).await
+}
+
+/// Like [`run`], with state the caller built (tests inspect it).
+///
+/// # Errors
+/// Only start-up failures.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let app = router(shared.clone());
     let stop_accepting = CancellationToken::new();
     tracing::info!(addr = %listener.local_addr()?, node_id = shared.node.id(), "herald listening");

@@ -273,7 +273,12 @@ async fn connection_loop(
                     }
                 }
                 if let Some(CloseRequest { code, message, reason }) = close {
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close(Some(close_frame(code, message)))).await;
+                    // A slow consumer's buffers are full: do not wait long for the close frame.
+                    let wait = if reason == DisconnectReason::SlowConsumer { Duration::from_secs(1) } else { WRITE_TIMEOUT };
+                    let _ = tokio::time::timeout(wait, socket.close(Some(close_frame(code, message)))).await;
+                    if reason == DisconnectReason::SlowConsumer {
+                        return reason;
+                    }
                     drain_until_closed(socket).await;
                     return reason;
                 }

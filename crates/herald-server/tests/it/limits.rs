@@ -1,0 +1,139 @@
+//! Connection limits, Origin checks and slow consumers.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn node_connection_limit_answers_4100() {
+    let server = TestServer::start(|c| c.max_connections = 2).await;
+    let _a = server.client().await;
+    let _b = server.client().await;
+    let mut refused = server.raw("/app/app-key?protocol=7").await;
+    assert_eq!(
+        refused.expect_next("pusher:error").await["data"]["code"],
+        4100
+    );
+    assert_eq!(refused.expect_close().await, Closed::Code(4100));
+    assert_eq!(
+        server.get("/ready").await.0,
+        503,
+        "a full node is not ready"
+    );
+}
+
+#[tokio::test]
+async fn app_connection_quota_answers_4004_and_frees_on_disconnect() {
+    let server = TestServer::start(|c| c.apps[0].max_connections = 1).await;
+    let a = server.client().await;
+    let mut refused = server.raw("/app/app-key?protocol=7").await;
+    assert_eq!(
+        refused.expect_next("pusher:error").await["data"]["code"],
+        4004
+    );
+    assert_eq!(refused.expect_close().await, Closed::Code(4004));
+    drop(a);
+    // The slot frees once the server has seen the disconnect; retry until it has.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut client = server.raw("/app/app-key?protocol=7").await;
+        if client.next().await["event"] == "pusher:connection_established" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+    }
+}
+
+#[tokio::test]
+async fn origin_allow_list_answers_4009() {
+    let server =
+        TestServer::start(|c| c.apps[0].allowed_origins = vec!["https://app.example.com".into()])
+            .await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    for (origin, allowed) in [
+        ("https://app.example.com", true),
+        ("https://evil.test", false),
+    ] {
+        let mut req = server
+            .ws_url("/app/app-key?protocol=7")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut client = TestClient {
+            ws,
+            socket_id: String::new(),
+        };
+        if allowed {
+            client.expect_next("pusher:connection_established").await;
+        } else {
+            assert_eq!(
+                client.expect_next("pusher:error").await["data"]["code"],
+                4009
+            );
+            assert_eq!(client.expect_close().await, Closed::Code(4009));
+        }
+    }
+}
+
+#[tokio::test]
+async fn too_many_channels_on_one_connection() {
+    let server = TestServer::start(|c| c.limits.max_channels_per_connection = 2).await;
+    let mut client = server.client().await;
+    client.subscribe("a").await;
+    client.subscribe("b").await;
+    let frame = client.subscribe("c").await;
+    assert_eq!(frame["event"], "pusher:subscription_error");
+    assert_eq!(frame["data"]["type"], "LimitReached");
+    // Re-subscribing to one it has is still fine.
+    assert_eq!(
+        client.subscribe("a").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_without_hurting_others() {
+    let server = TestServer::start(|c| c.limits.outbox_max_bytes = 64 * 1024).await;
+    let mut reader = server.client().await;
+    reader.subscribe("firehose").await;
+    let mut stalled = server.client().await;
+    stalled.subscribe("firehose").await;
+    // `stalled` never reads from here on. Publish until its socket buffers and outbox overflow.
+    let payload = "x".repeat(8 * 1024);
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut received = 0;
+    while server.shared.sockets.lock().len() == 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled client was never closed"
+        );
+        server.trigger("firehose", "bulk", &payload).await;
+        n += 1;
+        // The healthy reader keeps up.
+        reader.expect_next("bulk").await;
+        received += 1;
+    }
+    assert_eq!(received, n);
+    // Its buffers were full, so the 4100 close frame may not have fit; the socket must end either way.
+    let code = stalled.expect_close_eventually().await;
+    assert!(matches!(code, Some(4100) | None), "{code:?}");
+    let (_, text) = server.get("/metrics").await;
+    assert!(text.as_str().unwrap().contains("reason=\"slow_consumer\""));
+    server.trigger("firehose", "after", "1").await;
+    reader.expect_next("after").await;
+    let _ = json!({});
+}
+
+impl TestClient {
+    /// Reads whatever was buffered and returns the close code, if a close frame made it.
+    async fn expect_close_eventually(&mut self) -> Option<u16> {
+        match self.expect_close().await {
+            Closed::Code(code) => Some(code),
+            Closed::NoFrame => None,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests over real sockets: each test starts its own server on 127.0.0.1:0.
+//! Every wait has a timeout; nothing sleeps to synchronise.
+
+mod client_events;
+mod connect;
+mod drain;
+mod http_api;
+mod limits;
+mod presence;
+mod signin;
+mod subscribe;
+mod support;

@@ -1,0 +1,360 @@
+//! The test DSL: `TestServer::start(|c| ...)`, `server.client().await`, `client.expect(..)`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use herald_protocol::signature;
+use herald_server::{Config, Shared};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+pub const KEY: &str = "app-key";
+pub const SECRET: &str = "app-secret";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+    _handle: JoinHandle<anyhow::Result<()>>,
+    http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl TestServer {
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::default();
+        config.host = "127.0.0.1".into();
+        config.drain.delay = Duration::ZERO;
+        config.drain.window = Duration::ZERO;
+        config.drain.deadline = Duration::from_secs(2);
+        configure(&mut config);
+        config.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared::new(config);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(herald_server::serve(
+            shared.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        let http = HttpClient::builder(TokioExecutor::new()).build_http();
+        TestServer {
+            addr,
+            shared,
+            shutdown,
+            _handle: handle,
+            http,
+        }
+    }
+
+    pub async fn default() -> TestServer {
+        TestServer::start(|_| {}).await
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// A client on the default app, after `connection_established`.
+    pub async fn client(&self) -> TestClient {
+        self.client_for(KEY).await
+    }
+
+    pub async fn client_for(&self, key: &str) -> TestClient {
+        let mut client = self
+            .raw(&format!(
+                "/app/{key}?protocol=7&client=js&version=8.4.0&flash=false"
+            ))
+            .await;
+        let established = client.expect("pusher:connection_established").await;
+        let data: Value =
+            serde_json::from_str(established["data"].as_str().expect("data is a string")).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_owned();
+        client
+    }
+
+    /// A connected WebSocket that has not read anything yet.
+    pub async fn raw(&self, path: &str) -> TestClient {
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.ws_url(path)))
+                .await
+                .expect("connect timed out")
+                .expect("connect failed");
+        TestClient {
+            ws,
+            socket_id: String::new(),
+        }
+    }
+
+    /// A signed HTTP API request; returns status and JSON body.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.api_with(method, path, query, body, SECRET, now())
+            .await
+    }
+
+    pub async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        secret: &str,
+        timestamp: u64,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let uri = signed_uri(method, path, query, body.as_bytes(), secret, timestamp);
+        self.send_http(method, &uri, body).await
+    }
+
+    pub async fn send_http(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: String,
+    ) -> (u16, Value) {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path_and_query))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = tokio::time::timeout(WAIT, self.http.request(req))
+            .await
+            .expect("http timed out")
+            .expect("http failed");
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    /// Publishes through the HTTP API and asserts success.
+    pub async fn trigger(&self, channel: &str, event: &str, data: &str) {
+        let (status, body) = self
+            .api(
+                "POST",
+                "/apps/1/events",
+                &[],
+                Some(&json!({"name": event, "channel": channel, "data": data})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send_http("GET", path, String::new()).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Builds `path?query&auth_…` signed as the Pusher SDKs do.
+pub fn signed_uri(
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    body: &[u8],
+    secret: &str,
+    timestamp: u64,
+) -> String {
+    let timestamp = timestamp.to_string();
+    let md5 = signature::body_md5(body);
+    let mut params: Vec<(&str, &str)> = query.to_vec();
+    params.extend([
+        ("auth_key", KEY),
+        ("auth_timestamp", timestamp.as_str()),
+        ("auth_version", "1.0"),
+    ]);
+    if !body.is_empty() {
+        params.push(("body_md5", md5.as_str()));
+    }
+    let string = signature::api_string_to_sign(method, path, params.iter().copied());
+    let sig = signature::sign(secret, string.as_bytes());
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            )
+        })
+        .collect();
+    format!("{path}?{}&auth_signature={sig}", query.join("&"))
+}
+
+pub fn private_auth(socket_id: &str, channel: &str) -> String {
+    let message = signature::channel_auth_message(socket_id, channel, None);
+    format!("{KEY}:{}", signature::sign(SECRET, message.as_bytes()))
+}
+
+pub fn presence_auth(socket_id: &str, channel: &str, channel_data: &str) -> String {
+    let message = signature::channel_auth_message(socket_id, channel, Some(channel_data));
+    format!("{KEY}:{}", signature::sign(SECRET, message.as_bytes()))
+}
+
+pub fn signin_auth(socket_id: &str, user_data: &str) -> String {
+    let message = signature::signin_message(socket_id, user_data);
+    format!("{KEY}:{}", signature::sign(SECRET, message.as_bytes()))
+}
+
+pub struct TestClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub socket_id: String,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16),
+    NoFrame,
+}
+
+impl TestClient {
+    pub async fn send(&mut self, value: Value) {
+        self.ws
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next JSON text frame.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("socket ended")
+                .expect("socket error");
+            match msg {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("server sent JSON")
+                }
+                Message::Close(frame) => panic!("socket closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips frames until one with this event name arrives.
+    pub async fn expect(&mut self, event: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {event}"));
+            if frame["event"] == event {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts the very next frame is this event.
+    pub async fn expect_next(&mut self, event: &str) -> Value {
+        let frame = self.next().await;
+        assert_eq!(frame["event"], event, "unexpected frame {frame}");
+        frame
+    }
+
+    /// Proves nothing else is queued for us: a ping round trip comes back first.
+    pub async fn expect_nothing_more(&mut self) {
+        self.send(json!({"event": "pusher:ping", "data": {}})).await;
+        let frame = self.next().await;
+        assert_eq!(frame["event"], "pusher:pong", "unexpected frame {frame}");
+    }
+
+    /// Waits for the close frame and returns its code.
+    pub async fn expect_close(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed::Code(u16::from(frame.code))
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoFrame,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}))
+            .await;
+        self.expect_next_for(channel).await
+    }
+
+    pub async fn subscribe_private(&mut self, channel: &str) -> Value {
+        let auth = private_auth(&self.socket_id, channel);
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}))
+            .await;
+        self.expect_next_for(channel).await
+    }
+
+    pub async fn subscribe_presence(&mut self, channel: &str, user_id: &str) -> Value {
+        let data = json!({"user_id": user_id, "user_info": {"name": user_id}}).to_string();
+        let auth = presence_auth(&self.socket_id, channel, &data);
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}))
+            .await;
+        self.expect_next_for(channel).await
+    }
+
+    /// The next frame, which must be about `channel` (a success or an error).
+    async fn expect_next_for(&mut self, channel: &str) -> Value {
+        let frame = self.next().await;
+        assert_eq!(frame["channel"], channel, "unexpected frame {frame}");
+        frame
+    }
+
+    pub async fn sign_in(&mut self, user_data: &Value) -> Value {
+        let user_data = user_data.to_string();
+        let auth = signin_auth(&self.socket_id, &user_data);
+        self.send(
+            json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+        )
+        .await;
+        self.next().await
+    }
+}
+
+/// Decodes a double-encoded `data` field.
+pub fn data(frame: &Value) -> Value {
+    match &frame["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        other => other.clone(),
+    }
+}
