@@ -26,7 +26,7 @@ fi
 if [[ -n "${ECHO_BIN:-}" ]]; then
     echo_bin="$ECHO_BIN"
 else
-    cargo build --release -q -p herald-server --example echo
+    cargo build --release --locked -q -p herald-server --example echo
     echo_bin="$ROOT/target/release/examples/echo"
 fi
 [[ -x "$echo_bin" ]] || { echo "autobahn: echo binary $echo_bin not found" >&2; exit 1; }
