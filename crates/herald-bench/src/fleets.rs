@@ -61,6 +61,9 @@ impl Fleets {
     }
 
     fn handle(&mut self, idx: usize, msg: FleetMsg) -> anyhow::Result<()> {
+        if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
+            eprintln!("fleet {idx}: {msg:?}");
+        }
         match msg {
             FleetMsg::Progress { snap } => self.snaps[idx] = snap,
             FleetMsg::Ready { snap } => {
@@ -85,18 +88,26 @@ impl Fleets {
         t
     }
 
-    /// Processes messages until `until` (or an error).
+    /// Processes messages until `until`, or until a fleet becomes ready or reports.
     pub async fn pump_until(&mut self, until: Instant) -> anyhow::Result<()> {
         loop {
             match tokio::time::timeout_at(until, self.rx.recv()).await {
                 Err(_) => return Ok(()),
-                Ok(None) => bail!("all fleets ended"),
-                Ok(Some((i, m))) => self.handle(i, m)?,
+                Ok(None) if self.reports.iter().all(|r| r.is_some()) => return Ok(()),
+                Ok(None) => bail!("all fleets ended without a report"),
+                Ok(Some((i, m))) => {
+                    // Return early on a state change, so callers see it at once.
+                    let change = matches!(m, FleetMsg::Ready { .. } | FleetMsg::Result { .. });
+                    self.handle(i, m)?;
+                    if change {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
 
-    /// Processes messages for `d`.
+    /// Processes messages for (at most) `d`.
     pub async fn pump_for(&mut self, d: Duration) -> anyhow::Result<()> {
         self.pump_until(Instant::now() + d).await
     }

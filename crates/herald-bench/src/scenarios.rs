@@ -362,12 +362,21 @@ async fn pubsub(c: &Common, p: PubSub, ui: &Ui, scenario: &'static str) -> anyho
         conns: p.publishers.max(1),
     };
     ui.phase("publish", None);
-    let handle = tokio::spawn(publisher::run(target, cfg, progress.clone()));
+    let mut handle = tokio::spawn(publisher::run(target, cfg, progress.clone()));
     let started = Instant::now();
-    while !handle.is_finished() {
-        match fleets.as_mut() {
-            Some(f) => f.pump_for(Duration::from_millis(200)).await?,
-            None => tokio::time::sleep(Duration::from_millis(200)).await,
+    let pubr = loop {
+        let tick = async {
+            match fleets.as_mut() {
+                Some(f) => f.pump_for(Duration::from_millis(200)).await,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok(())
+                }
+            }
+        };
+        tokio::select! {
+            r = &mut handle => break r.context("publisher task")?,
+            r = tick => r?,
         }
         let recv = fleets.as_ref().map_or(0, |f| f.totals().received);
         let ok = progress.ok.load(Relaxed);
@@ -381,8 +390,7 @@ async fn pubsub(c: &Common, p: PubSub, ui: &Ui, scenario: &'static str) -> anyho
                 recv as f64 / el
             ),
         );
-    }
-    let pubr = handle.await.context("publisher task")?;
+    };
     let reports = match fleets.as_mut() {
         Some(f) => {
             ui.phase("drain", None);

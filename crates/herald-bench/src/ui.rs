@@ -4,6 +4,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Ui {
     bar: ProgressBar,
+    quiet: bool,
 }
 
 impl Ui {
@@ -13,7 +14,7 @@ impl Ui {
         } else {
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8))
         };
-        Ui { bar }
+        Ui { bar, quiet }
     }
 
     /// Starts a phase: a bar when `len` is known, a spinner otherwise.
@@ -46,8 +47,16 @@ impl Ui {
         self.bar.set_message(msg);
     }
 
+    /// A status line on stderr (also when the bar is hidden), unless `--quiet`.
     pub fn println(&self, line: &str) {
-        self.bar.println(line);
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     pub fn done(&self) {
