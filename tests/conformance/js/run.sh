@@ -36,4 +36,9 @@ else
 fi
 echo "conformance: using herald at $HERALD_BIN"
 
-exec node --test --test-concurrency=1 test/
+# --test-force-exit: when the server closes a socket (4001, 4009, ...),
+# pusher-js calls close() on the already-closed faye-websocket client, which
+# arms a 30 s close timer that nothing clears; without this flag every such
+# test file would idle 30 s before exiting. Tests and after() hooks still run
+# to completion first.
+exec node --test --test-concurrency=1 --test-force-exit test/
