@@ -7,9 +7,9 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use herald_protocol::{ChannelName, SocketId};
+use herald_protocol::{ChannelName, SocketId, UserId};
 
-use crate::node::{Delivery, Node};
+use crate::node::{Delivery, Node, SubscriptionEntry};
 use crate::outbox::Frame;
 
 /// One published event, serialized once, on its way to every subscriber of `channel`.
@@ -24,10 +24,40 @@ pub struct Envelope {
     pub cache: Option<(String, String)>,
 }
 
-/// How events reach every node.
+/// A change to this node's own state that every other node replicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    Subscribed {
+        app_id: String,
+        entry: SubscriptionEntry,
+    },
+    Unsubscribed {
+        app_id: String,
+        channel: ChannelName,
+        socket: SocketId,
+    },
+    SignedIn {
+        app_id: String,
+        socket: SocketId,
+        user: UserId,
+    },
+    SignedOut {
+        app_id: String,
+        socket: SocketId,
+        user: UserId,
+    },
+}
+
+/// How events and state changes reach every node.
 pub trait Broker: Send + Sync + Debug {
     /// Delivers the event everywhere; returns what was delivered on this node.
     fn publish(&self, envelope: Envelope) -> Delivery;
+
+    /// Tells the other nodes about a change this node already applied locally.
+    fn announce(&self, announcement: Announcement);
+
+    /// Closes every connection signed in as `user`, on every node; returns how many were local.
+    fn terminate_user(&self, app_id: &str, user: &UserId) -> usize;
 }
 
 /// The in-memory broker of a single node.
@@ -51,5 +81,14 @@ impl Broker for MemoryBroker {
             app.store_cache(&envelope.channel, event, data, &envelope.frame);
         }
         app.deliver(&envelope.channel, &envelope.frame, envelope.except)
+    }
+
+    /// A single node has no one to tell.
+    fn announce(&self, _announcement: Announcement) {}
+
+    fn terminate_user(&self, app_id: &str, user: &UserId) -> usize {
+        self.node
+            .app_by_id(app_id)
+            .map_or(0, |app| app.terminate_user(user))
     }
 }

@@ -12,7 +12,7 @@ pub mod rate_limit;
 pub mod session;
 
 pub use app::{App, AppSecret, NodeLimits};
-pub use broker::{Broker, Envelope, MemoryBroker};
-pub use node::{AppState, Node};
+pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
+pub use node::{AppState, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry};
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 pub use session::{Flow, Session};

@@ -104,9 +104,59 @@ impl Node {
 
 #[derive(Debug)]
 struct Channel {
+    /// Sockets on this node.
     subscribers: HashMap<SocketId, Subscriber>,
+    /// Sockets on other nodes (known through the broker), with their presence identity.
+    remote: HashMap<SocketId, Option<UserId>>,
+    /// Members on every node: local and remote sockets alike.
     presence: Option<PresenceRoster>,
     last_count_sent: Option<Instant>,
+}
+
+impl Channel {
+    fn new(kind: ChannelKind) -> Channel {
+        Channel {
+            subscribers: HashMap::new(),
+            remote: HashMap::new(),
+            presence: (kind == ChannelKind::Presence).then(PresenceRoster::default),
+            last_count_sent: None,
+        }
+    }
+
+    /// Invariant: a channel entry exists only while some node has a subscriber.
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.remote.is_empty()
+    }
+
+    /// Subscriptions on every node.
+    fn count(&self) -> usize {
+        self.subscribers.len() + self.remote.len()
+    }
+
+    fn info(&self) -> ChannelInfo {
+        ChannelInfo {
+            occupied: true,
+            subscription_count: self.count(),
+            user_count: self.presence.as_ref().map(PresenceRoster::user_count),
+        }
+    }
+}
+
+/// One subscription of a local socket, as announced to other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionEntry {
+    pub channel: ChannelName,
+    pub socket: SocketId,
+    pub user: Option<UserId>,
+    /// Raw JSON of the presence `user_info`.
+    pub user_info: Option<String>,
+}
+
+/// Everything this node knows first-hand about an app: the truth other nodes replicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalState {
+    pub subscriptions: Vec<SubscriptionEntry>,
+    pub signed_in: Vec<(SocketId, UserId)>,
 }
 
 #[derive(Debug)]
@@ -184,6 +234,10 @@ pub struct AppState {
     /// Watched user → sockets whose watchlist names them.
     watchers: Mutex<HashMap<UserId, Vec<(SocketId, Outbox)>>>,
     cache: Mutex<HashMap<ChannelName, CachedEvent>>,
+    /// Signed-in sockets of this app on other nodes, per user.
+    remote_users: Mutex<HashMap<UserId, Vec<SocketId>>>,
+    /// Open connections of this app on other nodes, per node, from their heartbeats.
+    remote_connections: Mutex<HashMap<u64, usize>>,
     connections: AtomicUsize,
 }
 
@@ -195,13 +249,20 @@ impl AppState {
             users: Mutex::default(),
             watchers: Mutex::default(),
             cache: Mutex::default(),
+            remote_users: Mutex::default(),
+            remote_connections: Mutex::default(),
             connections: AtomicUsize::new(0),
         }
     }
 
     /// Counts a connection against the app's quota; false when the app is full.
     pub fn try_add_connection(&self) -> bool {
-        let max = self.app.max_connections.unwrap_or(usize::MAX);
+        let remote: usize = self.remote_connections.lock().values().sum();
+        let max = self
+            .app
+            .max_connections
+            .unwrap_or(usize::MAX)
+            .saturating_sub(remote);
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -244,11 +305,9 @@ impl AppState {
                 }
             }
             res.channel_occupied = !channels.contains_key(channel);
-            let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
-                subscribers: HashMap::new(),
-                presence: is_presence.then(PresenceRoster::default),
-                last_count_sent: None,
-            });
+            let entry = channels
+                .entry(channel.clone())
+                .or_insert_with(|| Channel::new(channel.kind()));
             let previous_user = entry.subscribers.get(&socket).and_then(|s| s.user.clone());
             let user = member.as_ref().map(|m| m.user_id.clone());
             if let (Some(roster), Some(old)) = (entry.presence.as_mut(), &previous_user) {
@@ -321,7 +380,7 @@ impl AppState {
                 push_all(&entry.subscribers, &frame, None);
             }
         }
-        if entry.subscribers.is_empty() {
+        if entry.is_empty() {
             channels.remove(channel);
             res.channel_vacated = true;
         } else if self.app.subscription_count && entry.presence.is_none() {
@@ -382,11 +441,7 @@ impl AppState {
     pub fn channel_info(&self, channel: &ChannelName) -> ChannelInfo {
         let channels = self.channels.read();
         match channels.get(channel) {
-            Some(entry) => ChannelInfo {
-                occupied: true,
-                subscription_count: entry.subscribers.len(),
-                user_count: entry.presence.as_ref().map(PresenceRoster::user_count),
-            },
+            Some(entry) => entry.info(),
             None => ChannelInfo {
                 user_count: (channel.kind() == ChannelKind::Presence).then_some(0),
                 ..ChannelInfo::default()
@@ -400,14 +455,7 @@ impl AppState {
         channels
             .iter()
             .filter(|(name, _)| name.as_str().starts_with(prefix))
-            .map(|(name, entry)| {
-                let info = ChannelInfo {
-                    occupied: true,
-                    subscription_count: entry.subscribers.len(),
-                    user_count: entry.presence.as_ref().map(PresenceRoster::user_count),
-                };
-                (name.clone(), info)
-            })
+            .map(|(name, entry)| (name.clone(), entry.info()))
             .collect()
     }
 
@@ -421,16 +469,17 @@ impl AppState {
             .unwrap_or_default()
     }
 
-    /// Registers a signed-in socket; true when the user just came online.
+    /// Registers a signed-in socket; true when the user just came online (cluster-wide).
     pub fn sign_in(&self, user: &UserId, socket: SocketId, outbox: &Outbox) -> bool {
         let came_online = {
             let mut users = self.users.lock();
+            let was_online =
+                users.contains_key(user) || self.remote_users.lock().contains_key(user);
             let sockets = users.entry(user.clone()).or_default();
-            let first = sockets.is_empty();
             if !sockets.iter().any(|(s, _)| *s == socket) {
                 sockets.push((socket, outbox.clone()));
             }
-            first
+            !was_online
         };
         if came_online {
             self.notify_watchers(user, "online");
@@ -438,7 +487,7 @@ impl AppState {
         came_online
     }
 
-    /// Forgets a signed-in socket; true when the user just went offline.
+    /// Forgets a signed-in socket; true when the user just went offline (cluster-wide).
     pub fn sign_out(&self, user: &UserId, socket: SocketId) -> bool {
         let went_offline = {
             let mut users = self.users.lock();
@@ -446,11 +495,12 @@ impl AppState {
                 return false;
             };
             sockets.retain(|(s, _)| *s != socket);
-            let empty = sockets.is_empty();
-            if empty {
+            if sockets.is_empty() {
                 users.remove(user);
+                !self.remote_users.lock().contains_key(user)
+            } else {
+                false
             }
-            empty
         };
         if went_offline {
             self.notify_watchers(user, "offline");
@@ -459,7 +509,7 @@ impl AppState {
     }
 
     pub fn is_online(&self, user: &UserId) -> bool {
-        self.users.lock().contains_key(user)
+        self.users.lock().contains_key(user) || self.remote_users.lock().contains_key(user)
     }
 
     /// Registers `socket` as watching `users` and returns which of them are online now.
@@ -478,8 +528,7 @@ impl AppState {
                     .push((socket, outbox.clone()));
             }
         }
-        let online = self.users.lock();
-        users.iter().cloned().partition(|u| online.contains_key(u))
+        users.iter().cloned().partition(|u| self.is_online(u))
     }
 
     pub fn unwatch(&self, socket: SocketId, users: &[UserId]) {
@@ -507,7 +556,8 @@ impl AppState {
         }
     }
 
-    /// Closes every connection signed in as `user`; returns how many.
+    /// Closes this node's connections signed in as `user`; returns how many. The broker's
+    /// `terminate_user` does every node.
     pub fn terminate_user(&self, user: &UserId) -> usize {
         let users = self.users.lock();
         let Some(sockets) = users.get(user) else {
@@ -525,6 +575,201 @@ impl AppState {
             });
         }
         sockets.len()
+    }
+}
+
+/// Replication of other nodes' state, driven by the broker.
+///
+/// Every node applies the same stream of announcements, so each one decides on its own, and
+/// identically, when a user's first connection joins or last one leaves a presence channel; it
+/// then tells only its own sockets. That is how `member_added`/`member_removed` reach every
+/// subscriber exactly once without any cross-node locking.
+impl AppState {
+    /// Another node's socket subscribed. Idempotent.
+    pub fn remote_subscribe(
+        &self,
+        socket: SocketId,
+        channel: &ChannelName,
+        member: Option<PresenceMember>,
+    ) {
+        let mut channels = self.channels.write();
+        let entry = channels
+            .entry(channel.clone())
+            .or_insert_with(|| Channel::new(channel.kind()));
+        let user = member.as_ref().map(|m| m.user_id.clone());
+        let previous = entry.remote.insert(socket, user.clone());
+        if let (Some(roster), Some(Some(old))) = (entry.presence.as_mut(), &previous) {
+            if Some(old) != user.as_ref() && roster.remove(socket, old) {
+                let frame = Frame::new(server_message::member_removed(channel.as_str(), old));
+                push_all(&entry.subscribers, &frame, None);
+            }
+        }
+        if let (Some(roster), Some(member)) = (entry.presence.as_mut(), member) {
+            if roster.add(socket, &member.user_id, member.user_info) {
+                let added = roster.member(&member.user_id).expect("just added");
+                let frame = Frame::new(server_message::member_added(channel.as_str(), added));
+                push_all(&entry.subscribers, &frame, None);
+            }
+        }
+        if previous.is_none() && self.app.subscription_count && entry.presence.is_none() {
+            send_subscription_count(channel, entry);
+        }
+    }
+
+    /// Another node's socket left a channel. Idempotent.
+    pub fn remote_unsubscribe(&self, socket: SocketId, channel: &ChannelName) {
+        let mut channels = self.channels.write();
+        Self::remove_remote(&self.app, &mut channels, socket, channel);
+    }
+
+    fn remove_remote(
+        app: &App,
+        channels: &mut HashMap<ChannelName, Channel>,
+        socket: SocketId,
+        channel: &ChannelName,
+    ) {
+        let Some(entry) = channels.get_mut(channel) else {
+            return;
+        };
+        let Some(user) = entry.remote.remove(&socket) else {
+            return;
+        };
+        if let (Some(roster), Some(user)) = (entry.presence.as_mut(), user.as_ref()) {
+            if roster.remove(socket, user) {
+                let frame = Frame::new(server_message::member_removed(channel.as_str(), user));
+                push_all(&entry.subscribers, &frame, None);
+            }
+        }
+        if entry.is_empty() {
+            channels.remove(channel);
+        } else if app.subscription_count && entry.presence.is_none() {
+            send_subscription_count(channel, entry);
+        }
+    }
+
+    pub fn remote_sign_in(&self, socket: SocketId, user: &UserId) {
+        let came_online = {
+            let users = self.users.lock();
+            let mut remote = self.remote_users.lock();
+            let was_online = users.contains_key(user) || remote.contains_key(user);
+            let sockets = remote.entry(user.clone()).or_default();
+            if !sockets.contains(&socket) {
+                sockets.push(socket);
+            }
+            !was_online
+        };
+        if came_online {
+            self.notify_watchers(user, "online");
+        }
+    }
+
+    pub fn remote_sign_out(&self, socket: SocketId, user: &UserId) {
+        let went_offline = {
+            let users = self.users.lock();
+            let mut remote = self.remote_users.lock();
+            let Some(sockets) = remote.get_mut(user) else {
+                return;
+            };
+            sockets.retain(|s| *s != socket);
+            if sockets.is_empty() {
+                remote.remove(user);
+                !users.contains_key(user)
+            } else {
+                false
+            }
+        };
+        if went_offline {
+            self.notify_watchers(user, "offline");
+        }
+    }
+
+    /// Records how many connections this app has on another node.
+    pub fn set_remote_connections(&self, node: u64, count: usize) {
+        self.remote_connections.lock().insert(node, count);
+    }
+
+    /// Drops everything known about `node` (it died), telling local sockets about members that
+    /// are gone for good.
+    pub fn forget_node(&self, node: u64) {
+        self.replace_node(node, &LocalState::default());
+    }
+
+    /// Makes this node's view of `node` exactly `state`: adds what is new, removes what is gone,
+    /// and leaves the rest alone, so a resync after an outage does not flap members.
+    pub fn replace_node(&self, node: u64, state: &LocalState) {
+        let keep: std::collections::HashSet<(&ChannelName, SocketId)> = state
+            .subscriptions
+            .iter()
+            .map(|e| (&e.channel, e.socket))
+            .collect();
+        for entry in &state.subscriptions {
+            let member = entry.user.clone().map(|user_id| PresenceMember {
+                user_id,
+                user_info: entry
+                    .user_info
+                    .as_deref()
+                    .and_then(|i| RawValue::from_string(i.to_owned()).ok()),
+            });
+            self.remote_subscribe(entry.socket, &entry.channel, member);
+        }
+        {
+            let mut channels = self.channels.write();
+            let stale: Vec<(ChannelName, SocketId)> = channels
+                .iter()
+                .flat_map(|(name, c)| c.remote.keys().map(move |s| (name, *s)))
+                .filter(|(name, s)| s.node == node && !keep.contains(&(*name, *s)))
+                .map(|(name, s)| (name.clone(), s))
+                .collect();
+            for (channel, socket) in stale {
+                Self::remove_remote(&self.app, &mut channels, socket, &channel);
+            }
+        }
+        let signed_in: std::collections::HashSet<(SocketId, &UserId)> =
+            state.signed_in.iter().map(|(s, u)| (*s, u)).collect();
+        for (socket, user) in &state.signed_in {
+            self.remote_sign_in(*socket, user);
+        }
+        let stale: Vec<(SocketId, UserId)> = self
+            .remote_users
+            .lock()
+            .iter()
+            .flat_map(|(u, sockets)| sockets.iter().map(move |s| (*s, u.clone())))
+            .filter(|(s, u)| s.node == node && !signed_in.contains(&(*s, u)))
+            .collect();
+        for (socket, user) in stale {
+            self.remote_sign_out(socket, &user);
+        }
+        if state == &LocalState::default() {
+            self.remote_connections.lock().remove(&node);
+        }
+    }
+
+    /// This node's own subscriptions and sign-ins, for other nodes to replicate.
+    pub fn local_state(&self) -> LocalState {
+        let mut res = LocalState::default();
+        let channels = self.channels.read();
+        for (name, channel) in channels.iter() {
+            for (socket, subscriber) in &channel.subscribers {
+                let info = match (&channel.presence, &subscriber.user) {
+                    (Some(roster), Some(user)) => roster
+                        .member(user)
+                        .and_then(|m| m.user_info.map(|i| i.get().to_owned())),
+                    _ => None,
+                };
+                res.subscriptions.push(SubscriptionEntry {
+                    channel: name.clone(),
+                    socket: *socket,
+                    user: subscriber.user.clone(),
+                    user_info: info,
+                });
+            }
+        }
+        drop(channels);
+        for (user, sockets) in self.users.lock().iter() {
+            res.signed_in
+                .extend(sockets.iter().map(|(s, _)| (*s, user.clone())));
+        }
+        res
     }
 }
 
@@ -548,7 +793,7 @@ fn push_all(
 }
 
 fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
-    let count = entry.subscribers.len();
+    let count = entry.count();
     let now = Instant::now();
     if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE
         && entry

@@ -17,8 +17,10 @@ use herald_protocol::{
 use serde_json::value::RawValue;
 
 use crate::app::NodeLimits;
-use crate::broker::{Broker, Envelope};
-use crate::node::{AppState, Delivery, PresenceMember, SubscribeError, Subscribed, Unsubscribed};
+use crate::broker::{Announcement, Broker, Envelope};
+use crate::node::{
+    AppState, Delivery, PresenceMember, SubscribeError, Subscribed, SubscriptionEntry, Unsubscribed,
+};
 use crate::outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 use crate::rate_limit::TokenBucket;
 
@@ -207,11 +209,23 @@ impl Session {
             }
         };
         let user = member.as_ref().map(|m| m.user_id.clone());
+        let user_info = member
+            .as_ref()
+            .and_then(|m| m.user_info.as_ref().map(|i| i.get().to_owned()));
         match self
             .app
             .subscribe(self.socket_id, &self.outbox, &channel, member)
         {
             Ok(res) => {
+                self.broker.announce(Announcement::Subscribed {
+                    app_id: self.app.app.id.clone(),
+                    entry: SubscriptionEntry {
+                        channel: channel.clone(),
+                        socket: self.socket_id,
+                        user: user.clone(),
+                        user_info,
+                    },
+                });
                 self.channels.insert(channel.clone(), user);
                 Outcome::Subscribed { channel, res }
             }
@@ -230,6 +244,7 @@ impl Session {
             return Outcome::Nothing;
         }
         let res = self.app.unsubscribe(self.socket_id, &channel);
+        self.announce_unsubscribed(&channel);
         Outcome::Unsubscribed { channel, res }
     }
 
@@ -323,6 +338,11 @@ impl Session {
             self.app.unwatch(self.socket_id, &previous.watchlist);
         }
         self.app.sign_in(&user, self.socket_id, &self.outbox);
+        self.broker.announce(Announcement::SignedIn {
+            app_id: self.app.app.id.clone(),
+            socket: self.socket_id,
+            user: user.clone(),
+        });
         if over_limit {
             self.send_error(
                 Some(ErrorCode::WatchlistLimit),
@@ -361,14 +381,28 @@ impl Session {
             .into_iter()
             .map(|channel| {
                 let res = self.app.unsubscribe(self.socket_id, &channel);
+                self.announce_unsubscribed(&channel);
                 (channel, res)
             })
             .collect();
         if let Some(signed_in) = self.signed_in.take() {
             self.app.unwatch(self.socket_id, &signed_in.watchlist);
             self.app.sign_out(&signed_in.user, self.socket_id);
+            self.broker.announce(Announcement::SignedOut {
+                app_id: self.app.app.id.clone(),
+                socket: self.socket_id,
+                user: signed_in.user,
+            });
         }
         res
+    }
+
+    fn announce_unsubscribed(&self, channel: &ChannelName) {
+        self.broker.announce(Announcement::Unsubscribed {
+            app_id: self.app.app.id.clone(),
+            channel: channel.clone(),
+            socket: self.socket_id,
+        });
     }
 }
 

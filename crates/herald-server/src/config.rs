@@ -28,6 +28,7 @@ const ENV_KEYS: &[&str] = &[
     "max_connections",
     "limits",
     "drain",
+    "cluster",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,7 +44,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log every protocol frame.
     pub debug: bool,
-    /// Reserved for the Redis broker.
+    /// Redis for running several nodes as one cluster (`redis://` or `rediss://`); without it
+    /// the node runs alone with the in-memory broker.
     pub redis_url: Option<String>,
     /// Advertised to clients in `connection_established`; a client silent this long is pinged.
     #[serde(with = "humantime_serde")]
@@ -55,7 +57,33 @@ pub struct Config {
     pub max_connections: usize,
     pub limits: LimitsConfig,
     pub drain: DrainConfig,
+    pub cluster: ClusterConfig,
     pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    pub prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is declared dead and its members removed on every other node.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+    /// Messages waiting for Redis before new ones are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            prefix: "herald".into(),
+            heartbeat_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
+            queue_capacity: 65_536,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +203,7 @@ impl Default for Config {
             max_connections: 100_000,
             limits: LimitsConfig::default(),
             drain: DrainConfig::default(),
+            cluster: ClusterConfig::default(),
             apps: vec![AppConfig::from_app(&App::demo())],
         }
     }
@@ -323,6 +352,12 @@ impl Config {
         }
         if self.drain.deadline < self.drain.delay + self.drain.window {
             bail!("drain.deadline: must be at least drain.delay + drain.window");
+        }
+        if self.cluster.node_timeout <= self.cluster.heartbeat_interval * 2 {
+            bail!("cluster.node_timeout: must be more than twice cluster.heartbeat_interval");
+        }
+        if self.cluster.prefix.is_empty() {
+            bail!("cluster.prefix: must not be empty");
         }
         if self.limits.max_frame_bytes < 1024 {
             bail!("limits.max_frame_bytes: must be at least 1024");

@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herald_core::{Broker, MemoryBroker, Node, NodeLimits, Outbox};
 use herald_protocol::SocketId;
+use herald_redis::{BrokerStats, RedisBroker, RedisConfig};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -38,33 +39,67 @@ pub struct Shared {
     pub config: Config,
     pub node: Arc<Node>,
     pub broker: Arc<dyn Broker>,
+    /// Redis broker counters, exported at scrape time.
+    pub broker_stats: Option<Arc<BrokerStats>>,
     pub limits: Arc<NodeLimits>,
     /// Every open WebSocket's outbox, so the drain can ask each to reconnect elsewhere.
     pub sockets: Mutex<HashMap<SocketId, Outbox>>,
     pub tracker: TaskTracker,
+    /// Stops the broker's background tasks once the drain is over.
+    pub background: CancellationToken,
+    /// The broker's tasks: they outlive the drain, so events still flow while sockets close.
+    pub background_tasks: TaskTracker,
     /// Set when the drain starts: readiness fails from then on.
     pub draining: AtomicBool,
     pub metrics: PrometheusHandle,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
+    /// Builds the node and its broker: Redis when `redis_url` is set, memory otherwise.
+    ///
+    /// # Errors
+    /// A malformed Redis URL.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         let node_id = config
             .node_id
             .unwrap_or_else(|| rand::random::<u32>().into());
         let limits = Arc::new(config.node_limits());
         let node = Arc::new(Node::new(node_id, config.apps(), (*limits).clone()));
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(node.clone()));
-        Arc::new(Shared {
+        let tracker = TaskTracker::new();
+        let background_tasks = TaskTracker::new();
+        let background = CancellationToken::new();
+        let (broker, broker_stats): (Arc<dyn Broker>, _) = match &config.redis_url {
+            Some(url) => {
+                let redis = RedisBroker::start(
+                    node.clone(),
+                    RedisConfig {
+                        url: url.clone(),
+                        prefix: config.cluster.prefix.clone(),
+                        heartbeat_interval: config.cluster.heartbeat_interval,
+                        node_timeout: config.cluster.node_timeout,
+                        queue_capacity: config.cluster.queue_capacity,
+                    },
+                    &background_tasks,
+                    background.clone(),
+                )?;
+                let stats = redis.stats();
+                (Arc::new(redis), Some(stats))
+            }
+            None => (Arc::new(MemoryBroker::new(node.clone())), None),
+        };
+        Ok(Arc::new(Shared {
             node,
             broker,
+            broker_stats,
             limits,
             sockets: Mutex::new(HashMap::new()),
-            tracker: TaskTracker::new(),
+            tracker,
+            background,
+            background_tasks,
             draining: AtomicBool::new(false),
             metrics: metrics::install(),
             config,
-        })
+        }))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -113,6 +148,9 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn render_metrics(State(shared): State<Arc<Shared>>) -> String {
+    if let Some(stats) = &shared.broker_stats {
+        metrics::export_broker(stats);
+    }
     shared.metrics.render()
 }
 
@@ -125,7 +163,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve(Shared::new(config), listener, shutdown).await
+    serve(Shared::new(config)?, listener, shutdown).await
 }
 
 /// Like [`run`], with state the caller built (tests inspect it).
@@ -165,6 +203,13 @@ pub async fn serve(
     shutdown::drain(&shared, &stop_accepting).await;
     let _ = accept.await;
     upkeep.abort();
+    shared.background.cancel();
+    shared.background_tasks.close();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        shared.background_tasks.wait(),
+    )
+    .await;
     Ok(())
 }
 

@@ -132,11 +132,16 @@ pub fn draining(on: bool) {
     gauge!(DRAINING).set(if on { 1.0 } else { 0.0 });
 }
 
-/// Names reserved for the Redis broker, listed so dashboards and docs stay in sync.
-pub const BROKER_METRICS: [&str; 5] = [
-    BROKER_PUBLISHES,
-    BROKER_RECEIVES,
-    BROKER_RECONNECTS,
-    BROKER_ERRORS,
-    BROKER_DROPPED,
-];
+pub const CLUSTER_NODES_REAPED: &str = "herald_cluster_nodes_reaped_total";
+
+/// Copies the Redis broker's counters into the registry (called at scrape time).
+pub fn export_broker(stats: &herald_redis::BrokerStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter!(BROKER_PUBLISHES).absolute(stats.publishes.load(Relaxed));
+    counter!(BROKER_RECEIVES).absolute(stats.receives.load(Relaxed));
+    counter!(BROKER_RECONNECTS).absolute(stats.reconnects.load(Relaxed));
+    counter!(BROKER_ERRORS).absolute(stats.errors.load(Relaxed));
+    counter!(BROKER_DROPPED, "reason" => "unsent").absolute(stats.dropped_unsent.load(Relaxed));
+    counter!(BROKER_DROPPED, "reason" => "invalid").absolute(stats.dropped_invalid.load(Relaxed));
+    counter!(CLUSTER_NODES_REAPED).absolute(stats.nodes_reaped.load(Relaxed));
+}

@@ -34,6 +34,10 @@ pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(users::terminate),
         )
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(users::terminate_by_key),
+        )
         .layer(DefaultBodyLimit::max(limits.max_request_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

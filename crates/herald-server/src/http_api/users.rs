@@ -77,7 +77,29 @@ fn terminate_inner(
     if user_id.is_empty() {
         return Err(ApiError::bad_request("user_id must not be empty"));
     }
-    let closed = verified.app.terminate_user(&UserId(user_id.to_owned()));
+    let closed = shared
+        .broker
+        .terminate_user(&verified.app.app.id, &UserId(user_id.to_owned()));
     tracing::info!(app_id, user_id, closed, "terminated user connections");
     Ok(json!({}))
+}
+
+/// `POST /users/{user_id}/terminate_connections`: the path the Python SDK (3.x) uses, without
+/// `/apps/{app_id}`; the app is the one whose key signed the request.
+pub async fn terminate_by_key(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let key = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "auth_key")
+        .map(|(_, v)| v.into_owned());
+    let app_id = key.and_then(|k| shared.node.app_by_key(&k).map(|a| a.app.id.clone()));
+    let res = match app_id {
+        Some(app_id) => terminate_inner(&shared, &app_id, &user_id, &method, &uri, body),
+        None => Err(ApiError::unauthorized("Unknown or missing auth_key")),
+    };
+    respond("terminate_connections", res)
 }

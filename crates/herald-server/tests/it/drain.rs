@@ -68,11 +68,20 @@ async fn sigterm_drains_in_paced_batches_and_exits_zero() {
     // Publishes during the drain reach every socket still open.
     server.trigger("news", "during-drain", "1").await;
 
+    // Every client waits on its own task, so each close is timed when it arrives.
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                client.expect_next("during-drain").await;
+                assert_eq!(client.expect_close().await, Closed::Code(4200));
+                signalled.elapsed()
+            })
+        })
+        .collect();
     let mut closed_at = Vec::new();
-    for client in &mut clients {
-        client.expect_next("during-drain").await;
-        assert_eq!(client.expect_close().await, Closed::Code(4200));
-        closed_at.push(signalled.elapsed());
+    for wait in waits {
+        closed_at.push(wait.await.unwrap());
     }
     closed_at.sort();
     let first = closed_at[0];

@@ -2,6 +2,7 @@
 //! Every wait has a timeout; nothing sleeps to synchronise.
 
 mod client_events;
+mod cluster;
 mod connect;
 mod drain;
 mod http_api;

@@ -41,7 +41,7 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared::new(config);
+        let shared = Shared::new(config).expect("server state");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(herald_server::serve(
             shared.clone(),

@@ -1,0 +1,511 @@
+//! The Redis broker: many herald nodes act as one through Redis pub/sub.
+//!
+//! Every node publishes to, and subscribes to, one bus channel (`{prefix}:bus`). The bus carries
+//! events (delivered by every node to its local subscribers) and each node's announcements of its
+//! own state (subscriptions, presence identities, sign-ins, connection counts), which every other
+//! node replicates into `herald-core`'s remote view. Redis is single-threaded, so every node sees
+//! the bus in the same order and reaches the same presence decisions on its own.
+//!
+//! Invariants:
+//! - Nothing here blocks a socket task or an HTTP handler: `publish` and `announce` deliver
+//!   locally and enqueue for Redis without waiting; a full queue drops and counts.
+//! - Everything read from Redis is untrusted: decoded with validation, and what does not parse is
+//!   dropped and counted, never a panic.
+//! - A node's own view of itself never depends on Redis: local delivery goes on during an outage.
+
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use herald_core::{Announcement, Broker, Delivery, Envelope, Node};
+use herald_protocol::{SocketId, UserId};
+use parking_lot::Mutex;
+use rand::Rng;
+use redis::aio::ConnectionManagerConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::wire::BusMessage;
+
+/// Largest bus message accepted from Redis.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Most messages sent in one pipeline.
+const MAX_PIPELINE: usize = 512;
+/// How long a cache channel's last event is kept in Redis for nodes that start later.
+const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS).
+    pub url: String,
+    /// Namespaces keys and the bus channel, so several clusters can share one Redis.
+    pub prefix: String,
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is considered dead and its members are removed.
+    pub node_timeout: Duration,
+    /// Messages waiting for Redis before new ones are dropped (and counted).
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid Redis URL")]
+    InvalidUrl(#[source] redis::RedisError),
+}
+
+/// Counters the server exports as metrics.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub publishes: AtomicU64,
+    pub receives: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub errors: AtomicU64,
+    /// Not sent because Redis was unreachable or the queue was full.
+    pub dropped_unsent: AtomicU64,
+    /// Received but rejected: not valid JSON or failing validation.
+    pub dropped_invalid: AtomicU64,
+    /// Nodes declared dead and removed.
+    pub nodes_reaped: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    payload: String,
+    /// `(key, value)` to store with the cache TTL.
+    cache: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: Arc<Node>,
+    config: RedisConfig,
+    bus: String,
+    tx: mpsc::Sender<Outgoing>,
+    stats: Arc<BrokerStats>,
+    /// Other nodes and when we last heard from them.
+    peers: Mutex<HashMap<u64, Instant>>,
+    /// Set while subscribed to the bus.
+    connected_since: Mutex<Option<Instant>>,
+}
+
+/// The Redis implementation of [`Broker`].
+#[derive(Debug, Clone)]
+pub struct RedisBroker(Arc<Inner>);
+
+impl RedisBroker {
+    /// Starts the publisher, subscriber and heartbeat tasks. Redis need not be up: the node
+    /// serves its own sockets meanwhile and joins the cluster when Redis answers.
+    ///
+    /// # Errors
+    /// Only a malformed URL.
+    pub fn start(
+        node: Arc<Node>,
+        config: RedisConfig,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<RedisBroker, BrokerError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(BrokerError::InvalidUrl)?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let inner = Arc::new(Inner {
+            node,
+            bus: format!("{}:bus", config.prefix),
+            config,
+            tx,
+            stats: Arc::default(),
+            peers: Mutex::default(),
+            connected_since: Mutex::default(),
+        });
+        tracker.spawn(publisher(inner.clone(), client.clone(), rx, stop.clone()));
+        tracker.spawn(subscriber(inner.clone(), client, stop.clone()));
+        tracker.spawn(heartbeat(inner.clone(), stop));
+        Ok(RedisBroker(inner))
+    }
+
+    pub fn stats(&self) -> Arc<BrokerStats> {
+        self.0.stats.clone()
+    }
+
+    /// Whether the node is currently subscribed to the bus.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected_since.lock().is_some()
+    }
+}
+
+impl Inner {
+    fn send(&self, message: &BusMessage, cache: Option<(String, String)>) {
+        let payload = match serde_json::to_string(message) {
+            Ok(payload) => payload,
+            Err(err) => {
+                tracing::error!(%err, "could not encode a bus message");
+                return;
+            }
+        };
+        if self.tx.try_send(Outgoing { payload, cache }).is_err() {
+            bump(&self.stats.dropped_unsent, 1);
+        }
+    }
+
+    fn cache_key(&self, app_id: &str, channel: &str) -> String {
+        format!("{}:cache:{app_id}:{channel}", self.config.prefix)
+    }
+
+    /// Publishes this node's full state for every app.
+    fn publish_state(&self) {
+        let me = self.node.id();
+        for app in self.node.apps() {
+            let state = wire::WireState::from_local(&app.local_state());
+            self.send(
+                &BusMessage::State {
+                    node: me,
+                    app: app.app.id.clone(),
+                    state,
+                },
+                None,
+            );
+        }
+    }
+
+    /// Publishes this node's full state and asks every other node for theirs.
+    fn resync(&self) {
+        self.publish_state();
+        self.send(
+            &BusMessage::SyncRequest {
+                node: self.node.id(),
+                target: None,
+            },
+            None,
+        );
+    }
+
+    fn handle(&self, payload: &[u8]) {
+        bump(&self.stats.receives, 1);
+        if payload.len() > MAX_MESSAGE_BYTES {
+            bump(&self.stats.dropped_invalid, 1);
+            return;
+        }
+        let message: BusMessage = match serde_json::from_slice(payload) {
+            Ok(message) => message,
+            Err(err) => {
+                bump(&self.stats.dropped_invalid, 1);
+                tracing::warn!(%err, "dropping a bus message that does not parse");
+                return;
+            }
+        };
+        let me = self.node.id();
+        let from = message.node();
+        if from == me {
+            return;
+        }
+        let known = self.peers.lock().insert(from, Instant::now()).is_some();
+        if !known
+            && !matches!(
+                message,
+                BusMessage::State { .. } | BusMessage::SyncRequest { .. }
+            )
+        {
+            // A node we had not heard from (new, or one we declared dead that was only slow):
+            // get its full state instead of trusting that we saw every delta.
+            tracing::info!(node = from, "new peer on the bus");
+            self.send(
+                &BusMessage::SyncRequest {
+                    node: me,
+                    target: Some(from),
+                },
+                None,
+            );
+        }
+        if let BusMessage::SyncRequest { target, .. } = &message {
+            if target.is_none_or(|t| t == me) {
+                self.publish_state();
+            }
+            return;
+        }
+        if let Err(err) = wire::apply(&self.node, message) {
+            bump(&self.stats.dropped_invalid, 1);
+            tracing::warn!(node = from, %err, "dropping an invalid bus message");
+        }
+    }
+
+    fn reap(&self) {
+        let connected_for = self.connected_since.lock().map(|t| t.elapsed());
+        // Only judge others while we can hear them, and not before they had time to speak.
+        if connected_for.is_none_or(|d| d < self.config.node_timeout) {
+            return;
+        }
+        let dead: Vec<u64> = {
+            let mut peers = self.peers.lock();
+            let dead: Vec<u64> = peers
+                .iter()
+                .filter(|(_, seen)| seen.elapsed() > self.config.node_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &dead {
+                peers.remove(id);
+            }
+            dead
+        };
+        for id in dead {
+            tracing::warn!(
+                node = id,
+                "node stopped heartbeating: removing its connections"
+            );
+            bump(&self.stats.nodes_reaped, 1);
+            for app in self.node.apps() {
+                app.forget_node(id);
+            }
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, envelope: Envelope) -> Delivery {
+        let inner = &self.0;
+        let Some(app) = inner.node.app_by_id(&envelope.app_id) else {
+            return Delivery::default();
+        };
+        if let Some((event, data)) = &envelope.cache {
+            app.store_cache(&envelope.channel, event, data, &envelope.frame);
+        }
+        let delivery = app.deliver(&envelope.channel, &envelope.frame, envelope.except);
+        let cache = envelope.cache.as_ref().map(|(event, data)| {
+            let value = serde_json::json!({"event": event, "data": data}).to_string();
+            (
+                inner.cache_key(&envelope.app_id, envelope.channel.as_str()),
+                value,
+            )
+        });
+        inner.send(&BusMessage::event(inner.node.id(), &envelope), cache);
+        delivery
+    }
+
+    fn announce(&self, announcement: Announcement) {
+        let message = BusMessage::from_announcement(self.0.node.id(), announcement);
+        self.0.send(&message, None);
+    }
+
+    fn terminate_user(&self, app_id: &str, user: &UserId) -> usize {
+        let inner = &self.0;
+        let local = inner
+            .node
+            .app_by_id(app_id)
+            .map_or(0, |app| app.terminate_user(user));
+        inner.send(
+            &BusMessage::Terminate {
+                node: inner.node.id(),
+                app: app_id.to_owned(),
+                user: user.0.clone(),
+            },
+            None,
+        );
+        local
+    }
+}
+
+/// Sends queued messages in pipelines; the connection manager reconnects on its own.
+async fn publisher(
+    inner: Arc<Inner>,
+    client: redis::Client,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    let config = ConnectionManagerConfig::new()
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut conn = match client.get_connection_manager_lazy(config) {
+        Ok(conn) => conn,
+        Err(err) => {
+            tracing::error!(%err, "cannot create the Redis publisher");
+            return;
+        }
+    };
+    let mut batch = Vec::with_capacity(MAX_PIPELINE);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let first = tokio::select! {
+            msg = rx.recv() => match msg { Some(m) => m, None => return },
+            () = stop.cancelled() => return,
+        };
+        batch.push(first);
+        while batch.len() < MAX_PIPELINE {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for out in &batch {
+            pipe.cmd("PUBLISH")
+                .arg(&inner.bus)
+                .arg(&out.payload)
+                .ignore();
+            if let Some((key, value)) = &out.cache {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(CACHE_TTL_MS)
+                    .ignore();
+            }
+        }
+        let n = batch.len() as u64;
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => bump(&inner.stats.publishes, n),
+            Err(err) => {
+                bump(&inner.stats.errors, 1);
+                bump(&inner.stats.dropped_unsent, n);
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!(%err, dropped = n, "Redis publish failed: cross-node delivery is interrupted");
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Keeps a subscription to the bus, reconnecting with jittered backoff, and resyncs state after
+/// every (re)connect so state lost in Redis or missed during an outage is rebuilt.
+async fn subscriber(inner: Arc<Inner>, client: redis::Client, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&inner.bus).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let res = tokio::select! {
+            res = tokio::time::timeout(Duration::from_secs(3), subscribed) => res,
+            () = stop.cancelled() => return,
+        };
+        match res {
+            Ok(Ok(pubsub)) => {
+                if !first {
+                    bump(&inner.stats.reconnects, 1);
+                }
+                first = false;
+                backoff = Duration::from_millis(100);
+                tracing::info!(bus = %inner.bus, "subscribed to the Redis bus");
+                *inner.connected_since.lock() = Some(Instant::now());
+                inner.resync();
+                load_caches(&inner, &client).await;
+                let mut stream = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => inner.handle(msg.get_payload_bytes()),
+                            None => break,
+                        },
+                        () = stop.cancelled() => return,
+                    }
+                }
+                *inner.connected_since.lock() = None;
+                bump(&inner.stats.errors, 1);
+                tracing::warn!("lost the Redis bus: serving local sockets only until it is back");
+            }
+            Ok(Err(err)) => {
+                bump(&inner.stats.errors, 1);
+                tracing::warn!(%err, retry_in = ?backoff, "cannot subscribe to the Redis bus");
+            }
+            Err(_) => {
+                bump(&inner.stats.errors, 1);
+                tracing::warn!(retry_in = ?backoff, "timed out subscribing to the Redis bus");
+            }
+        }
+        let jitter = backoff.mul_f64(rand::thread_rng().gen_range(0.0..0.3));
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Loads the cache channels' last events, for a node that starts after they were published.
+async fn load_caches(inner: &Inner, client: &redis::Client) {
+    let res = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let pattern = format!("{}:cache:*", inner.config.prefix);
+        let keys: Vec<String> = {
+            let mut iter =
+                redis::AsyncCommands::scan_match::<_, String>(&mut conn, pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next().await {
+                keys.push(key?);
+                if keys.len() >= 100_000 {
+                    break;
+                }
+            }
+            keys
+        };
+        for key in keys {
+            let value: Option<String> = redis::AsyncCommands::get(&mut conn, &key).await?;
+            if let Some(value) = value {
+                if wire::apply_cache(&inner.node, &inner.config.prefix, &key, &value).is_err() {
+                    bump(&inner.stats.dropped_invalid, 1);
+                }
+            }
+        }
+        Ok::<(), redis::RedisError>(())
+    }
+    .await;
+    if let Err(err) = res {
+        tracing::warn!(%err, "could not load cache channels from Redis");
+    }
+}
+
+/// Heartbeats, reaps silent peers, and resyncs after this node itself stalled.
+async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(inner.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let gap = last.elapsed();
+        last = Instant::now();
+        if inner.connected_since.lock().is_none() {
+            continue;
+        }
+        if gap > inner.config.node_timeout {
+            // We were frozen long enough for others to declare us dead: rebuild both ways.
+            tracing::warn!(?gap, "this node stalled: resyncing cluster state");
+            inner.resync();
+        }
+        let connections = inner
+            .node
+            .apps()
+            .map(|app| (app.app.id.clone(), app.connection_count()))
+            .collect();
+        inner.send(
+            &BusMessage::Heartbeat {
+                node: inner.node.id(),
+                connections,
+            },
+            None,
+        );
+        inner.reap();
+    }
+}
+
+/// Parses a socket id that must belong to `node`.
+fn socket_of(node: u64, socket: &str) -> Result<SocketId, wire::WireError> {
+    match SocketId::parse(socket) {
+        Some(id) if id.node == node => Ok(id),
+        _ => Err(wire::WireError::Invalid("socket id")),
+    }
+}

@@ -1,0 +1,368 @@
+//! The bus message format, and how a received message is validated and applied to the node.
+//!
+//! Invariant: `apply` trusts nothing in a message: app ids must be configured, channel names and
+//! socket ids must parse, a node may only speak for its own sockets, and an event's frame must be
+//! a JSON object before it is sent to any client.
+
+use std::collections::HashMap;
+
+use herald_core::{
+    Announcement, Envelope, Frame, LocalState, Node, PresenceMember, SubscriptionEntry,
+};
+use herald_protocol::{ChannelName, SocketId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::socket_of;
+
+/// Channel names from the bus are validated without the per-app length limit, which the
+/// publishing node already enforced.
+const MAX_CHANNEL_NAME: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("unknown app {0:?}")]
+    UnknownApp(String),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum BusMessage {
+    Event {
+        node: u64,
+        app: String,
+        channel: String,
+        /// The complete frame sent to clients, serialized once by the publishing node.
+        frame: String,
+        except: Option<String>,
+        /// `(event, data)` for cache channels.
+        cache: Option<(String, String)>,
+    },
+    Subscribed {
+        node: u64,
+        app: String,
+        channel: String,
+        socket: String,
+        user: Option<String>,
+        info: Option<String>,
+    },
+    Unsubscribed {
+        node: u64,
+        app: String,
+        channel: String,
+        socket: String,
+    },
+    SignedIn {
+        node: u64,
+        app: String,
+        socket: String,
+        user: String,
+    },
+    SignedOut {
+        node: u64,
+        app: String,
+        socket: String,
+        user: String,
+    },
+    Terminate {
+        node: u64,
+        app: String,
+        user: String,
+    },
+    Heartbeat {
+        node: u64,
+        /// Open connections per app on that node.
+        connections: HashMap<String, usize>,
+    },
+    /// A node's complete state for one app; replaces what others knew of it.
+    State {
+        node: u64,
+        app: String,
+        state: WireState,
+    },
+    /// Asks `target` (or every node) to publish its `State`.
+    SyncRequest { node: u64, target: Option<u64> },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WireState {
+    /// `(channel, socket, user, user_info)`.
+    subscriptions: Vec<(String, String, Option<String>, Option<String>)>,
+    /// `(socket, user)`.
+    signed_in: Vec<(String, String)>,
+}
+
+impl WireState {
+    pub fn from_local(state: &LocalState) -> WireState {
+        WireState {
+            subscriptions: state
+                .subscriptions
+                .iter()
+                .map(|e| {
+                    (
+                        e.channel.to_string(),
+                        e.socket.to_string(),
+                        e.user.as_ref().map(|u| u.0.clone()),
+                        e.user_info.clone(),
+                    )
+                })
+                .collect(),
+            signed_in: state
+                .signed_in
+                .iter()
+                .map(|(s, u)| (s.to_string(), u.0.clone()))
+                .collect(),
+        }
+    }
+
+    fn into_local(self, node: u64) -> Result<LocalState, WireError> {
+        let subscriptions = self
+            .subscriptions
+            .into_iter()
+            .map(|(channel, socket, user, info)| {
+                Ok(SubscriptionEntry {
+                    channel: channel_name(&channel)?,
+                    socket: socket_of(node, &socket)?,
+                    user: user.map(user_id).transpose()?,
+                    user_info: info
+                        .map(|i| user_info(&i).map(|r| r.get().to_owned()))
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<_, WireError>>()?;
+        let signed_in = self
+            .signed_in
+            .into_iter()
+            .map(|(socket, user)| Ok((socket_of(node, &socket)?, user_id(user)?)))
+            .collect::<Result<_, WireError>>()?;
+        Ok(LocalState {
+            subscriptions,
+            signed_in,
+        })
+    }
+}
+
+impl BusMessage {
+    pub fn node(&self) -> u64 {
+        match self {
+            BusMessage::Event { node, .. }
+            | BusMessage::Subscribed { node, .. }
+            | BusMessage::Unsubscribed { node, .. }
+            | BusMessage::SignedIn { node, .. }
+            | BusMessage::SignedOut { node, .. }
+            | BusMessage::Terminate { node, .. }
+            | BusMessage::Heartbeat { node, .. }
+            | BusMessage::State { node, .. }
+            | BusMessage::SyncRequest { node, .. } => *node,
+        }
+    }
+
+    pub fn event(node: u64, envelope: &Envelope) -> BusMessage {
+        BusMessage::Event {
+            node,
+            app: envelope.app_id.clone(),
+            channel: envelope.channel.to_string(),
+            frame: String::from_utf8_lossy(&envelope.frame.text).into_owned(),
+            except: envelope.except.map(|s| s.to_string()),
+            cache: envelope.cache.clone(),
+        }
+    }
+
+    pub fn from_announcement(node: u64, announcement: Announcement) -> BusMessage {
+        match announcement {
+            Announcement::Subscribed { app_id, entry } => BusMessage::Subscribed {
+                node,
+                app: app_id,
+                channel: entry.channel.to_string(),
+                socket: entry.socket.to_string(),
+                user: entry.user.map(|u| u.0),
+                info: entry.user_info,
+            },
+            Announcement::Unsubscribed {
+                app_id,
+                channel,
+                socket,
+            } => BusMessage::Unsubscribed {
+                node,
+                app: app_id,
+                channel: channel.to_string(),
+                socket: socket.to_string(),
+            },
+            Announcement::SignedIn {
+                app_id,
+                socket,
+                user,
+            } => BusMessage::SignedIn {
+                node,
+                app: app_id,
+                socket: socket.to_string(),
+                user: user.0,
+            },
+            Announcement::SignedOut {
+                app_id,
+                socket,
+                user,
+            } => BusMessage::SignedOut {
+                node,
+                app: app_id,
+                socket: socket.to_string(),
+                user: user.0,
+            },
+        }
+    }
+}
+
+fn channel_name(name: &str) -> Result<ChannelName, WireError> {
+    ChannelName::parse(name, MAX_CHANNEL_NAME).map_err(|_| WireError::Invalid("channel name"))
+}
+
+fn user_id(user: String) -> Result<UserId, WireError> {
+    if user.is_empty() || user.len() > 1024 {
+        return Err(WireError::Invalid("user id"));
+    }
+    Ok(UserId(user))
+}
+
+fn user_info(info: &str) -> Result<Box<RawValue>, WireError> {
+    RawValue::from_string(info.to_owned()).map_err(|_| WireError::Invalid("user info"))
+}
+
+/// Validates a message from another node and applies it.
+///
+/// # Errors
+/// Whatever failed validation; nothing was applied then.
+pub fn apply(node: &Node, message: BusMessage) -> Result<(), WireError> {
+    let app_state = |app: &str| {
+        node.app_by_id(app)
+            .ok_or_else(|| WireError::UnknownApp(app.to_owned()))
+    };
+    match message {
+        BusMessage::Event {
+            app,
+            channel,
+            frame,
+            except,
+            cache,
+            ..
+        } => {
+            let app = app_state(&app)?;
+            let channel = channel_name(&channel)?;
+            let except = except
+                .map(|s| SocketId::parse(&s).ok_or(WireError::Invalid("socket id")))
+                .transpose()?;
+            let is_object = serde_json::from_str::<serde::de::IgnoredAny>(&frame).is_ok()
+                && frame.trim_start().starts_with('{');
+            if !is_object {
+                return Err(WireError::Invalid("event frame"));
+            }
+            let frame = Frame::published(frame, std::time::Instant::now());
+            if let Some((event, data)) = &cache {
+                app.store_cache(&channel, event, data, &frame);
+            }
+            app.deliver(&channel, &frame, except);
+        }
+        BusMessage::Subscribed {
+            node: from,
+            app,
+            channel,
+            socket,
+            user,
+            info,
+        } => {
+            let app = app_state(&app)?;
+            let channel = channel_name(&channel)?;
+            let socket = socket_of(from, &socket)?;
+            let member = match user {
+                Some(user) => Some(PresenceMember {
+                    user_id: user_id(user)?,
+                    user_info: info.as_deref().map(user_info).transpose()?,
+                }),
+                None => None,
+            };
+            app.remote_subscribe(socket, &channel, member);
+        }
+        BusMessage::Unsubscribed {
+            node: from,
+            app,
+            channel,
+            socket,
+        } => {
+            let app = app_state(&app)?;
+            app.remote_unsubscribe(socket_of(from, &socket)?, &channel_name(&channel)?);
+        }
+        BusMessage::SignedIn {
+            node: from,
+            app,
+            socket,
+            user,
+        } => {
+            app_state(&app)?.remote_sign_in(socket_of(from, &socket)?, &user_id(user)?);
+        }
+        BusMessage::SignedOut {
+            node: from,
+            app,
+            socket,
+            user,
+        } => {
+            app_state(&app)?.remote_sign_out(socket_of(from, &socket)?, &user_id(user)?);
+        }
+        BusMessage::Terminate { app, user, .. } => {
+            app_state(&app)?.terminate_user(&user_id(user)?);
+        }
+        BusMessage::Heartbeat {
+            node: from,
+            connections,
+        } => {
+            for (app, count) in connections {
+                if let Some(app) = node.app_by_id(&app) {
+                    app.set_remote_connections(from, count);
+                }
+            }
+        }
+        BusMessage::State {
+            node: from,
+            app,
+            state,
+        } => {
+            let app = app_state(&app)?;
+            app.replace_node(from, &state.into_local(from)?);
+        }
+        // Answered by the broker, which owns the publisher.
+        BusMessage::SyncRequest { .. } => {}
+    }
+    Ok(())
+}
+
+/// Stores one cache channel's last event read from Redis (`{prefix}:cache:{app}:{channel}`).
+///
+/// # Errors
+/// A key or value that does not have the expected shape.
+pub fn apply_cache(node: &Node, prefix: &str, key: &str, value: &str) -> Result<(), WireError> {
+    #[derive(Deserialize)]
+    struct Cached {
+        event: String,
+        data: String,
+    }
+    let rest = key
+        .strip_prefix(prefix)
+        .and_then(|k| k.strip_prefix(":cache:"))
+        .ok_or(WireError::Invalid("cache key"))?;
+    let (app, channel) = rest
+        .split_once(':')
+        .ok_or(WireError::Invalid("cache key"))?;
+    let app = node
+        .app_by_id(app)
+        .ok_or_else(|| WireError::UnknownApp(app.to_owned()))?;
+    let channel = channel_name(channel)?;
+    let cached: Cached =
+        serde_json::from_str(value).map_err(|_| WireError::Invalid("cache value"))?;
+    let frame = Frame::new(herald_protocol::server_message::channel_event(
+        &cached.event,
+        channel.as_str(),
+        &cached.data,
+    ));
+    app.store_cache(&channel, &cached.event, &cached.data, &frame);
+    Ok(())
+}

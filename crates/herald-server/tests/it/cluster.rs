@@ -1,0 +1,384 @@
+//! Several nodes through a real `redis-server` (started per test on a free port).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::*;
+
+/// A `redis-server` child process on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = RedisServer { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, with no data.
+    pub async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub async fn publish(&self, channel: &str, payload: &str) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+async fn node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::start(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.heartbeat_interval = Duration::from_millis(200);
+        c.cluster.node_timeout = Duration::from_secs(2);
+    })
+    .await
+}
+
+/// Polls a channel's info on `server` until `check` holds (replication is asynchronous).
+async fn until_channel(
+    server: &TestServer,
+    channel: &str,
+    info: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = format!("/apps/1/channels/{channel}");
+        let (_, body) = server.api("GET", &path, &[("info", info)], None).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never held; last answer {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn broadcasts_reach_every_node_once_with_socket_exclusion() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let mut also_b = b.client().await;
+    on_a.subscribe("news").await;
+    on_b.subscribe("news").await;
+    also_b.subscribe("news").await;
+    until_channel(&a, "news", "subscription_count", |v| {
+        v["subscription_count"] == 3
+    })
+    .await;
+    until_channel(&b, "news", "subscription_count", |v| {
+        v["subscription_count"] == 3
+    })
+    .await;
+
+    let body =
+        json!({"name": "e", "channel": "news", "data": "hello", "socket_id": also_b.socket_id});
+    assert_eq!(
+        a.api("POST", "/apps/1/events", &[], Some(&body)).await.0,
+        200
+    );
+    assert_eq!(on_a.expect_next("e").await["data"], "hello");
+    assert_eq!(on_b.expect_next("e").await["data"], "hello");
+    on_a.expect_nothing_more().await;
+    on_b.expect_nothing_more().await;
+    also_b.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn presence_is_cluster_wide_with_first_and_last_connection_semantics() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut watcher = b.client().await;
+    watcher.subscribe_presence("presence-room", "watcher").await;
+    until_channel(&a, "presence-room", "user_count", |v| v["user_count"] == 1).await;
+
+    let mut alice_a = a.client().await;
+    let snapshot = alice_a.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(
+        data(&snapshot)["presence"]["count"],
+        2,
+        "the snapshot includes the other node's member"
+    );
+    assert_eq!(
+        data(&watcher.expect_next("pusher_internal:member_added").await)["user_id"],
+        "alice"
+    );
+
+    let mut alice_b = b.client().await;
+    alice_b.subscribe_presence("presence-room", "alice").await;
+    until_channel(&a, "presence-room", "subscription_count", |v| {
+        v["subscription_count"] == 3
+    })
+    .await;
+    watcher.expect_nothing_more().await;
+
+    // Alice leaves node A but is still on node B: nobody hears member_removed.
+    drop(alice_a);
+    until_channel(&b, "presence-room", "subscription_count", |v| {
+        v["subscription_count"] == 2
+    })
+    .await;
+    watcher.expect_nothing_more().await;
+    let (_, users) = a
+        .api("GET", "/apps/1/channels/presence-room/users", &[], None)
+        .await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
+
+    drop(alice_b);
+    assert_eq!(
+        data(&watcher.expect_next("pusher_internal:member_removed").await)["user_id"],
+        "alice"
+    );
+    until_channel(&a, "presence-room", "user_count", |v| v["user_count"] == 1).await;
+}
+
+#[tokio::test]
+async fn client_events_and_terminate_cross_nodes() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut alice = a.client().await;
+    let mut bob = b.client().await;
+    alice.subscribe_private("private-chat").await;
+    bob.subscribe_private("private-chat").await;
+    bob.sign_in(&json!({"id": "bob"})).await;
+    until_channel(&a, "private-chat", "subscription_count", |v| {
+        v["subscription_count"] == 2
+    })
+    .await;
+    alice
+        .send(json!({"event": "client-hi", "channel": "private-chat", "data": {"x": 1}}))
+        .await;
+    assert_eq!(bob.expect_next("client-hi").await["data"], json!({"x": 1}));
+    alice.expect_nothing_more().await;
+
+    let (status, _) = a
+        .api(
+            "POST",
+            "/apps/1/users/bob/terminate_connections",
+            &[],
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(bob.expect_close().await, Closed::Code(4009));
+}
+
+#[tokio::test]
+async fn garbage_on_the_bus_is_dropped_and_counted() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.client().await;
+    on_b.subscribe("news").await;
+    until_channel(&a, "news", "subscription_count", |v| {
+        v["subscription_count"] == 1
+    })
+    .await;
+    for garbage in [
+        "not json",
+        r#"{"t":"event","node":1,"app":"1","channel":"news","frame":"<script>","except":null,"cache":null}"#,
+        r#"{"t":"subscribed","node":1,"app":"1","channel":"news","socket":"2.5","user":null,"info":null}"#,
+        r#"{"t":"event","node":1,"app":"nope","channel":"news","frame":"{}","except":null,"cache":null}"#,
+    ] {
+        redis.publish("herald:bus", garbage).await;
+    }
+    a.trigger("news", "after", "ok").await;
+    assert_eq!(on_b.expect_next("after").await["data"], "ok");
+    on_b.expect_nothing_more().await;
+    let (_, metrics) = b.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("herald_broker_dropped_total{reason=\"invalid\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn redis_restart_with_data_gone_resumes_broadcasts_and_presence() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut alice = a.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    until_channel(&b, "presence-room", "user_count", |v| v["user_count"] == 1).await;
+    let mut bob = b.client().await;
+    let snapshot = bob.subscribe_presence("presence-room", "bob").await;
+    assert_eq!(data(&snapshot)["presence"]["count"], 2);
+    alice.expect_next("pusher_internal:member_added").await;
+
+    redis.stop().await;
+    // Local delivery goes on without Redis.
+    a.trigger("presence-room", "local", "1").await;
+    assert_eq!(alice.expect_next("local").await["data"], "1");
+
+    redis.restart().await;
+    // Cross-node broadcasts resume: retry until one published on A reaches B.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        a.trigger("presence-room", "probe", "x").await;
+        alice.expect_next("probe").await;
+        let got = tokio::time::timeout(Duration::from_millis(300), bob.expect_next("probe")).await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broadcasts did not resume"
+        );
+    }
+    // Presence is whole again on both nodes, and nobody saw members flap.
+    until_channel(&b, "presence-room", "user_count", |v| v["user_count"] == 2).await;
+    until_channel(&a, "presence-room", "user_count", |v| v["user_count"] == 2).await;
+    drop(bob);
+    assert_eq!(
+        data(&alice.expect("pusher_internal:member_removed").await)["user_id"],
+        "bob"
+    );
+}
+
+#[tokio::test]
+async fn killed_node_members_are_removed_within_the_timeout_exactly_once() {
+    let redis = RedisServer::start().await;
+    let survivor = node(&redis).await;
+    let mut watcher = survivor.client().await;
+    watcher.subscribe_presence("presence-room", "watcher").await;
+
+    let dir =
+        std::env::temp_dir().join(format!("herald-kill-{}-{}", std::process::id(), redis.port));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("herald.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nheartbeat_interval = \"200ms\"\nnode_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let mut victim = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--redis-url",
+            &redis.url(),
+            "--config",
+        ])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(victim.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let log: Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(addr) = log["fields"]["addr"].as_str() {
+                return addr.to_owned();
+            }
+        }
+        panic!("victim exited before listening");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let url = format!("ws://{addr}/app/{KEY}?protocol=7");
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut alice = TestClient {
+        ws,
+        socket_id: String::new(),
+    };
+    let frame = alice.expect_next("pusher:connection_established").await;
+    alice.socket_id = data(&frame)["socket_id"].as_str().unwrap().to_owned();
+    alice.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(
+        data(&watcher.expect_next("pusher_internal:member_added").await)["user_id"],
+        "alice"
+    );
+
+    victim.start_kill().unwrap();
+    victim.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    let removed = tokio::time::timeout(
+        Duration::from_secs(10),
+        watcher.expect_next("pusher_internal:member_removed"),
+    )
+    .await
+    .expect("member_removed within 10 s");
+    assert_eq!(data(&removed)["user_id"], "alice");
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    watcher.expect_nothing_more().await;
+    let (_, users) = survivor
+        .api("GET", "/apps/1/channels/presence-room/users", &[], None)
+        .await;
+    assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
