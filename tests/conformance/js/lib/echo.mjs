@@ -13,6 +13,11 @@ export function echoFor(pusherClient) {
 export function echoSubscribed(echoChannel, ms = DEFAULT_TIMEOUT) {
   return withTimeout(
     new Promise((res, rej) => {
+      // The subscription may already have succeeded before we got here.
+      if (echoChannel.subscription?.subscribed) {
+        res(echoChannel);
+        return;
+      }
       echoChannel.subscribed(() => res(echoChannel));
       echoChannel.error((e) => rej(new Error(`Echo channel ${echoChannel.name} error: ${JSON.stringify(e)}`)));
     }),
