@@ -200,7 +200,7 @@ mod tests {
     fn presence_snapshot_lists_distinct_users() {
         let a = UserId("a".into());
         let info = RawValue::from_string(r#"{"name":"A"}"#.into()).unwrap();
-        let members = vec![(&a, Some(&*info))];
+        let members = [(&a, Some(&*info))];
         let frame = presence_subscription_succeeded(
             "presence-x",
             members.iter().map(|(u, i)| Member {

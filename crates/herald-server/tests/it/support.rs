@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::signature;
+use herald_server::config::DrainConfig;
 use herald_server::{Config, Shared};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -32,11 +33,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::default();
-        config.host = "127.0.0.1".into();
-        config.drain.delay = Duration::ZERO;
-        config.drain.window = Duration::ZERO;
-        config.drain.deadline = Duration::from_secs(2);
+        let mut config = Config {
+            host: "127.0.0.1".into(),
+            drain: DrainConfig {
+                delay: Duration::ZERO,
+                window: Duration::ZERO,
+                deadline: Duration::from_secs(2),
+            },
+            ..Config::default()
+        };
         configure(&mut config);
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
