@@ -3,6 +3,11 @@
 # SDK against the herald binary. Uses $HERALD_BIN, else target/release/herald,
 # else target/debug/herald (relative to the repository root).
 set -euo pipefail
+# A relative HERALD_BIN is relative to where the script was started from.
+if [[ -n "${HERALD_BIN:-}" && "$HERALD_BIN" != /* ]]; then
+  HERALD_BIN="$PWD/$HERALD_BIN"
+  export HERALD_BIN
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 if ! command -v node >/dev/null 2>&1; then

@@ -61,3 +61,29 @@ describe('connection', () => {
     assert.ok(!states.includes('connecting'), `reconnected; states: ${states}`);
   });
 });
+
+describe('liveness with a short activity_timeout', () => {
+  let server;
+  let clients;
+
+  before(async () => {
+    server = await startServer({ top: { activity_timeout: '1s', pong_timeout: '2s' } });
+    clients = new Clients(server);
+  });
+  after(async () => {
+    clients?.closeAll();
+    await server?.stop();
+  });
+
+  test('handshake activity_timeout is used by pusher-js; its pings get pongs and the socket stays up', async () => {
+    const c = await clients.connected();
+    assert.equal(c.connection.activityTimeout, 1000, 'min(120 s, server activity_timeout 1 s)');
+    const changes = [];
+    c.connection.bind('state_change', ({ current }) => changes.push(current));
+    let pongs = 0;
+    const threePongs = waitFor(c.connection, 'message', 8000, (m) => m.event === 'pusher:pong' && ++pongs === 3);
+    await threePongs;
+    assert.equal(c.connection.state, 'connected');
+    assert.deepEqual(changes, [], 'no disconnect/reconnect while pings are answered');
+  });
+});
