@@ -57,6 +57,24 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time the whole machine spent busy (all CPUs, everything but idle and iowait), in ns.
+pub fn machine_busy_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat_busy(&text).map(|t| t * 1_000_000_000 / ticks_per_second())
+}
+
+pub fn parse_proc_stat_busy(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8) // user nice system idle iowait irq softirq steal (guest is inside user)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = v.iter().sum();
+    Some(total - v.get(3)? - v.get(4)?)
+}
+
 /// A snapshot of the server process, when `--server-pid` was given.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct ServerSample {
@@ -87,6 +105,13 @@ mod tests {
     fn parses_vm_rss() {
         let status = "Name:\therald\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
+    }
+
+    #[test]
+    fn parses_proc_stat() {
+        let text = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(parse_proc_stat_busy(text), Some(100 + 5 + 50 + 3 + 2 + 1));
+        assert!(machine_busy_ns().is_some());
     }
 
     #[test]

@@ -200,6 +200,10 @@ pub struct ChurnArgs {
     /// Connect/subscribe/disconnect cycles per loop.
     #[arg(long, default_value_t = 10)]
     pub cycles: u64,
+    /// Repeat the whole churn this many times, reading the server RSS after each round
+    /// (growth from the first to the last round points at a leak, not allocator warm-up).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u64,
     /// Time each connection stays subscribed per cycle.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub hold: Duration,

@@ -61,6 +61,10 @@ pub struct CpuUsage {
     pub tool_cores: f64,
     pub server_cpu_s: Option<f64>,
     pub server_cores: Option<f64>,
+    /// The whole machine's busy CPU over the window, in cores.
+    pub machine_cores: Option<f64>,
+    /// Busy CPU of everything else on the machine (not the tool, not the server), in cores.
+    pub other_cores: Option<f64>,
 }
 
 impl CpuUsage {
@@ -77,6 +81,9 @@ impl CpuUsage {
                 cc * 100.0
             ));
         }
+        if let Some(o) = self.other_cores {
+            s.push_str(&format!(", other processes {:.0}%", o * 100.0));
+        }
         s.push_str(&format!(" over {:.2} s", self.wall_s));
         s
     }
@@ -87,6 +94,7 @@ pub struct CpuMeter {
     self0: u64,
     workers0: u64,
     server0: ServerSample,
+    machine0: Option<u64>,
     pid: Option<u32>,
 }
 
@@ -97,6 +105,7 @@ impl CpuMeter {
             self0: clock::cpu_ns(None).unwrap_or(0),
             workers0: workers_cpu_ns,
             server0: clock::sample_server(pid),
+            machine0: clock::machine_busy_ns(),
             pid,
         }
     }
@@ -112,12 +121,21 @@ impl CpuMeter {
             _ => None,
         };
         let per = |x: f64| if wall_s > 0.0 { x / wall_s } else { 0.0 };
+        let machine_cores = match (self.machine0, clock::machine_busy_ns()) {
+            (Some(a), Some(b)) => Some(per(b.saturating_sub(a) as f64 / 1e9)),
+            _ => None,
+        };
+        let tool_cores = per(tool_cpu_s);
+        let server_cores = server_cpu_s.map(per);
         CpuUsage {
             wall_s,
             tool_cpu_s,
-            tool_cores: per(tool_cpu_s),
+            tool_cores,
             server_cpu_s,
-            server_cores: server_cpu_s.map(per),
+            server_cores,
+            machine_cores,
+            other_cores: machine_cores
+                .map(|m| (m - tool_cores - server_cores.unwrap_or(0.0)).max(0.0)),
         }
     }
 }

@@ -148,10 +148,14 @@ fn per_sec(n: u64, ns: u64) -> f64 {
 }
 
 fn processes_line(f: &Fleets, sources: usize) -> String {
-    let p = if f.processes == 0 {
+    processes_line_n(f.processes, sources)
+}
+
+fn processes_line_n(processes: usize, sources: usize) -> String {
+    let p = if processes == 0 {
         "1 (in-process)".to_string()
     } else {
-        format!("{} worker processes", f.processes)
+        format!("{processes} worker processes")
     };
     if sources > 0 {
         format!("{p}, client sockets over {sources} source addresses")
@@ -632,54 +636,70 @@ pub async fn churn(c: &Common, a: &ChurnArgs, ui: &Ui) -> anyhow::Result<Report>
         cycles: a.cycles,
         hold_ms: a.hold.as_millis() as u64,
     };
-    let mut fleets = launch(c, a.connections, a.rate, churn_plan(a), mode).await?;
+    let rounds = a.rounds.max(1);
+    let total = a.connections * a.cycles * rounds;
     let meter = CpuMeter::start(0, pid);
-    let total = a.connections * a.cycles;
+    let mut reports = Vec::new();
+    let mut round_final = Vec::new();
+    let mut processes = 0;
+    let mut churn_time = Duration::ZERO;
     ui.phase("churn", Some(total));
-    let deadline = Instant::now() + c.ready_timeout;
-    while !fleets.all_ready() {
-        if Instant::now() >= deadline {
-            bail!("churn did not finish before --ready-timeout");
+    for _round in 0..rounds {
+        let mut fleets = launch(c, a.connections, a.rate, churn_plan(a), mode.clone()).await?;
+        processes = fleets.processes;
+        let done_before: u64 = reports
+            .iter()
+            .map(|r: &FleetReport| r.snap.cycles + r.snap.failed)
+            .sum();
+        let round_start = Instant::now();
+        let deadline = round_start + c.ready_timeout;
+        while !fleets.all_ready() {
+            if Instant::now() >= deadline {
+                bail!("churn did not finish before --ready-timeout");
+            }
+            fleets.pump_for(Duration::from_millis(100)).await?;
+            sampler.poll();
+            let s = fleets.totals();
+            ui.update(
+                done_before + s.cycles + s.failed,
+                format!("cycles {} failed {} open {}", s.cycles, s.failed, s.active),
+            );
         }
-        fleets.pump_for(Duration::from_millis(100)).await?;
-        sampler.poll();
-        let s = fleets.totals();
-        ui.update(
-            s.cycles + s.failed,
-            format!("cycles {} failed {} open {}", s.cycles, s.failed, s.active),
+        churn_time += round_start.elapsed();
+        reports.extend(
+            fleets
+                .finish(
+                    FleetCmd::Finish {
+                        expected: None,
+                        drain_timeout_ms: 0,
+                    },
+                    Instant::now() + Duration::from_secs(60),
+                    |_| {},
+                )
+                .await?,
         );
+        let settle_end = Instant::now() + a.settle;
+        while Instant::now() < settle_end {
+            tokio::time::sleep(a.sample_interval.min(settle_end - Instant::now())).await;
+            sampler.next = Instant::now();
+            sampler.poll();
+        }
+        round_final.push(sampler.points.last().map(|p| p.1));
     }
-    let usage = meter.stop(fleets.totals().cpu_ns);
-    let reports = fleets
-        .finish(
-            FleetCmd::Finish {
-                expected: None,
-                drain_timeout_ms: 0,
-            },
-            Instant::now() + Duration::from_secs(60),
-            |_| {},
-        )
-        .await?;
+    let usage = meter.stop(reports.iter().map(|r| r.snap.cpu_ns).sum());
     let m = merge(&reports);
-    ui.phase("settle", None);
-    let settle_end = Instant::now() + a.settle;
-    while Instant::now() < settle_end {
-        tokio::time::sleep(a.sample_interval.min(settle_end - Instant::now())).await;
-        sampler.next = Instant::now();
-        sampler.poll();
-    }
     let peak = sampler.points.iter().map(|p| p.1).max();
     let final_rss = sampler.points.last().map(|p| p.1);
-
+    let first_round = round_final.first().copied().flatten();
     let mut r = Report::new("churn");
     common_json(&mut r, c);
-    let cycles_per_sec = m.snap.cycles as f64 / usage.wall_s.max(1e-9);
+    let cycles_per_sec = m.snap.cycles as f64 / churn_time.as_secs_f64().max(1e-9);
     r.row("target", c.ws_url.clone());
-    r.row("processes", processes_line(&fleets, sources(c)?.len()));
+    r.row("processes", processes_line_n(processes, sources(c)?.len()));
     r.row(
         "cycles",
         format!(
-            "{} of {total} completed ({} loops × {}), {} failed: {cycles_per_sec:.0} cycles/s",
+            "{} of {total} completed ({rounds} round(s) × {} loops × {}), {} failed: {cycles_per_sec:.0} cycles/s",
             m.snap.cycles, a.connections, a.cycles, m.snap.failed
         ),
     );
@@ -688,7 +708,7 @@ pub async fn churn(c: &Common, a: &ChurnArgs, ui: &Ui) -> anyhow::Result<Report>
     r.row("to connection_established", est.line());
     r.row("to subscription_succeeded", sub.line());
     r.row("failures", failures_line(&m.failures));
-    cpu_rows(&mut r, "CPU while churning", &usage);
+    cpu_rows(&mut r, "CPU (churn and settle)", &usage);
     let mut ratio = None;
     if let (Some(b), Some(p), Some(f)) = (baseline, peak, final_rss) {
         let q = f as f64 / b as f64;
@@ -705,6 +725,25 @@ pub async fn churn(c: &Common, a: &ChurnArgs, ui: &Ui) -> anyhow::Result<Report>
             ),
         );
     }
+    let mut steady = None;
+    if let (Some(f1), Some(f)) = (first_round, final_rss) {
+        if rounds > 1 {
+            let q = f as f64 / f1 as f64;
+            steady = Some(q);
+            r.row(
+                "server RSS per round",
+                format!(
+                    "{}: last round {:+.1}% vs first round",
+                    round_final
+                        .iter()
+                        .map(|x| x.map_or("-".into(), mb))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    (q - 1.0) * 100.0
+                ),
+            );
+        }
+    }
     r.set("loops", a.connections);
     r.set("cycles_per_loop", a.cycles);
     r.set("cycles_completed", m.snap.cycles);
@@ -718,6 +757,9 @@ pub async fn churn(c: &Common, a: &ChurnArgs, ui: &Ui) -> anyhow::Result<Report>
     r.set("server_rss_peak_bytes", peak);
     r.set("server_rss_final_bytes", final_rss);
     r.set("server_rss_final_over_before", ratio);
+    r.set("rounds", rounds);
+    r.set("server_rss_after_each_round_bytes", &round_final);
+    r.set("server_rss_last_over_first_round", steady);
     r.set("server_rss_series", &sampler.points);
     if let Some(path) = &c.plot {
         let pts: Vec<(f64, f64)> = sampler

@@ -389,20 +389,31 @@ fn churn_cycles_and_rss() {
             "50",
             "--cycles",
             "4",
+            "--rounds",
+            "2",
             "--kinds",
             "public,presence",
             "--settle",
-            "500ms",
+            "300ms",
             "--sample-interval",
             "100ms",
         ],
     );
-    assert_eq!(u(&r, "cycles_completed"), 200, "{r:#}");
+    assert_eq!(u(&r, "cycles_completed"), 400, "{r:#}");
     assert_eq!(u(&r, "failed"), 0, "{r:#}");
     assert!(f(&r, "cycles_per_sec") > 1.0);
     let ratio = f(&r, "server_rss_final_over_before");
     assert!(ratio > 0.2 && ratio < 5.0, "{r:#}");
+    assert!(f(&r, "server_rss_last_over_first_round") > 0.2, "{r:#}");
+    assert_eq!(
+        r["server_rss_after_each_round_bytes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(!r["server_rss_series"].as_array().unwrap().is_empty());
+    assert!(r["cpu"]["other_cores"].is_number(), "{r:#}");
 }
 
 #[test]

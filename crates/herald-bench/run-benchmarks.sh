@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Reruns the numbers of BENCHMARKS.md: each case 3 times, each run against a fresh herald
+# (so RSS baselines are an empty server). Reports go to OUTDIR as JSON, and a summary of
+# medians is printed at the end.
+#
+#   cargo build --release -p herald-server -p herald-bench
+#   crates/herald-bench/run-benchmarks.sh [OUTDIR] [CASE...]
+#
+# Environment: HERALD_BIN (default target/release/herald), HERALD_BENCH (default
+# target/release/herald-bench), PORT (default 6001), RUNS (default 3).
+set -euo pipefail
+
+HERALD_BIN=${HERALD_BIN:-target/release/herald}
+HERALD_BENCH=${HERALD_BENCH:-target/release/herald-bench}
+PORT=${PORT:-6001}
+RUNS=${RUNS:-3}
+OUT=${1:-bench-results}
+shift || true
+CASES=("$@")
+[ ${#CASES[@]} -eq 0 ] && CASES=(idle19k fanout10 saturate handshakes publish churn)
+mkdir -p "$OUT"
+URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$PORT")
+
+start_server() {
+    "$HERALD_BIN" start --host 127.0.0.1 --port "$PORT" >"$OUT/server.log" 2>&1 &
+    SERVER=$!
+    for _ in $(seq 200); do
+        if curl -fs "http://127.0.0.1:$PORT/up" >/dev/null 2>&1; then return 0; fi
+        sleep 0.05
+    done
+    echo "herald did not come up" >&2
+    exit 1
+}
+
+stop_server() {
+    kill -KILL "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+}
+trap stop_server EXIT
+
+bench() { # NAME ARGS...
+    local name=$1
+    shift
+    for i in $(seq "$RUNS"); do
+        start_server
+        echo "== $name run $i: herald-bench $* (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+        timeout 600 "$HERALD_BENCH" "$@" "${URLS[@]}" --server-pid "$SERVER" --json --quiet \
+            >"$OUT/$name-$i.json"
+        stop_server
+        sleep 2
+    done
+}
+
+for c in "${CASES[@]}"; do
+    case $c in
+    # 19,000 idle subscribed connections (two worker processes: the fd limit is per process).
+    idle19k) bench idle19k connect -n 19000 --hold 5s ;;
+    # 1 KB events to 10,000 subscribers of one channel at 10 events/s.
+    fanout10) bench fanout10 broadcast -n 10000 -c 1 -s 1024 --rate 10 -d 30s ;;
+    # Saturation: as many 1 KB events to the same 10,000 subscribers as the server accepts.
+    saturate) bench saturate broadcast -n 10000 -c 1 -s 1024 --rate max --publishers 2 -d 10s --workers 2 ;;
+    # Handshakes/s: 18,000 connections as fast as possible, at most 2 x 64 handshakes in
+    # flight (herald's listen backlog is 128: more in flight overflows it and costs 1 s SYN
+    # retransmits; see BENCHMARKS.md).
+    handshakes) bench handshakes connect -n 18000 --hold 1s --workers 2 --max-inflight 64 ;;
+    # Signed HTTP publishes/s to a channel with one subscriber.
+    publish) bench publish publish -k 32 -d 10s -n 1 -s 100 ;;
+    # Churn: 3 rounds of 1,000 loops x 20 connect/subscribe/disconnect cycles; server RSS
+    # before, after each round (3 s settle).
+    churn) bench churn churn -n 1000 --cycles 20 --rounds 3 --kinds public,private,presence --settle 3s ;;
+    *) echo "unknown case $c" >&2; exit 2 ;;
+    esac
+done
+
+python3 - "$OUT" "${CASES[@]}" <<'PY'
+import json, statistics, sys, glob
+out, cases = sys.argv[1], sys.argv[2:]
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+def load(name):
+    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-*.json"))]
+fields = {
+    "idle19k": [("subscribed", lambda r: r["subscribed"]),
+                ("server RSS per connection (KB)", lambda r: r["server_rss_per_conn_bytes"] / 1024)],
+    "fanout10": [("lost", lambda r: r["lost"]), ("subscribed", lambda r: r["subscribed"]), ("p50 ms", lambda r: r["latency_ms"]["p50_ms"]),
+                 ("p99 ms", lambda r: r["latency_ms"]["p99_ms"]), ("p99.9 ms", lambda r: r["latency_ms"]["p999_ms"]),
+                 ("max ms", lambda r: r["latency_ms"]["max_ms"]),
+                 ("tool cores", lambda r: r["cpu"]["tool_cores"]), ("server cores", lambda r: r["cpu"]["server_cores"]),
+                 ("other processes cores", lambda r: r["cpu"]["other_cores"])],
+    "saturate": [("deliveries/s", lambda r: r["deliveries_per_sec"]), ("lost", lambda r: r["lost"]),
+                 ("publishes/s", lambda r: r["publishes_per_sec"]),
+                 ("p50 ms", lambda r: r["latency_ms"]["p50_ms"]), ("p99 ms", lambda r: r["latency_ms"]["p99_ms"]),
+                 ("tool cores", lambda r: r["cpu"]["tool_cores"]), ("server cores", lambda r: r["cpu"]["server_cores"]),
+                 ("other processes cores", lambda r: r["cpu"]["other_cores"])],
+    "handshakes": [("handshakes/s", lambda r: r["handshakes_per_sec"]), ("failed", lambda r: r["failed"]),
+                   ("p99 ms", lambda r: r["connection_established_ms"]["p99_ms"]),
+                   ("tool cores", lambda r: r["cpu_connect"]["tool_cores"]), ("server cores", lambda r: r["cpu_connect"]["server_cores"]),
+                   ("other processes cores", lambda r: r["cpu_connect"]["other_cores"])],
+    "publish": [("publishes/s", lambda r: r["publishes_per_sec"]), ("lost", lambda r: r["lost"]),
+                ("HTTP p99 ms", lambda r: r["http_latency_ms"]["p99_ms"]),
+                ("tool cores", lambda r: r["cpu"]["tool_cores"]), ("server cores", lambda r: r["cpu"]["server_cores"]),
+                ("other processes cores", lambda r: r["cpu"]["other_cores"])],
+    "churn": [("cycles/s", lambda r: r["cycles_per_sec"]), ("failed", lambda r: r["failed"]),
+              ("RSS before (MB)", lambda r: r["server_rss_before_bytes"] / 1048576),
+              ("RSS after round 1 (MB)", lambda r: r["server_rss_after_each_round_bytes"][0] / 1048576),
+              ("RSS after last round (MB)", lambda r: r["server_rss_final_bytes"] / 1048576),
+              ("RSS last/first round", lambda r: r["server_rss_last_over_first_round"]),
+              ("RSS final/before", lambda r: r["server_rss_final_over_before"])],
+}
+for c in cases:
+    runs = load(c)
+    print(f"{c} ({len(runs)} runs)")
+    for label, fn in fields[c]:
+        vals = []
+        for r in runs:
+            try: vals.append(fn(r))
+            except Exception: vals.append(None)
+        shown = ", ".join("-" if v is None else f"{v:.2f}" for v in vals)
+        m = med(vals)
+        print(f"  {label:32} median {m if m is None else round(m, 2)}   runs: {shown}")
+PY
