@@ -38,10 +38,27 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# Busy CPU of the whole machine over one second, in percent of one core.
+busy_pct() {
+    local a b
+    a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    echo "$a $b" | awk '{busy=$3-$1; idle=$4-$2; print int(100*busy/((busy+idle)/'"$(nproc)"'))}'
+}
+
+# Waits (up to QUIET_WAIT seconds, default 300) until the machine is nearly idle, so other
+# work (builds, tests) does not share the cores with the measurement.
+wait_quiet() {
+    local deadline=$((SECONDS + ${QUIET_WAIT:-300}))
+    while [ "$(busy_pct)" -gt "${QUIET_PCT:-15}" ] && [ $SECONDS -lt $deadline ]; do :; done
+}
+
 bench() { # NAME ARGS...
     local name=$1
     shift
     for i in $(seq "$RUNS"); do
+        wait_quiet
         start_server
         echo "== $name run $i: herald-bench $* (loadavg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
         timeout 600 "$HERALD_BENCH" "$@" "${URLS[@]}" --server-pid "$SERVER" --json --quiet \

@@ -291,6 +291,8 @@ impl AppState {
         member: Option<PresenceMember>,
     ) -> Result<Subscribed, SubscribeError> {
         let mut res = Subscribed::default();
+        // Looked up before the channel lock (lock order), replayed right after the success frame.
+        let cached = channel.is_cache().then(|| self.cached(channel));
         {
             let mut channels = self.channels.write();
             let is_presence = channel.kind() == ChannelKind::Presence;
@@ -345,19 +347,18 @@ impl AppState {
                     )));
                 }
             }
-            if self.app.subscription_count && !is_presence {
-                send_subscription_count(channel, entry);
-            }
-        }
-        if channel.is_cache() {
-            match self.cached(channel) {
-                Some(cached) => {
+            match cached {
+                Some(Some(cached)) => {
                     let _ = outbox.push(cached.frame);
                 }
-                None => {
+                Some(None) => {
                     res.cache_miss = true;
                     let _ = outbox.push(Frame::new(server_message::cache_miss(channel.as_str())));
                 }
+                None => {}
+            }
+            if self.app.subscription_count && !is_presence {
+                send_subscription_count(channel, entry);
             }
         }
         Ok(res)
@@ -619,7 +620,7 @@ impl AppState {
     /// Another node's socket left a channel. Idempotent.
     pub fn remote_unsubscribe(&self, socket: SocketId, channel: &ChannelName) {
         let mut channels = self.channels.write();
-        Self::remove_remote(&self.app, &mut channels, socket, channel);
+        let _ = Self::remove_remote(&self.app, &mut channels, socket, channel);
     }
 
     fn remove_remote(
@@ -627,12 +628,14 @@ impl AppState {
         channels: &mut HashMap<ChannelName, Channel>,
         socket: SocketId,
         channel: &ChannelName,
-    ) {
-        let Some(entry) = channels.get_mut(channel) else {
-            return;
-        };
-        let Some(user) = entry.remote.remove(&socket) else {
-            return;
+    ) -> Option<SubscriptionEntry> {
+        let entry = channels.get_mut(channel)?;
+        let user = entry.remote.remove(&socket)?;
+        let removed = SubscriptionEntry {
+            channel: channel.clone(),
+            socket,
+            user: user.clone(),
+            user_info: None,
         };
         if let (Some(roster), Some(user)) = (entry.presence.as_mut(), user.as_ref()) {
             if roster.remove(socket, user) {
@@ -645,6 +648,7 @@ impl AppState {
         } else if app.subscription_count && entry.presence.is_none() {
             send_subscription_count(channel, entry);
         }
+        Some(removed)
     }
 
     pub fn remote_sign_in(&self, socket: SocketId, user: &UserId) {
@@ -690,13 +694,16 @@ impl AppState {
 
     /// Drops everything known about `node` (it died), telling local sockets about members that
     /// are gone for good.
-    pub fn forget_node(&self, node: u64) {
-        self.replace_node(node, &LocalState::default());
+    /// Returns the subscriptions that were removed.
+    pub fn forget_node(&self, node: u64) -> Vec<SubscriptionEntry> {
+        self.replace_node(node, &LocalState::default())
     }
 
     /// Makes this node's view of `node` exactly `state`: adds what is new, removes what is gone,
     /// and leaves the rest alone, so a resync after an outage does not flap members.
-    pub fn replace_node(&self, node: u64, state: &LocalState) {
+    /// Returns the subscriptions that were removed.
+    pub fn replace_node(&self, node: u64, state: &LocalState) -> Vec<SubscriptionEntry> {
+        let mut removed = Vec::new();
         let keep: std::collections::HashSet<(&ChannelName, SocketId)> = state
             .subscriptions
             .iter()
@@ -721,7 +728,12 @@ impl AppState {
                 .map(|(name, s)| (name.clone(), s))
                 .collect();
             for (channel, socket) in stale {
-                Self::remove_remote(&self.app, &mut channels, socket, &channel);
+                removed.extend(Self::remove_remote(
+                    &self.app,
+                    &mut channels,
+                    socket,
+                    &channel,
+                ));
             }
         }
         let signed_in: std::collections::HashSet<(SocketId, &UserId)> =
@@ -742,6 +754,7 @@ impl AppState {
         if state == &LocalState::default() {
             self.remote_connections.lock().remove(&node);
         }
+        removed
     }
 
     /// This node's own subscriptions and sign-ins, for other nodes to replicate.

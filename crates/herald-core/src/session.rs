@@ -34,19 +34,30 @@ pub enum Outcome {
     Subscribed {
         channel: ChannelName,
         res: Subscribed,
+        /// The presence identity, for presence channels.
+        user: Option<UserId>,
     },
     SubscribeRejected,
-    Unsubscribed {
-        channel: ChannelName,
-        res: Unsubscribed,
-    },
+    Unsubscribed(Left),
     ClientEvent {
         channel: ChannelName,
         delivery: Delivery,
+        event: String,
+        /// The raw JSON the client sent as `data`.
+        data: String,
+        user: Option<UserId>,
     },
     ClientEventRejected,
     SignedIn,
     SigninRejected,
+}
+
+/// A socket left a channel (by unsubscribing or by disconnecting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Left {
+    pub channel: ChannelName,
+    pub res: Unsubscribed,
+    pub user: Option<UserId>,
 }
 
 /// Whether the connection should stay open.
@@ -226,8 +237,8 @@ impl Session {
                         user_info,
                     },
                 });
-                self.channels.insert(channel.clone(), user);
-                Outcome::Subscribed { channel, res }
+                self.channels.insert(channel.clone(), user.clone());
+                Outcome::Subscribed { channel, res, user }
             }
             Err(SubscribeError::PresenceFull { max }) => {
                 let error = format!("The maximum members per presence channel ({max}) was reached");
@@ -240,12 +251,12 @@ impl Session {
         let Ok(channel) = ChannelName::parse(name, usize::MAX) else {
             return Outcome::Nothing;
         };
-        if self.channels.remove(&channel).is_none() {
+        let Some(user) = self.channels.remove(&channel) else {
             return Outcome::Nothing;
-        }
+        };
         let res = self.app.unsubscribe(self.socket_id, &channel);
         self.announce_unsubscribed(&channel);
-        Outcome::Unsubscribed { channel, res }
+        Outcome::Unsubscribed(Left { channel, res, user })
     }
 
     fn reject_client_event(&self, code: ErrorCode, message: &str) -> Outcome {
@@ -307,7 +318,13 @@ impl Session {
             except: Some(self.socket_id),
             cache: None,
         });
-        Outcome::ClientEvent { channel, delivery }
+        Outcome::ClientEvent {
+            channel,
+            delivery,
+            event: event.to_owned(),
+            data: data.get().to_owned(),
+            user,
+        }
     }
 
     fn sign_in(&mut self, auth: &str, user_data: &str) -> Outcome {
@@ -375,14 +392,14 @@ impl Session {
     }
 
     /// Leaves every channel and signs out; called once when the socket is gone.
-    pub fn close(&mut self) -> Vec<(ChannelName, Unsubscribed)> {
-        let channels: Vec<ChannelName> = self.channels.drain().map(|(c, _)| c).collect();
+    pub fn close(&mut self) -> Vec<Left> {
+        let channels: Vec<(ChannelName, Option<UserId>)> = self.channels.drain().collect();
         let res = channels
             .into_iter()
-            .map(|channel| {
+            .map(|(channel, user)| {
                 let res = self.app.unsubscribe(self.socket_id, &channel);
                 self.announce_unsubscribed(&channel);
-                (channel, res)
+                Left { channel, res, user }
             })
             .collect();
         if let Some(signed_in) = self.signed_in.take() {

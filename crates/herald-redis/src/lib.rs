@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use herald_core::{Announcement, Broker, Delivery, Envelope, Node};
+use herald_core::{Announcement, Broker, Delivery, Envelope, Node, SubscriptionEntry};
 use herald_protocol::{SocketId, UserId};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -84,7 +84,6 @@ struct Outgoing {
     cache: Option<(String, String)>,
 }
 
-#[derive(Debug)]
 struct Inner {
     node: Arc<Node>,
     config: RedisConfig,
@@ -95,6 +94,20 @@ struct Inner {
     peers: Mutex<HashMap<u64, Instant>>,
     /// Set while subscribed to the bus.
     connected_since: Mutex<Option<Instant>>,
+    /// Told about the subscriptions of a node declared dead (for webhooks).
+    on_node_gone: Option<NodeGoneHook>,
+}
+
+/// Called with an app id and the subscriptions a dead node held in it.
+pub type NodeGoneHook = Arc<dyn Fn(&str, Vec<SubscriptionEntry>) + Send + Sync>;
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node", &self.node.id())
+            .field("bus", &self.bus)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The Redis implementation of [`Broker`].
@@ -112,6 +125,7 @@ impl RedisBroker {
         config: RedisConfig,
         tracker: &TaskTracker,
         stop: CancellationToken,
+        on_node_gone: Option<NodeGoneHook>,
     ) -> Result<RedisBroker, BrokerError> {
         let client = redis::Client::open(config.url.as_str()).map_err(BrokerError::InvalidUrl)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
@@ -123,6 +137,7 @@ impl RedisBroker {
             stats: Arc::default(),
             peers: Mutex::default(),
             connected_since: Mutex::default(),
+            on_node_gone,
         });
         tracker.spawn(publisher(inner.clone(), client.clone(), rx, stop.clone()));
         tracker.spawn(subscriber(inner.clone(), client, stop.clone()));
@@ -260,7 +275,10 @@ impl Inner {
             );
             bump(&self.stats.nodes_reaped, 1);
             for app in self.node.apps() {
-                app.forget_node(id);
+                let removed = app.forget_node(id);
+                if let (Some(hook), false) = (&self.on_node_gone, removed.is_empty()) {
+                    hook(&app.app.id, removed);
+                }
             }
         }
     }

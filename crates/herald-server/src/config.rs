@@ -29,6 +29,8 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "drain",
     "cluster",
+    "webhooks",
+    "webhook_url",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,8 +60,75 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub drain: DrainConfig,
     pub cluster: ClusterConfig,
+    pub webhooks: WebhooksConfig,
+    /// A webhook target receiving every event type for the first app (`HERALD_WEBHOOK_URL`), so a
+    /// single-app deployment needs no file.
+    pub webhook_url: Option<String>,
     pub apps: Vec<AppConfig>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// `channel_vacated` and `member_removed` wait this long and are not sent at all if the
+    /// channel or member comes back meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub leave_delay: Duration,
+    /// A webhook that keeps failing is retried with backoff for this long, then dropped.
+    #[serde(with = "humantime_serde")]
+    pub retry_window: Duration,
+    /// The first retry's delay; each further retry doubles it (up to a minute), plus jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Time for one request, connect to last byte.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Events waiting to be processed before new ones are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Most events sent in one request to the same target (1 = no batching).
+    pub max_batch: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            leave_delay: Duration::from_secs(3),
+            retry_window: Duration::from_secs(300),
+            retry_initial: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            queue_capacity: 10_000,
+            max_batch: 1,
+        }
+    }
+}
+
+/// One webhook target of an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// Event types to send (`channel_occupied`, `member_added`, ...); empty sends all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub channel_prefix: Option<String>,
+    #[serde(default)]
+    pub channel_suffix: Option<String>,
+    /// Extra request headers, e.g. an authorization token for the receiver.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// The webhook event types Pusher defines.
+pub const WEBHOOK_EVENTS: [&str; 7] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,6 +230,8 @@ pub struct AppConfig {
     pub max_channels_per_publish: usize,
     #[serde(default = "defaults::max_batch_size")]
     pub max_batch_size: usize,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
 }
 
 fn yes() -> bool {
@@ -204,6 +275,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             drain: DrainConfig::default(),
             cluster: ClusterConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            webhook_url: None,
             apps: vec![AppConfig::from_app(&App::demo())],
         }
     }
@@ -254,6 +327,7 @@ impl AppConfig {
             subscription_count: app.subscription_count,
             max_channels_per_publish: app.max_channels_per_publish,
             max_batch_size: app.max_batch_size,
+            webhooks: Vec::new(),
         }
     }
 
@@ -338,6 +412,18 @@ impl Config {
             if !keys.insert(&app.key) {
                 bail!("apps[{i}].key: duplicate app key {:?}", app.key);
             }
+            for (j, hook) in app.webhooks.iter().enumerate() {
+                if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                    bail!("apps[{i}].webhooks[{j}].url: must be an http:// or https:// URL");
+                }
+                if let Some(bad) = hook
+                    .event_types
+                    .iter()
+                    .find(|t| !WEBHOOK_EVENTS.contains(&t.as_str()))
+                {
+                    bail!("apps[{i}].webhooks[{j}].event_types: unknown event type {bad:?}");
+                }
+            }
             if app.max_client_events_per_second == 0 {
                 bail!("apps[{i}].max_client_events_per_second: must be at least 1");
             }
@@ -359,10 +445,41 @@ impl Config {
         if self.cluster.prefix.is_empty() {
             bail!("cluster.prefix: must not be empty");
         }
+        if let Some(url) = &self.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("webhook_url: must be an http:// or https:// URL");
+            }
+        }
+        if self.webhooks.max_batch == 0 {
+            bail!("webhooks.max_batch: must be at least 1");
+        }
         if self.limits.max_frame_bytes < 1024 {
             bail!("limits.max_frame_bytes: must be at least 1024");
         }
         Ok(())
+    }
+
+    /// Every app's webhook targets, `webhook_url` included, by app id.
+    pub fn webhook_targets(&self) -> std::collections::HashMap<String, Vec<WebhookTarget>> {
+        let mut targets: std::collections::HashMap<String, Vec<WebhookTarget>> = self
+            .apps
+            .iter()
+            .map(|a| (a.id.clone(), a.webhooks.clone()))
+            .collect();
+        if let (Some(url), Some(first)) = (&self.webhook_url, self.apps.first()) {
+            targets
+                .entry(first.id.clone())
+                .or_default()
+                .push(WebhookTarget {
+                    url: url.clone(),
+                    event_types: Vec::new(),
+                    channel_prefix: None,
+                    channel_suffix: None,
+                    headers: Default::default(),
+                });
+        }
+        targets.retain(|_, t| !t.is_empty());
+        targets
     }
 
     pub fn apps(&self) -> Vec<App> {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod http_api;
 pub mod metrics;
 pub mod shutdown;
+pub mod webhooks;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use webhooks::{AppHooks, Store, Webhooks};
 
 pub use config::Config;
 
@@ -41,6 +43,8 @@ pub struct Shared {
     pub broker: Arc<dyn Broker>,
     /// Redis broker counters, exported at scrape time.
     pub broker_stats: Option<Arc<BrokerStats>>,
+    /// Set when some app has a webhook target.
+    pub webhooks: Option<Webhooks>,
     pub limits: Arc<NodeLimits>,
     /// Every open WebSocket's outbox, so the drain can ask each to reconnect elsewhere.
     pub sockets: Mutex<HashMap<SocketId, Outbox>>,
@@ -68,8 +72,13 @@ impl Shared {
         let tracker = TaskTracker::new();
         let background_tasks = TaskTracker::new();
         let background = CancellationToken::new();
+        let webhooks = start_webhooks(&config, &background_tasks, &background)?;
         let (broker, broker_stats): (Arc<dyn Broker>, _) = match &config.redis_url {
             Some(url) => {
+                let on_node_gone = webhooks.clone().map(|w| {
+                    Arc::new(move |app: &str, entries| w.record_node_gone(app, entries))
+                        as herald_redis::NodeGoneHook
+                });
                 let redis = RedisBroker::start(
                     node.clone(),
                     RedisConfig {
@@ -81,6 +90,7 @@ impl Shared {
                     },
                     &background_tasks,
                     background.clone(),
+                    on_node_gone,
                 )?;
                 let stats = redis.stats();
                 (Arc::new(redis), Some(stats))
@@ -91,6 +101,7 @@ impl Shared {
             node,
             broker,
             broker_stats,
+            webhooks,
             limits,
             sockets: Mutex::new(HashMap::new()),
             tracker,
@@ -106,6 +117,55 @@ impl Shared {
         !self.draining.load(Ordering::Acquire)
             && self.node.connection_count() < self.config.max_connections
     }
+}
+
+/// Starts the webhook subsystem when an app has targets; its state is in Redis for a cluster.
+fn start_webhooks(
+    config: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Webhooks>> {
+    let targets = config.webhook_targets();
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let apps = config
+        .apps()
+        .into_iter()
+        .filter_map(|app| {
+            let targets = targets.get(&app.id)?.clone();
+            Some((
+                app.id.clone(),
+                AppHooks {
+                    key: app.key,
+                    secret: app.secret,
+                    targets,
+                },
+            ))
+        })
+        .collect();
+    let store = match &config.redis_url {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let manager = redis::aio::ConnectionManagerConfig::new()
+                .set_max_delay(std::time::Duration::from_secs(2))
+                .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+                .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+            let conn = client.get_connection_manager_lazy(manager)?;
+            Store::Redis {
+                conn,
+                prefix: config.cluster.prefix.clone(),
+            }
+        }
+        None => Store::memory(),
+    };
+    Ok(Webhooks::start(
+        config.webhooks.clone(),
+        apps,
+        store,
+        tracker,
+        stop.clone(),
+    ))
 }
 
 /// Builds every route: health, metrics, the WebSocket endpoint and the HTTP API, each also under

@@ -132,6 +132,37 @@ pub fn draining(on: bool) {
     gauge!(DRAINING).set(if on { 1.0 } else { 0.0 });
 }
 
+pub const WEBHOOKS_SENT: &str = "herald_webhooks_sent_total";
+pub const WEBHOOKS_FAILED: &str = "herald_webhooks_failed_total";
+pub const WEBHOOKS_RETRIED: &str = "herald_webhooks_retried_total";
+pub const WEBHOOKS_DROPPED: &str = "herald_webhooks_dropped_total";
+pub const WEBHOOK_QUEUE_DEPTH: &str = "herald_webhook_queue_depth";
+pub const WEBHOOK_LATENCY: &str = "herald_webhook_latency_seconds";
+
+/// A webhook request succeeded, carrying `events` events.
+pub fn webhook_sent(events: usize, elapsed: Duration) {
+    counter!(WEBHOOKS_SENT).increment(events as u64);
+    histogram!(WEBHOOK_LATENCY).record(elapsed.as_secs_f64());
+}
+
+/// One failed attempt (it may be retried).
+pub fn webhook_failed() {
+    counter!(WEBHOOKS_FAILED).increment(1);
+}
+
+pub fn webhook_retried() {
+    counter!(WEBHOOKS_RETRIED).increment(1);
+}
+
+/// `reason`: queue_full, retries_exhausted, cancelled (a quick return made it moot), store_error.
+pub fn webhook_dropped(reason: &'static str) {
+    counter!(WEBHOOKS_DROPPED, "reason" => reason).increment(1);
+}
+
+pub fn webhook_queue_depth(depth: usize) {
+    gauge!(WEBHOOK_QUEUE_DEPTH).set(depth as f64);
+}
+
 pub const CLUSTER_NODES_REAPED: &str = "herald_cluster_nodes_reaped_total";
 
 /// Copies the Redis broker's counters into the registry (called at scrape time).

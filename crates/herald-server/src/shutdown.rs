@@ -67,6 +67,10 @@ pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
     {
         tracing::warn!("drain deadline reached with tasks still running");
     }
+    if let Some(webhooks) = &shared.webhooks {
+        // Leave events of the sockets just closed fall due after the leave delay: send what can be.
+        webhooks.flush(deadline).await;
+    }
 }
 
 async fn close_paced(sockets: Vec<Outbox>, window: Duration) {

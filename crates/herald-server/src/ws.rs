@@ -239,7 +239,12 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
 
     let reason = connection_loop(&shared, &mut session, &outbox, &mut socket).await;
 
-    session.close();
+    let left = session.close();
+    if let Some(webhooks) = &shared.webhooks {
+        for left in &left {
+            webhooks.record_left(&app_id, socket_id, left);
+        }
+    }
     shared.sockets.lock().remove(&socket_id);
     app.remove_connection();
     shared.node.remove_connection();
@@ -293,8 +298,16 @@ async fn connection_loop(
                         tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
                         match ClientMessage::parse(text.as_str()) {
                             Ok(message) => {
-                                if let Outcome::ClientEventRejected = session.handle(message) {
-                                    metrics::limit_rejected(Limit::ClientEventRate);
+                                let outcome = session.handle(message);
+                                match &outcome {
+                                    Outcome::ClientEventRejected => metrics::limit_rejected(Limit::ClientEventRate),
+                                    Outcome::ClientEvent { delivery, .. } => {
+                                        metrics::broadcast(&app_id, "client_event", delivery.delivered, delivery.dropped_slow);
+                                    }
+                                    _ => {}
+                                }
+                                if let Some(webhooks) = &shared.webhooks {
+                                    webhooks.record_outcome(&app_id, session.socket_id(), &outcome);
                                 }
                             }
                             Err(err) => session.send_error(None, &format!("Invalid message: {err}")),

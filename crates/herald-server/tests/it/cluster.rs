@@ -382,3 +382,125 @@ async fn killed_node_members_are_removed_within_the_timeout_exactly_once() {
     assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
+    use crate::webhooks::Receiver;
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start(vec![]).await;
+    let hooked = |redis_url: String, hook: String| {
+        move |c: &mut herald_server::Config| {
+            c.redis_url = Some(redis_url);
+            c.cluster.heartbeat_interval = Duration::from_millis(200);
+            c.cluster.node_timeout = Duration::from_secs(2);
+            c.webhook_url = Some(hook);
+            c.webhooks.leave_delay = Duration::from_millis(300);
+        }
+    };
+    // Two survivors: both notice the death, only one webhook may result.
+    let a = TestServer::start(hooked(redis.url(), receiver.url())).await;
+    let b = TestServer::start(hooked(redis.url(), receiver.url())).await;
+
+    let dir = std::env::temp_dir().join(format!(
+        "herald-whkill-{}-{}",
+        std::process::id(),
+        redis.port
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("herald.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhook_url = \"{}\"\n[webhooks]\nleave_delay = \"300ms\"\n[cluster]\nheartbeat_interval = \"200ms\"\nnode_timeout = \"2s\"\n",
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let mut victim = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--redis-url",
+            &redis.url(),
+            "--config",
+        ])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(victim.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let log: Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(addr) = log["fields"]["addr"].as_str() {
+                return addr.to_owned();
+            }
+        }
+        panic!("victim exited before listening");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let mut bob = a.client().await;
+    bob.subscribe_presence("presence-room", "bob").await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/app/{KEY}?protocol=7"))
+        .await
+        .unwrap();
+    let mut alice = TestClient {
+        ws,
+        socket_id: String::new(),
+    };
+    let frame = alice.expect_next("pusher:connection_established").await;
+    alice.socket_id = data(&frame)["socket_id"].as_str().unwrap().to_owned();
+    alice.subscribe_presence("presence-room", "alice").await;
+    until_channel(&b, "presence-room", "user_count", |v| v["user_count"] == 2).await;
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = receiver.next_event().await;
+        seen.push(format!(
+            "{} {}",
+            event["name"].as_str().unwrap(),
+            event["user_id"].as_str().unwrap_or("")
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "channel_occupied ",
+            "member_added alice",
+            "member_added bob"
+        ]
+    );
+
+    victim.start_kill().unwrap();
+    victim.wait().await.unwrap();
+    let removed = receiver.next_event().await;
+    assert_eq!(
+        removed,
+        json!({"name": "member_removed", "channel": "presence-room", "user_id": "alice"})
+    );
+    receiver.expect_silence(Duration::from_secs(2)).await;
+
+    drop(bob);
+    let mut last = vec![receiver.next_event().await, receiver.next_event().await];
+    last.sort_by_key(|e| e["name"].as_str().unwrap().to_owned());
+    assert_eq!(
+        last[0],
+        json!({"name": "channel_vacated", "channel": "presence-room"})
+    );
+    assert_eq!(
+        last[1],
+        json!({"name": "member_removed", "channel": "presence-room", "user_id": "bob"})
+    );
+    receiver.expect_silence(Duration::from_secs(1)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

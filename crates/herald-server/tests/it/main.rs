@@ -11,3 +11,4 @@ mod presence;
 mod signin;
 mod subscribe;
 mod support;
+mod webhooks;

@@ -1,0 +1,395 @@
+//! Pusher's webhooks (protocol doc 1.18): `channel_occupied`, `channel_vacated`, `member_added`,
+//! `member_removed`, `client_event`, `cache_miss` and `subscription_count`, signed with the app
+//! secret, delayed and retried as Pusher does, decided once for the whole cluster.
+//!
+//! Socket tasks only `try_send` a [`Fact`] (what happened on this node); a processor task turns
+//! facts into webhook jobs through the [`Store`], and a sender task delivers due jobs.
+//!
+//! Invariant: nothing here blocks the fan-out path or a socket task; the fact queue is bounded and
+//! its overflow is counted (`herald_webhooks_dropped_total{reason="queue_full"}`).
+
+mod sender;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::session::{Left, Outcome};
+use herald_core::{AppSecret, SubscriptionEntry};
+use herald_protocol::{ChannelKind, ChannelName, SocketId, UserId};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{WebhookTarget, WebhooksConfig};
+use crate::metrics;
+pub use store::{Job, Store};
+
+/// Channels with more subscribers than this get `subscription_count` webhooks at most every 5 s.
+const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
+const SUBSCRIPTION_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+/// Several clients subscribing to the same empty cache channel make one `cache_miss` webhook.
+const CACHE_MISS_DEDUP: Duration = Duration::from_secs(60);
+
+/// Something that happened on this node that may make a webhook.
+#[derive(Debug)]
+pub enum Fact {
+    Joined {
+        app: String,
+        channel: ChannelName,
+        socket: SocketId,
+        user: Option<UserId>,
+    },
+    Left {
+        app: String,
+        channel: ChannelName,
+        socket: SocketId,
+        user: Option<UserId>,
+    },
+    ClientEvent {
+        app: String,
+        channel: ChannelName,
+        event: String,
+        data: String,
+        socket: SocketId,
+        user: Option<UserId>,
+    },
+    CacheMiss {
+        app: String,
+        channel: ChannelName,
+    },
+}
+
+/// An app's webhook configuration.
+#[derive(Debug, Clone)]
+pub struct AppHooks {
+    pub key: String,
+    pub secret: AppSecret,
+    pub targets: Vec<WebhookTarget>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: WebhooksConfig,
+    apps: HashMap<String, AppHooks>,
+    store: Store,
+    next_id: AtomicU64,
+}
+
+/// The webhook subsystem; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Fact>,
+}
+
+impl Webhooks {
+    /// Starts the processor and sender tasks; `None` when no app has a webhook target.
+    pub fn start(
+        config: WebhooksConfig,
+        apps: HashMap<String, AppHooks>,
+        store: Store,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Option<Webhooks> {
+        if apps.is_empty() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let inner = Arc::new(Inner {
+            config,
+            apps,
+            store,
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+        });
+        tracker.spawn(process(inner.clone(), rx, stop.clone()));
+        tracker.spawn(sender::run(inner.clone(), stop));
+        Some(Webhooks { inner, tx })
+    }
+
+    /// Whether `app` has any webhook target (so callers can skip building facts).
+    pub fn wants(&self, app: &str) -> bool {
+        self.inner.apps.contains_key(app)
+    }
+
+    pub fn record(&self, fact: Fact) {
+        if self.tx.try_send(fact).is_err() {
+            metrics::webhook_dropped("queue_full");
+        }
+    }
+
+    /// Turns what a session did into facts.
+    pub fn record_outcome(&self, app: &str, socket: SocketId, outcome: &Outcome) {
+        if !self.wants(app) {
+            return;
+        }
+        match outcome {
+            Outcome::Subscribed { channel, res, user } => {
+                self.record(Fact::Joined {
+                    app: app.to_owned(),
+                    channel: channel.clone(),
+                    socket,
+                    user: user.clone(),
+                });
+                if res.cache_miss {
+                    self.record(Fact::CacheMiss {
+                        app: app.to_owned(),
+                        channel: channel.clone(),
+                    });
+                }
+            }
+            Outcome::Unsubscribed(left) => self.record_left(app, socket, left),
+            Outcome::ClientEvent {
+                channel,
+                event,
+                data,
+                user,
+                ..
+            } => self.record(Fact::ClientEvent {
+                app: app.to_owned(),
+                channel: channel.clone(),
+                event: event.clone(),
+                data: data.clone(),
+                socket,
+                user: user.clone(),
+            }),
+            _ => {}
+        }
+    }
+
+    pub fn record_left(&self, app: &str, socket: SocketId, left: &Left) {
+        if self.wants(app) {
+            self.record(Fact::Left {
+                app: app.to_owned(),
+                channel: left.channel.clone(),
+                socket,
+                user: left.user.clone(),
+            });
+        }
+    }
+
+    /// A dead node's subscriptions, removed by the broker: each leaves as if it disconnected.
+    /// Every node reports them; the store makes sure each transition fires once.
+    pub fn record_node_gone(&self, app: &str, entries: Vec<SubscriptionEntry>) {
+        for entry in entries {
+            self.record_left(
+                app,
+                entry.socket,
+                &Left {
+                    channel: entry.channel,
+                    res: Default::default(),
+                    user: entry.user,
+                },
+            );
+        }
+    }
+
+    /// Sends what is due until nothing is left or `deadline` passes (used by the drain).
+    pub async fn flush(&self, deadline: tokio::time::Instant) {
+        sender::flush(&self.inner, deadline).await;
+    }
+}
+
+/// Turns facts into jobs, one at a time, so this node's facts keep their order.
+async fn process(inner: Arc<Inner>, mut rx: mpsc::Receiver<Fact>, stop: CancellationToken) {
+    loop {
+        let fact = tokio::select! {
+            fact = rx.recv() => match fact { Some(f) => f, None => return },
+            () = stop.cancelled() => return,
+        };
+        if let Err(err) = inner.apply(fact).await {
+            metrics::webhook_dropped("store_error");
+            tracing::warn!(%err, "webhook bookkeeping failed; this event's webhooks are lost");
+        }
+    }
+}
+
+impl Inner {
+    async fn apply(&self, fact: Fact) -> redis::RedisResult<()> {
+        let delay = self.config.leave_delay;
+        match fact {
+            Fact::Joined {
+                app,
+                channel,
+                socket,
+                user,
+            } => {
+                let occupancy = format!("occ:{app}:{channel}");
+                if let Some(size) = self.store.add(&occupancy, &socket.to_string()).await? {
+                    if size == 1
+                        && !self
+                            .store
+                            .take(&format!("vacating:{app}:{channel}"))
+                            .await?
+                    {
+                        self.emit(
+                            &app,
+                            json!({"name": "channel_occupied", "channel": channel.as_str()}),
+                            None,
+                            0,
+                        )
+                        .await?;
+                    }
+                    self.subscription_count(&app, &channel, size).await?;
+                }
+                if let Some(user) = user {
+                    let members = format!("members:{app}:{channel}:{user}");
+                    let first = self.store.add(&members, &socket.to_string()).await? == Some(1);
+                    if first
+                        && !self
+                            .store
+                            .take(&format!("leaving:{app}:{channel}:{user}"))
+                            .await?
+                    {
+                        let event = json!({"name": "member_added", "channel": channel.as_str(), "user_id": user.as_str()});
+                        self.emit(&app, event, None, 0).await?;
+                    }
+                }
+            }
+            Fact::Left {
+                app,
+                channel,
+                socket,
+                user,
+            } => {
+                if let Some(user) = user {
+                    let members = format!("members:{app}:{channel}:{user}");
+                    if self.store.remove(&members, &socket.to_string()).await? == Some(0) {
+                        let pending = format!("leaving:{app}:{channel}:{user}");
+                        self.store
+                            .set_once(&pending, delay + Duration::from_secs(60))
+                            .await?;
+                        let event = json!({"name": "member_removed", "channel": channel.as_str(), "user_id": user.as_str()});
+                        self.emit(&app, event, Some(pending), delay.as_millis() as u64)
+                            .await?;
+                    }
+                }
+                let occupancy = format!("occ:{app}:{channel}");
+                match self.store.remove(&occupancy, &socket.to_string()).await? {
+                    Some(0) => {
+                        let pending = format!("vacating:{app}:{channel}");
+                        self.store
+                            .set_once(&pending, delay + Duration::from_secs(60))
+                            .await?;
+                        let event = json!({"name": "channel_vacated", "channel": channel.as_str()});
+                        self.emit(&app, event, Some(pending), delay.as_millis() as u64)
+                            .await?;
+                        self.subscription_count(&app, &channel, 0).await?;
+                    }
+                    Some(size) => self.subscription_count(&app, &channel, size).await?,
+                    None => {}
+                }
+            }
+            Fact::ClientEvent {
+                app,
+                channel,
+                event,
+                data,
+                socket,
+                user,
+            } => {
+                // Pusher sends the client's data as a string.
+                let data = serde_json::from_str::<String>(&data).unwrap_or(data);
+                let mut payload = json!({
+                    "name": "client_event",
+                    "channel": channel.as_str(),
+                    "event": event,
+                    "data": data,
+                    "socket_id": socket.to_string(),
+                });
+                if let Some(user) = user {
+                    payload["user_id"] = json!(user.as_str());
+                }
+                self.emit(&app, payload, None, 0).await?;
+            }
+            Fact::CacheMiss { app, channel } => {
+                if self
+                    .store
+                    .set_once(&format!("cache_miss:{app}:{channel}"), CACHE_MISS_DEDUP)
+                    .await?
+                {
+                    self.emit(
+                        &app,
+                        json!({"name": "cache_miss", "channel": channel.as_str()}),
+                        None,
+                        0,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscription_count(
+        &self,
+        app: &str,
+        channel: &ChannelName,
+        count: usize,
+    ) -> redis::RedisResult<()> {
+        if channel.kind() == ChannelKind::Presence {
+            return Ok(());
+        }
+        if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE
+            && !self
+                .store
+                .set_once(
+                    &format!("count:{app}:{channel}"),
+                    SUBSCRIPTION_COUNT_INTERVAL,
+                )
+                .await?
+        {
+            return Ok(());
+        }
+        let event = json!({"name": "subscription_count", "channel": channel.as_str(), "subscription_count": count});
+        self.emit(app, event, None, 0).await
+    }
+
+    /// Queues `event` for every target of `app` whose filters accept it.
+    async fn emit(
+        &self,
+        app: &str,
+        event: serde_json::Value,
+        pending_key: Option<String>,
+        delay_ms: u64,
+    ) -> redis::RedisResult<()> {
+        let Some(hooks) = self.apps.get(app) else {
+            return Ok(());
+        };
+        let name = event["name"].as_str().unwrap_or_default();
+        let channel = event["channel"].as_str().unwrap_or_default();
+        let due = store::now_ms() + delay_ms;
+        let targets: Vec<usize> = hooks
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                (t.event_types.is_empty() || t.event_types.iter().any(|e| e == name))
+                    && t.channel_prefix
+                        .as_deref()
+                        .is_none_or(|p| channel.starts_with(p))
+                    && t.channel_suffix
+                        .as_deref()
+                        .is_none_or(|s| channel.ends_with(s))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let job = Job {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            app: app.to_owned(),
+            targets,
+            events: vec![event],
+            first_due_ms: due,
+            attempts: 0,
+            pending_key,
+        };
+        self.store.enqueue(&job, due).await?;
+        Ok(())
+    }
+}

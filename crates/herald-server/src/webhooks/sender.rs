@@ -1,0 +1,210 @@
+//! Delivers due webhook jobs: any 2xx is success; anything else is retried with exponential
+//! backoff and jitter until the retry window closes, then dropped and counted.
+//!
+//! Invariant: a bad target costs bounded time (one timeout per attempt) and bounded memory (the
+//! response body is never read), and never touches sockets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{now_ms, Job};
+use super::Inner;
+use crate::metrics;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Jobs claimed per round.
+const CLAIM: usize = 64;
+const TICK: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+fn client() -> HttpClient {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
+    let client = client();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        send_due(&inner, &client).await;
+        rounds += 1;
+        if rounds.is_multiple_of(10) {
+            if let Ok(depth) = inner.store.depth().await {
+                metrics::webhook_queue_depth(depth);
+            }
+        }
+    }
+}
+
+pub(super) async fn flush(inner: &Inner, deadline: tokio::time::Instant) {
+    let client = client();
+    while tokio::time::Instant::now() < deadline {
+        send_due(inner, &client).await;
+        if inner.store.depth().await.unwrap_or(0) == 0 {
+            return;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Claims due jobs and sends them; returns how many were claimed.
+async fn send_due(inner: &Inner, client: &HttpClient) -> usize {
+    let lease = inner.config.timeout * 2 + Duration::from_secs(5);
+    let jobs = match inner.store.claim(CLAIM, lease).await {
+        Ok(jobs) => jobs,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the webhook queue");
+            return 0;
+        }
+    };
+    let claimed = jobs.len();
+    // Each entry keeps the job as claimed (to complete it exactly) and the job as it will be sent.
+    let mut ready: Vec<(Job, Job)> = Vec::with_capacity(claimed);
+    for job in jobs {
+        let mut decided = job.clone();
+        if let Some(key) = decided.pending_key.take() {
+            // A delayed leave: sent only if nobody came back meanwhile.
+            match inner.store.take(&key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    metrics::webhook_dropped("cancelled");
+                    let _ = inner.store.complete(&job).await;
+                    continue;
+                }
+                Err(err) => {
+                    // Left claimed: the lease expires and it is tried again.
+                    tracing::warn!(%err, "cannot check a delayed webhook");
+                    continue;
+                }
+            }
+        }
+        ready.push((job, decided));
+    }
+    // Batch events for the same app and targets into one request.
+    let mut groups: Vec<Vec<(Job, Job)>> = Vec::new();
+    for pair in ready {
+        let fits = |g: &Vec<(Job, Job)>| {
+            g.len() < inner.config.max_batch
+                && g[0].1.app == pair.1.app
+                && g[0].1.targets == pair.1.targets
+        };
+        match groups.iter_mut().position(|g| fits(g)) {
+            Some(i) => groups[i].push(pair),
+            None => groups.push(vec![pair]),
+        }
+    }
+    let sends = groups
+        .into_iter()
+        .map(|group| send_group(inner, client, group));
+    futures_util::future::join_all(sends).await;
+    claimed
+}
+
+async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) {
+    let first = &group[0].1;
+    let Some(hooks) = inner.apps.get(&first.app) else {
+        for (claimed, _) in &group {
+            let _ = inner.store.complete(claimed).await;
+        }
+        return;
+    };
+    let events: Vec<&serde_json::Value> = group.iter().flat_map(|(_, j)| j.events.iter()).collect();
+    let body = serde_json::json!({"time_ms": now_ms(), "events": events}).to_string();
+    let signature = herald_protocol::signature::sign(hooks.secret.expose(), body.as_bytes());
+    let mut failed = Vec::new();
+    for &target_idx in &first.targets {
+        let Some(target) = hooks.targets.get(target_idx) else {
+            continue;
+        };
+        let started = Instant::now();
+        match post(
+            client,
+            target,
+            &hooks.key,
+            &signature,
+            &body,
+            inner.config.timeout,
+        )
+        .await
+        {
+            Ok(()) => metrics::webhook_sent(group.len(), started.elapsed()),
+            Err(reason) => {
+                metrics::webhook_failed();
+                tracing::debug!(url = %target.url, %reason, "webhook attempt failed");
+                failed.push(target_idx);
+            }
+        }
+    }
+    for (claimed, job) in group {
+        let _ = inner.store.complete(&claimed).await;
+        if failed.is_empty() {
+            continue;
+        }
+        let attempts = job.attempts + 1;
+        let backoff = inner
+            .config
+            .retry_initial
+            .saturating_mul(1 << (attempts - 1).min(6))
+            .min(MAX_BACKOFF);
+        let jitter = backoff.mul_f64(rand::thread_rng().gen_range(0.0..0.25));
+        let due = now_ms() + (backoff + jitter).as_millis() as u64;
+        if due > job.first_due_ms + inner.config.retry_window.as_millis() as u64 {
+            metrics::webhook_dropped("retries_exhausted");
+            tracing::warn!(app = %job.app, attempts, "webhook dropped after its retry window");
+            continue;
+        }
+        metrics::webhook_retried();
+        let next = Job {
+            targets: failed.clone(),
+            attempts,
+            ..job
+        };
+        let _ = inner.store.enqueue(&next, due).await;
+    }
+}
+
+async fn post(
+    client: &HttpClient,
+    target: &crate::config::WebhookTarget,
+    key: &str,
+    signature: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut req = hyper::Request::post(&target.url)
+        .header("content-type", "application/json")
+        .header("x-pusher-key", key)
+        .header("x-pusher-signature", signature);
+    for (name, value) in &target.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| e.to_string())?;
+    // The response body is never read: a huge answer costs nothing.
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(res)) if res.status().is_success() => Ok(()),
+        Ok(Ok(res)) => Err(format!("status {}", res.status())),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
