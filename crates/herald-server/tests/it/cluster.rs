@@ -491,7 +491,7 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     receiver.expect_silence(Duration::from_secs(2)).await;
 
     drop(bob);
-    let mut last = vec![receiver.next_event().await, receiver.next_event().await];
+    let mut last = [receiver.next_event().await, receiver.next_event().await];
     last.sort_by_key(|e| e["name"].as_str().unwrap().to_owned());
     assert_eq!(
         last[0],

@@ -161,7 +161,7 @@ async fn quick_return_cancels_vacated_and_member_removed() {
     .await;
     let mut tab = server.client().await;
     tab.subscribe_presence("presence-room", "alice").await;
-    let mut first = vec![receiver.next_event().await, receiver.next_event().await];
+    let mut first = [receiver.next_event().await, receiver.next_event().await];
     first.sort_by_key(|e| e["name"].as_str().unwrap().to_owned());
     assert_eq!(
         first[0],
@@ -178,7 +178,7 @@ async fn quick_return_cancels_vacated_and_member_removed() {
     receiver.expect_silence(Duration::from_secs(3)).await;
     // A real leave is reported once the delay has passed.
     drop(reloaded);
-    let mut last = vec![receiver.next_event().await, receiver.next_event().await];
+    let mut last = [receiver.next_event().await, receiver.next_event().await];
     last.sort_by_key(|e| e["name"].as_str().unwrap().to_owned());
     assert_eq!(last[0]["name"], "channel_vacated");
     assert_eq!(
