@@ -42,7 +42,13 @@ impl TestServer {
             },
             ..Config::default()
         };
+        // `HERALD_TEST_REDIS_URL` runs every scenario through the Redis broker too, each server
+        // under its own prefix so that concurrent tests do not see each other.
         configure(&mut config);
+        if let (Ok(url), None) = (std::env::var("HERALD_TEST_REDIS_URL"), &config.redis_url) {
+            config.redis_url = Some(url);
+            config.cluster.prefix = format!("test-{}", rand::random::<u64>());
+        }
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
