@@ -137,3 +137,39 @@ impl TestClient {
         }
     }
 }
+
+#[tokio::test]
+async fn slow_handshake_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(|c| c.limits.handshake_timeout = Duration::from_secs(1)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Never finish the request head: the server must hang up on its own.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection was not closed");
+    // Others are served meanwhile.
+    server.client().await;
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(|c| c.limits.max_header_bytes = 8192).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let huge = format!(
+        "GET /up HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = stream.write_all(huge.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .expect("not closed");
+    let head = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || head.starts_with("HTTP/1.1 431"), "{head}");
+    assert_eq!(server.get("/up").await.0, 200);
+}
