@@ -59,6 +59,11 @@ function tomlValue(v) {
   if (typeof v === 'string') return JSON.stringify(v);
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  if (v && typeof v === 'object') {
+    return `{ ${Object.entries(v)
+      .map(([k, x]) => `${JSON.stringify(k)} = ${tomlValue(x)}`)
+      .join(', ')} }`;
+  }
   throw new Error(`unsupported TOML value ${v}`);
 }
 
@@ -70,20 +75,27 @@ function tomlTable(obj) {
 }
 
 /**
- * Build a herald config file. `top` holds top-level keys, `limits` the
- * [limits] table, `apps` a list of [[apps]] tables (defaults to the one
- * default app with client events and subscription_count on).
+ * Build a herald config file. `top` holds top-level keys, `limits`,
+ * `webhooks` and `cluster` the tables of those names, `apps` a list of
+ * [[apps]] tables (defaults to the one default app with client events and
+ * subscription_count on); an app's `webhooks` list becomes [[apps.webhooks]].
  */
-export function buildConfig({ top = {}, limits = {}, apps } = {}) {
+export function buildConfig({ top = {}, limits = {}, webhooks = {}, cluster = {}, apps } = {}) {
   const appList = apps ?? [{}];
   const parts = [];
   const topKeys = tomlTable(top);
   if (topKeys) parts.push(topKeys);
-  const limitKeys = tomlTable(limits);
-  if (limitKeys) parts.push(`[limits]\n${limitKeys}`);
+  for (const [name, table] of [
+    ['limits', limits],
+    ['webhooks', webhooks],
+    ['cluster', cluster],
+  ]) {
+    const keys = tomlTable(table);
+    if (keys) parts.push(`[${name}]\n${keys}`);
+  }
   // Stop fast: no drain pacing in tests.
   parts.push('[drain]\ndelay = "0s"\nwindow = "0s"\ndeadline = "1s"');
-  for (const a of appList) {
+  for (const { webhooks: targets = [], ...a } of appList) {
     parts.push(
       '[[apps]]\n' +
         tomlTable({
@@ -95,15 +107,17 @@ export function buildConfig({ top = {}, limits = {}, apps } = {}) {
           ...a,
         }),
     );
+    for (const t of targets) parts.push(`[[apps.webhooks]]\n${tomlTable(t)}`);
   }
   return parts.join('\n\n') + '\n';
 }
 
 /**
  * Start herald on a free port and wait until GET /up answers 200.
- * Returns { port, base, stop(), logs() }.
+ * `redisUrl` joins it to a cluster (--redis-url).
+ * Returns { port, base, stop(), kill(signal), logs() }.
  */
-export async function startServer(configOpts = {}, { readyTimeout = 15000 } = {}) {
+export async function startServer(configOpts = {}, { readyTimeout = 15000, redisUrl } = {}) {
   const bin = heraldBinary();
   const dir = mkdtempSync(join(tmpdir(), 'herald-conf-'));
   const cfgPath = join(dir, 'herald.toml');
@@ -112,7 +126,9 @@ export async function startServer(configOpts = {}, { readyTimeout = 15000 } = {}
   let lastErr;
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
-    const child = spawn(bin, ['start', '--host', '127.0.0.1', '--port', String(port), '--config', cfgPath], {
+    const args = ['start', '--host', '127.0.0.1', '--port', String(port), '--config', cfgPath];
+    if (redisUrl) args.push('--redis-url', redisUrl);
+    const child = spawn(bin, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG ?? 'warn' },
     });
@@ -153,6 +169,17 @@ export async function startServer(configOpts = {}, { readyTimeout = 15000 } = {}
           await exitPromise;
           clearTimeout(t);
           rmSync(dir, { recursive: true, force: true });
+        },
+        /** Send `signal` (e.g. SIGKILL) and wait for the process to exit. */
+        async kill(signal = 'SIGKILL') {
+          if (exited) return exited;
+          child.kill(signal);
+          const res = await exitPromise;
+          rmSync(dir, { recursive: true, force: true });
+          return res;
+        },
+        get exited() {
+          return exited;
         },
       };
       return server;
