@@ -57,10 +57,17 @@ def free_port() -> int:
 class HeraldServer:
     """One herald process on 127.0.0.1:<port>, optionally with a TOML config file."""
 
-    def __init__(self, binary: Path, workdir: Path, config_toml: str | None = None):
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        config_toml: str | None = None,
+        extra_args: list[str] | None = None,
+    ):
         self.binary = binary
         self.workdir = workdir
         self.config_toml = config_toml
+        self.extra_args = list(extra_args or [])
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "herald.log"
@@ -82,6 +89,7 @@ class HeraldServer:
             cfg = self.workdir / "herald.toml"
             cfg.write_text(self.config_toml)
             cmd += ["--config", str(cfg)]
+        cmd += self.extra_args
         # A port picked by binding to 0 can in principle be taken again before herald binds it;
         # retry a few times if the process dies at start-up.
         for _attempt in range(3):
@@ -115,6 +123,9 @@ class HeraldServer:
             time.sleep(0.05)
         return False
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -132,6 +143,59 @@ class HeraldServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "<no log>"
+
+
+class RedisServer:
+    """A private redis-server (REDIS_SERVER or redis-server on PATH) on a free loopback port,
+    without persistence: stop() loses its data, start() starts it again on the same port."""
+
+    def __init__(self, workdir: Path):
+        self.binary = os.environ.get("REDIS_SERVER", "redis-server")
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self, ready_timeout: float = 10.0) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self._ping():
+                return
+            # Polling interval for readiness (not synchronisation between test steps).
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not become ready on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
 
 
 # Fast stop at teardown; the default app (id "1", key "app-key", secret "app-secret") is
@@ -162,6 +226,15 @@ def herald(tmp_path_factory) -> HeraldServer:
     server.start()
     yield server
     server.stop()
+
+
+def start_herald(
+    tmp_path_factory, config_toml: str, extra_args: list[str] | None = None, name: str = "herald"
+) -> HeraldServer:
+    """Starts one more herald with its own config (the caller stops it)."""
+    server = HeraldServer(find_herald_bin(), tmp_path_factory.mktemp(name), config_toml, extra_args)
+    server.start()
+    return server
 
 
 def make_client(server: HeraldServer, secret: str = APP_SECRET) -> pusher.Pusher:
@@ -202,6 +275,8 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" and report.failed:
-        server = item.funcargs.get("herald")
-        if isinstance(server, HeraldServer):
-            report.sections.append(("herald log (tail)", server.log_tail()))
+        servers = [v for v in item.funcargs.values() if isinstance(v, HeraldServer)]
+        for v in item.funcargs.values():
+            servers += [s for s in getattr(v, "servers", []) if isinstance(s, HeraldServer)]
+        for server in servers:
+            report.sections.append((f"herald :{server.port} log (tail)", server.log_tail()))
