@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const NODE_CONNECTIONS: &str = "herald_node_connections";
@@ -96,14 +96,41 @@ pub fn connection_refused(reason: &'static str) {
     counter!(DISCONNECTIONS_TOTAL, "app_id" => "", "reason" => reason).increment(1);
 }
 
-pub fn message_received(app_id: &str, bytes: usize) {
-    counter!(WS_MESSAGES_RECEIVED, "app_id" => app_id.to_owned()).increment(1);
-    counter!(WS_BYTES_RECEIVED, "app_id" => app_id.to_owned()).increment(bytes as u64);
+/// Per-app handles for the per-message counters, looked up once instead of on every frame.
+#[derive(Debug, Clone)]
+pub struct AppMetrics {
+    messages_in: Counter,
+    bytes_in: Counter,
+    messages_out: Counter,
+    bytes_out: Counter,
+    latency: Histogram,
 }
 
-pub fn messages_sent(app_id: &str, count: usize, bytes: usize) {
-    counter!(WS_MESSAGES_SENT, "app_id" => app_id.to_owned()).increment(count as u64);
-    counter!(WS_BYTES_SENT, "app_id" => app_id.to_owned()).increment(bytes as u64);
+impl AppMetrics {
+    pub fn new(app_id: &str) -> AppMetrics {
+        AppMetrics {
+            messages_in: counter!(WS_MESSAGES_RECEIVED, "app_id" => app_id.to_owned()),
+            bytes_in: counter!(WS_BYTES_RECEIVED, "app_id" => app_id.to_owned()),
+            messages_out: counter!(WS_MESSAGES_SENT, "app_id" => app_id.to_owned()),
+            bytes_out: counter!(WS_BYTES_SENT, "app_id" => app_id.to_owned()),
+            latency: histogram!(DELIVERY_LATENCY),
+        }
+    }
+
+    pub fn message_received(&self, bytes: usize) {
+        self.messages_in.increment(1);
+        self.bytes_in.increment(bytes as u64);
+    }
+
+    pub fn messages_sent(&self, count: usize, bytes: usize) {
+        self.messages_out.increment(count as u64);
+        self.bytes_out.increment(bytes as u64);
+    }
+
+    /// Publish accepted → frame written, sampled once per write batch (its oldest frame).
+    pub fn delivery_latency(&self, elapsed: Duration) {
+        self.latency.record(elapsed.as_secs_f64());
+    }
 }
 
 pub fn http_request(endpoint: &'static str, status: u16) {
@@ -117,11 +144,6 @@ pub fn broadcast(app_id: &str, source: &'static str, delivered: usize, dropped_s
         counter!(DELIVERIES_DROPPED, "app_id" => app_id.to_owned(), "reason" => "slow_consumer")
             .increment(dropped_slow as u64);
     }
-}
-
-/// Publish accepted → frame written, sampled once per write batch (its oldest frame).
-pub fn delivery_latency(elapsed: Duration) {
-    histogram!(DELIVERY_LATENCY).record(elapsed.as_secs_f64());
 }
 
 pub fn limit_rejected(limit: Limit) {

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::metrics::{self, Limit};
+use crate::metrics::{self, AppMetrics, Limit};
 use crate::Shared;
 
 /// A socket whose writes stall this long is dropped as a slow consumer.
@@ -259,6 +259,7 @@ async fn connection_loop(
     socket: &mut Socket,
 ) -> DisconnectReason {
     let app_id = session.app().app.id.clone();
+    let app_metrics = AppMetrics::new(&app_id);
     let activity_timeout = shared.config.activity_timeout;
     let pong_timeout = shared.config.pong_timeout;
     let mut batch: Vec<Frame> = Vec::new();
@@ -273,7 +274,7 @@ async fn connection_loop(
             () = outbox.changed() => {
                 let close = outbox.take(&mut batch);
                 if !batch.is_empty() {
-                    if let Err(reason) = write_batch(socket, &mut batch, &app_id).await {
+                    if let Err(reason) = write_batch(socket, &mut batch, &app_metrics).await {
                         return reason;
                     }
                 }
@@ -294,7 +295,7 @@ async fn connection_loop(
                 ping_sent = None;
                 match msg {
                     Ok(Message::Text(text)) => {
-                        metrics::message_received(&app_id, text.len());
+                        app_metrics.message_received(text.len());
                         tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
                         match ClientMessage::parse(text.as_str()) {
                             Ok(message) => {
@@ -366,7 +367,7 @@ async fn connection_loop(
 async fn write_batch(
     socket: &mut Socket,
     batch: &mut Vec<Frame>,
-    app_id: &str,
+    app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
     let count = batch.len();
     let bytes: usize = batch.iter().map(|f| f.text.len()).sum();
@@ -389,9 +390,9 @@ async fn write_batch(
     if batch.capacity() > 256 {
         *batch = Vec::new();
     }
-    metrics::messages_sent(app_id, count, bytes);
+    app_metrics.messages_sent(count, bytes);
     if let Some(at) = oldest {
-        metrics::delivery_latency(at.elapsed());
+        app_metrics.delivery_latency(at.elapsed());
     }
     Ok(())
 }
