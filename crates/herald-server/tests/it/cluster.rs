@@ -4,7 +4,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
@@ -309,63 +308,19 @@ async fn killed_node_members_are_removed_within_the_timeout_exactly_once() {
     let mut watcher = survivor.client().await;
     watcher.subscribe_presence("presence-room", "watcher").await;
 
-    let dir =
-        std::env::temp_dir().join(format!("herald-kill-{}-{}", std::process::id(), redis.port));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("herald.toml");
-    std::fs::write(
-        &config,
+    let mut victim = Process::start(
         "[cluster]\nheartbeat_interval = \"200ms\"\nnode_timeout = \"2s\"\n",
+        &["--redis-url", &redis.url()],
     )
-    .unwrap();
-    let mut victim = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--log-format",
-            "json",
-            "--redis-url",
-            &redis.url(),
-            "--config",
-        ])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(victim.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let log: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(addr) = log["fields"]["addr"].as_str() {
-                return addr.to_owned();
-            }
-        }
-        panic!("victim exited before listening");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let url = format!("ws://{addr}/app/{KEY}?protocol=7");
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut alice = TestClient {
-        ws,
-        socket_id: String::new(),
-    };
-    let frame = alice.expect_next("pusher:connection_established").await;
-    alice.socket_id = data(&frame)["socket_id"].as_str().unwrap().to_owned();
+    .await;
+    let mut alice = victim.client().await;
     alice.subscribe_presence("presence-room", "alice").await;
     assert_eq!(
         data(&watcher.expect_next("pusher_internal:member_added").await)["user_id"],
         "alice"
     );
 
-    victim.start_kill().unwrap();
-    victim.wait().await.unwrap();
+    victim.kill().await;
     let killed = tokio::time::Instant::now();
     let removed = tokio::time::timeout(
         Duration::from_secs(10),
@@ -380,7 +335,6 @@ async fn killed_node_members_are_removed_within_the_timeout_exactly_once() {
         .api("GET", "/apps/1/channels/presence-room/users", &[], None)
         .await;
     assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -401,64 +355,15 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     let a = TestServer::start(hooked(redis.url(), receiver.url())).await;
     let b = TestServer::start(hooked(redis.url(), receiver.url())).await;
 
-    let dir = std::env::temp_dir().join(format!(
-        "herald-whkill-{}-{}",
-        std::process::id(),
-        redis.port
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("herald.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "webhook_url = \"{}\"\n[webhooks]\nleave_delay = \"300ms\"\n[cluster]\nheartbeat_interval = \"200ms\"\nnode_timeout = \"2s\"\n",
-            receiver.url()
-        ),
-    )
-    .unwrap();
-    let mut victim = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--log-format",
-            "json",
-            "--redis-url",
-            &redis.url(),
-            "--config",
-        ])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(victim.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let log: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(addr) = log["fields"]["addr"].as_str() {
-                return addr.to_owned();
-            }
-        }
-        panic!("victim exited before listening");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let config = format!(
+        "webhook_url = \"{}\"\n[webhooks]\nleave_delay = \"300ms\"\n[cluster]\nheartbeat_interval = \"200ms\"\nnode_timeout = \"2s\"\n",
+        receiver.url()
+    );
+    let mut victim = Process::start(&config, &["--redis-url", &redis.url()]).await;
 
     let mut bob = a.client().await;
     bob.subscribe_presence("presence-room", "bob").await;
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/app/{KEY}?protocol=7"))
-        .await
-        .unwrap();
-    let mut alice = TestClient {
-        ws,
-        socket_id: String::new(),
-    };
-    let frame = alice.expect_next("pusher:connection_established").await;
-    alice.socket_id = data(&frame)["socket_id"].as_str().unwrap().to_owned();
+    let mut alice = victim.client().await;
     alice.subscribe_presence("presence-room", "alice").await;
     until_channel(&b, "presence-room", "user_count", |v| v["user_count"] == 2).await;
 
@@ -481,8 +386,7 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
         ]
     );
 
-    victim.start_kill().unwrap();
-    victim.wait().await.unwrap();
+    victim.kill().await;
     let removed = receiver.next_event().await;
     assert_eq!(
         removed,
@@ -502,5 +406,4 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
         json!({"name": "member_removed", "channel": "presence-room", "user_id": "bob"})
     );
     receiver.expect_silence(Duration::from_secs(1)).await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

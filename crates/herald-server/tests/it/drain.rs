@@ -1,56 +1,25 @@
 //! Graceful drain of the real binary on SIGTERM.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
 #[tokio::test]
 async fn sigterm_drains_in_paced_batches_and_exits_zero() {
-    let dir = std::env::temp_dir().join(format!("herald-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("herald.toml");
-    std::fs::write(
-        &config,
+    let mut process = Process::start(
         "[drain]\ndelay = \"1s\"\nwindow = \"2s\"\ndeadline = \"6s\"\n",
+        &[],
     )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["start", "--host", "127.0.0.1", "--port", "0", "--config"])
-        .arg(&config)
-        .env("NO_COLOR", "1")
-        .env("HERALD_LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The bound address is in the start-up log line.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let log: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(addr) = log["fields"]["addr"].as_str() {
-                return addr.to_owned();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server did not start");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let server = RemoteServer::new(&addr);
+    .await;
+    let server = RemoteServer::new(&process.addr);
     let mut clients = Vec::new();
     for _ in 0..40 {
-        let mut client = server.client().await;
+        let mut client = process.client().await;
         client.subscribe("news").await;
         clients.push(client);
     }
     let signalled = Instant::now();
-    let pid = child.id().unwrap().to_string();
+    let pid = process.child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -98,13 +67,12 @@ async fn sigterm_drains_in_paced_batches_and_exits_zero() {
         last - first >= Duration::from_millis(1000),
         "closes were not spread over the window: {first:?}..{last:?}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), process.child.wait())
         .await
         .expect("no exit before deadline")
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(6) + Duration::from_millis(500));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Just enough of `TestServer` to talk to a server in another process.
@@ -117,21 +85,6 @@ impl RemoteServer {
         RemoteServer {
             addr: addr.to_owned(),
         }
-    }
-
-    async fn client(&self) -> TestClient {
-        let url = format!(
-            "ws://{}/app/{KEY}?protocol=7&client=js&version=8.4.0",
-            self.addr
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut client = TestClient {
-            ws,
-            socket_id: String::new(),
-        };
-        let frame = client.expect_next("pusher:connection_established").await;
-        client.socket_id = data(&frame)["socket_id"].as_str().unwrap().to_owned();
-        client
     }
 
     async fn get(&self, path: &str) -> u16 {

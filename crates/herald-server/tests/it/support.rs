@@ -369,3 +369,83 @@ pub fn data(frame: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// The real `herald` binary in a child process, for signals and `kill -9`; killed on drop.
+pub struct Process {
+    pub child: tokio::process::Child,
+    /// `host:port` it listens on, read from its start-up log line.
+    pub addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl Process {
+    pub async fn start(config_toml: &str, extra_args: &[&str]) -> Process {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let dir = std::env::temp_dir().join(format!(
+            "herald-proc-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("herald.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--log-format",
+                "json",
+                "--config",
+            ])
+            .arg(&config)
+            .args(extra_args)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let log: Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(addr) = log["fields"]["addr"].as_str() {
+                    return addr.to_owned();
+                }
+            }
+            panic!("herald exited before listening");
+        })
+        .await
+        .expect("herald did not start");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { child, addr, dir }
+    }
+
+    /// A client after `connection_established`.
+    pub async fn client(&self) -> TestClient {
+        let url = format!(
+            "ws://{}/app/{KEY}?protocol=7&client=js&version=8.4.0",
+            self.addr
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut client = TestClient {
+            ws,
+            socket_id: String::new(),
+        };
+        let frame = client.expect_next("pusher:connection_established").await;
+        client.socket_id = data(&frame)["socket_id"].as_str().unwrap().to_owned();
+        client
+    }
+
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
