@@ -8,10 +8,13 @@ import assert from 'node:assert/strict';
 
 import { Clients, collect, serverSdk, subscribed, uniq, waitFor } from '../lib/harness.mjs';
 import { echoFor, echoNext, echoSubscribed } from '../lib/echo.mjs';
-import { apiGet, eventually, startNodes, startRedis, untilSubscriptions, untilUsers } from '../lib/cluster.mjs';
+import { apiGet, eventually, startNode, startNodes, startRedis, untilSubscriptions, untilUsers } from '../lib/cluster.mjs';
+import { is, quiet, startReceiver } from '../lib/webhooks.mjs';
 
 const errCode = (e) => e?.data?.code ?? e?.error?.data?.code;
 const names = (members) => members.map((m) => m.name).sort();
+// Proving a cancelled webhook: past the 1 s leave delay plus the sender's tick.
+const SILENCE_MS = 1800;
 
 describe('cluster of three nodes on one redis', () => {
   let redis;
@@ -399,5 +402,127 @@ describe('cluster of three nodes on one redis', () => {
     await eventually(() => bob.joined().includes('frank'), 5000, 'bob to see frank join');
     await untilUsers(sdkB, ch, ['alice', 'bob', 'carol', 'frank']);
     for (const n of [A, B]) assert.equal(n.exited, null);
+  });
+});
+
+describe('cluster webhooks: decided once for the whole cluster', () => {
+  let redis;
+  let recv;
+  let A, B;
+  let cA, cB;
+  let sdkA, sdkB;
+
+  before(async () => {
+    redis = await startRedis();
+    recv = await startReceiver();
+    [A, B] = await startNodes(redis, 2, {
+      top: { webhook_url: recv.url },
+      webhooks: { leave_delay: '1s', retry_initial: '200ms', retry_window: '30s', timeout: '2s' },
+    });
+    [cA, cB] = [A, B].map((n) => new Clients(n));
+    [sdkA, sdkB] = [A, B].map((n) => serverSdk(n));
+  });
+  after(async () => {
+    for (const c of [cA, cB]) c?.closeAll();
+    for (const n of [A, B]) await n?.stop();
+    await redis?.stop();
+    await recv?.close();
+  });
+
+  const as = (sdk, id) => ({ sdk, presence: () => ({ user_id: id, user_info: { name: id } }) });
+  const count = (pred) => recv.matching(pred).length;
+
+  test('subscribers on two nodes: one channel_occupied, one channel_vacated', async () => {
+    const name = uniq('cl-wh-occ-');
+    const a = await cA.connected();
+    const b = await cB.connected();
+    await subscribed(a, name);
+    await recv.waitEvent(is('channel_occupied', name), 5000, 'channel_occupied');
+    await subscribed(b, name);
+    await untilSubscriptions(sdkA, name, 2);
+    await untilSubscriptions(sdkB, name, 2);
+    a.disconnect();
+    await untilSubscriptions(sdkB, name, 1);
+    b.disconnect();
+    await recv.waitEvent(is('channel_vacated', name), 5000, 'channel_vacated');
+    await quiet(300);
+    assert.equal(count(is('channel_occupied', name)), 1);
+    assert.equal(count(is('channel_vacated', name)), 1);
+    assert.deepEqual(recv.invalid, []);
+  });
+
+  test('a user with tabs on two nodes: one member_added, member_removed after the last tab', async () => {
+    const ch = `presence-${uniq('cl-wh-tabs-')}`;
+    const t1 = await cA.connected(as(sdkA, 'tom'));
+    await subscribed(t1, ch);
+    await recv.waitEvent(is('member_added', ch), 5000, 'member_added');
+    const t2 = await cB.connected(as(sdkB, 'tom'));
+    await subscribed(t2, ch);
+    await untilSubscriptions(sdkA, ch, 2);
+    t1.disconnect();
+    await untilSubscriptions(sdkB, ch, 1);
+    await quiet(SILENCE_MS);
+    assert.equal(count(is('member_added', ch)), 1, 'the tab on the other node is no new member');
+    assert.equal(count(is('member_removed', ch)), 0, 'tom still has a tab on B');
+    t2.disconnect();
+    await recv.waitEvent(is('member_removed', ch), 5000, 'member_removed');
+    await quiet(300);
+    assert.equal(count(is('member_removed', ch)), 1);
+    assert.equal(count(is('channel_vacated', ch)), 1);
+  });
+
+  test('reload onto another node within leave_delay: nothing sent', async () => {
+    const ch = `presence-${uniq('cl-wh-reload-')}`;
+    const first = await cA.connected(as(sdkA, 'rob'));
+    await subscribed(first, ch);
+    await recv.waitEvent(is('member_added', ch), 5000, 'member_added');
+    await recv.waitEvent(is('channel_occupied', ch), 5000, 'channel_occupied');
+    first.disconnect();
+    const second = await cB.connected(as(sdkB, 'rob'));
+    await subscribed(second, ch);
+    await quiet(SILENCE_MS);
+    assert.equal(count(is('member_removed', ch)), 0, 'member_removed must be cancelled by the rejoin on B');
+    assert.equal(count(is('channel_vacated', ch)), 0, 'channel_vacated must be cancelled by the rejoin on B');
+    assert.equal(count(is('member_added', ch)), 1);
+    assert.equal(count(is('channel_occupied', ch)), 1);
+    second.disconnect();
+    await recv.waitEvent(is('member_removed', ch), 5000, 'member_removed');
+  });
+
+  test('kill -9 of a node: member_removed once for its users only, channel not vacated', async () => {
+    const ch = `presence-${uniq('cl-wh-kill-')}`;
+    const C = await startNode(redis, {
+      top: { webhook_url: recv.url },
+      webhooks: { leave_delay: '1s', retry_initial: '200ms', retry_window: '30s', timeout: '2s' },
+    });
+    const cC = new Clients(C);
+    const sdkC = serverSdk(C);
+    try {
+      const stay = await cA.connected(as(sdkA, 'ann'));
+      await subscribed(stay, ch);
+      const kim = await cC.connected(as(sdkC, 'kim'));
+      await subscribed(kim, ch);
+      const leeC = await cC.connected(as(sdkC, 'lee'));
+      await subscribed(leeC, ch);
+      const leeA = await cA.connected(as(sdkA, 'lee'));
+      await subscribed(leeA, ch);
+      await untilSubscriptions(sdkA, ch, 4);
+      await untilSubscriptions(sdkB, ch, 4);
+      for (const u of ['ann', 'kim', 'lee']) await recv.waitEvent(is('member_added', ch, { user_id: u }), 5000, `member_added ${u}`);
+
+      await C.kill('SIGKILL');
+      cC.closeAll();
+      await recv.waitEvent(is('member_removed', ch, { user_id: 'kim' }), 10_000, 'member_removed kim');
+      await untilUsers(sdkA, ch, ['ann', 'lee']);
+      await untilUsers(sdkB, ch, ['ann', 'lee']);
+      await quiet(SILENCE_MS);
+      assert.equal(count(is('member_removed', ch, { user_id: 'kim' })), 1, 'one member_removed for the cluster');
+      assert.equal(count(is('member_removed', ch, { user_id: 'lee' })), 0, 'lee still has a socket on A');
+      assert.equal(count(is('channel_vacated', ch)), 0);
+      for (const u of ['ann', 'kim', 'lee']) assert.equal(count(is('member_added', ch, { user_id: u })), 1);
+    } finally {
+      cC.closeAll();
+      await C.stop();
+    }
   });
 });
