@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{Method, Uri};
 use axum::response::Response;
-use herald_protocol::{ChannelKind, ChannelName};
+use herald_protocol::ChannelKind;
 use serde_json::{json, Map, Value};
 
-use super::{auth, info_attributes, respond, ApiError};
+use super::{auth, info_attributes, parse_channel, respond, ApiError};
 use crate::Shared;
 
 pub async fn list(
@@ -80,8 +80,7 @@ fn info_inner(
     uri: &Uri,
 ) -> Result<Value, ApiError> {
     let verified = auth::verify_request(shared, app_id, method, uri, &[])?;
-    let channel = ChannelName::parse(name, shared.limits.max_channel_name_length)
-        .map_err(|err| ApiError::bad_request(format!("Invalid channel name {name:?}: {err}")))?;
+    let channel = parse_channel(shared, name).map_err(ApiError::bad_request)?;
     let attrs = info_attributes(verified.param("info"));
     let info = verified.app.channel_info(&channel);
     let mut body = Map::new();

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{auth, info_attributes, respond, ApiError};
+use super::{auth, info_attributes, parse_channel, respond, ApiError};
 use crate::{metrics, Shared};
 
 #[derive(Debug, Deserialize)]
@@ -207,11 +207,7 @@ fn validate(
     }
     let channels = names
         .iter()
-        .map(|n| {
-            ChannelName::parse(n, shared.limits.max_channel_name_length).map_err(|err| {
-                ApiError::bad_request(at(format!("Invalid channel name {n:?}: {err}")))
-            })
-        })
+        .map(|n| parse_channel(shared, n).map_err(|e| ApiError::bad_request(at(e))))
         .collect::<Result<Vec<_>, _>>()?;
     let except = match body.socket_id {
         Some(s) => Some(

@@ -94,6 +94,12 @@ fn respond(endpoint: &'static str, res: Result<serde_json::Value, ApiError>) -> 
     }
 }
 
+/// Validates a channel name from a request; the error names it.
+fn parse_channel(shared: &Shared, name: &str) -> Result<herald_protocol::ChannelName, String> {
+    herald_protocol::ChannelName::parse(name, shared.limits.max_channel_name_length)
+        .map_err(|err| format!("Invalid channel name {name:?}: {err}"))
+}
+
 /// Splits `info=a,b` into its attribute names.
 fn info_attributes(info: Option<&str>) -> Vec<&str> {
     info.map(|i| {

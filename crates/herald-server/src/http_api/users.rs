@@ -8,11 +8,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{Method, Uri};
 use axum::response::Response;
-use herald_protocol::{ChannelKind, ChannelName, UserId};
+use herald_protocol::{ChannelKind, UserId};
 use serde_json::{json, Value};
 
 use super::events::read_body;
-use super::{auth, respond, ApiError};
+use super::{auth, parse_channel, respond, ApiError};
 use crate::Shared;
 
 pub async fn list(
@@ -35,8 +35,7 @@ fn list_inner(
     uri: &Uri,
 ) -> Result<Value, ApiError> {
     let verified = auth::verify_request(shared, app_id, method, uri, &[])?;
-    let channel = ChannelName::parse(name, shared.limits.max_channel_name_length)
-        .map_err(|err| ApiError::bad_request(format!("Invalid channel name {name:?}: {err}")))?;
+    let channel = parse_channel(shared, name).map_err(ApiError::bad_request)?;
     if channel.kind() != ChannelKind::Presence {
         return Err(ApiError::bad_request(
             "Users can only be listed for presence channels",
