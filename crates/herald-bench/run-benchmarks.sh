@@ -68,10 +68,12 @@ bench() { # NAME ARGS...
             sleep 2
             # With MAX_OTHER set (cores, e.g. 0.15), rerun (up to TRIES times) a run during
             # which other processes used more CPU than that.
-            [ -z "${MAX_OTHER:-}" ] && break
+            if [ -z "${MAX_OTHER:-}" ]; then break; fi
             other=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print((r.get('cpu') or r.get('cpu_connect') or {}).get('other_cores') or 0)" "$OUT/$name-$i.json")
             echo "   other processes: $other cores" >&2
-            python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$other" "$MAX_OTHER" && break
+            if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$other" "$MAX_OTHER"; then
+                break
+            fi
         done
     done
 }
