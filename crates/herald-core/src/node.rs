@@ -3,8 +3,8 @@
 //!
 //! Invariant: no lock here is held across an await (there are no awaits), and the only thing done
 //! under a lock besides bookkeeping is pushing frames into outboxes, which never blocks.
-//! Lock order: `channels` before any outbox; `users`, `watchers` and `cache` are never held together
-//! with `channels`.
+//! Lock order: `channels`, then `cache`, then any outbox. `users`, `watchers` and `remote_users`
+//! are never held together with `channels`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -257,7 +257,11 @@ impl AppState {
 
     /// Counts a connection against the app's quota; false when the app is full.
     pub fn try_add_connection(&self) -> bool {
-        let remote: usize = self.remote_connections.lock().values().sum();
+        let remote = self
+            .remote_connections
+            .lock()
+            .values()
+            .fold(0usize, |a, n| a.saturating_add(*n));
         let max = self
             .app
             .max_connections
@@ -291,10 +295,11 @@ impl AppState {
         member: Option<PresenceMember>,
     ) -> Result<Subscribed, SubscribeError> {
         let mut res = Subscribed::default();
-        // Looked up before the channel lock (lock order), replayed right after the success frame.
-        let cached = channel.is_cache().then(|| self.cached(channel));
         {
             let mut channels = self.channels.write();
+            // Looked up under the channel lock (lock order: channels, then cache), so an event
+            // published meanwhile is either in the cache or delivered after we are subscribed.
+            let cached = channel.is_cache().then(|| self.cached(channel));
             let is_presence = channel.kind() == ChannelKind::Presence;
             if let (Some(member), Some(existing)) = (&member, channels.get(channel)) {
                 let roster = existing.presence.as_ref();

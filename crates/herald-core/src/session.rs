@@ -347,6 +347,8 @@ impl Session {
             .and_then(|w| w.as_array())
             .map(|ids| ids.iter().filter_map(UserId::from_json).collect())
             .unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        watchlist.retain(|u| seen.insert(u.clone()));
         let over_limit = watchlist.len() > self.limits.max_watchlist;
         watchlist.truncate(self.limits.max_watchlist);
 

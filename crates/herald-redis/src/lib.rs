@@ -96,6 +96,11 @@ struct Inner {
     connected_since: Mutex<Option<Instant>>,
     /// Told about the subscriptions of a node declared dead (for webhooks).
     on_node_gone: Option<NodeGoneHook>,
+    /// Held while announcing and while snapshotting state, so a `State` never overtakes, or is
+    /// overtaken by, a delta about the same socket on the bus.
+    order: Mutex<()>,
+    /// Some announcement was lost (queue full, Redis error): republish the full state.
+    state_dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Called with an app id and the subscriptions a dead node held in it.
@@ -138,6 +143,8 @@ impl RedisBroker {
             peers: Mutex::default(),
             connected_since: Mutex::default(),
             on_node_gone,
+            order: Mutex::new(()),
+            state_dirty: std::sync::atomic::AtomicBool::new(false),
         });
         tracker.spawn(publisher(inner.clone(), client.clone(), rx, stop.clone()));
         tracker.spawn(subscriber(inner.clone(), client, stop.clone()));
@@ -166,6 +173,7 @@ impl Inner {
         };
         if self.tx.try_send(Outgoing { payload, cache }).is_err() {
             bump(&self.stats.dropped_unsent, 1);
+            self.state_dirty.store(true, Ordering::Relaxed);
         }
     }
 
@@ -176,6 +184,8 @@ impl Inner {
     /// Publishes this node's full state for every app.
     fn publish_state(&self) {
         let me = self.node.id();
+        // Snapshot and enqueue under the order lock: no announcement can slip in between.
+        let _order = self.order.lock();
         for app in self.node.apps() {
             let state = wire::WireState::from_local(&app.local_state());
             self.send(
@@ -244,9 +254,22 @@ impl Inner {
             }
             return;
         }
-        if let Err(err) = wire::apply(&self.node, message) {
-            bump(&self.stats.dropped_invalid, 1);
-            tracing::warn!(node = from, %err, "dropping an invalid bus message");
+        let state_of = match &message {
+            BusMessage::State { app, .. } => Some(app.clone()),
+            _ => None,
+        };
+        match wire::apply(&self.node, message) {
+            Ok(removed) => {
+                if let (Some(app), Some(hook), false) =
+                    (state_of, &self.on_node_gone, removed.is_empty())
+                {
+                    hook(&app, removed);
+                }
+            }
+            Err(err) => {
+                bump(&self.stats.dropped_invalid, 1);
+                tracing::warn!(node = from, %err, "dropping an invalid bus message");
+            }
         }
     }
 
@@ -307,6 +330,7 @@ impl Broker for RedisBroker {
 
     fn announce(&self, announcement: Announcement) {
         let message = BusMessage::from_announcement(self.0.node.id(), announcement);
+        let _order = self.0.order.lock();
         self.0.send(&message, None);
     }
 
@@ -383,6 +407,7 @@ async fn publisher(
             Err(err) => {
                 bump(&inner.stats.errors, 1);
                 bump(&inner.stats.dropped_unsent, n);
+                inner.state_dirty.store(true, Ordering::Relaxed);
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                     tracing::warn!(%err, dropped = n, "Redis publish failed: cross-node delivery is interrupted");
                     last_warning = Some(Instant::now());
@@ -498,6 +523,10 @@ async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
         last = Instant::now();
         if inner.connected_since.lock().is_none() {
             continue;
+        }
+        if inner.state_dirty.swap(false, Ordering::Relaxed) {
+            // Announcements were lost: others get our whole state again (they apply the diff).
+            inner.publish_state();
         }
         if gap > inner.config.node_timeout {
             // We were frozen long enough for others to declare us dead: rebuild both ways.

@@ -233,7 +233,8 @@ fn user_info(info: &str) -> Result<Box<RawValue>, WireError> {
 ///
 /// # Errors
 /// Whatever failed validation; nothing was applied then.
-pub fn apply(node: &Node, message: BusMessage) -> Result<(), WireError> {
+/// Returns the subscriptions a `State` removed (for webhooks); empty for other messages.
+pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>, WireError> {
     let app_state = |app: &str| {
         node.app_by_id(app)
             .ok_or_else(|| WireError::UnknownApp(app.to_owned()))
@@ -327,12 +328,12 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<(), WireError> {
             state,
         } => {
             let app = app_state(&app)?;
-            app.replace_node(from, &state.into_local(from)?);
+            return Ok(app.replace_node(from, &state.into_local(from)?));
         }
         // Answered by the broker, which owns the publisher.
         BusMessage::SyncRequest { .. } => {}
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Stores one cache channel's last event read from Redis (`{prefix}:cache:{app}:{channel}`).

@@ -170,6 +170,10 @@ pub struct LimitsConfig {
     pub max_event_name_length: usize,
     /// Largest WebSocket message (and frame) a client may send.
     pub max_frame_bytes: usize,
+    /// Messages of any kind one connection may send per second (burst of the same size); excess
+    /// messages are answered with `pusher:error` 4301 and dropped. Client events have their own,
+    /// stricter per-app limit.
+    pub max_messages_per_second: u32,
     /// Bytes queued for one socket before it is closed as a slow consumer (4100).
     pub outbox_max_bytes: usize,
     /// Time a client has to send its HTTP request headers (upgrade or API).
@@ -290,6 +294,7 @@ impl Default for LimitsConfig {
             max_channel_name_length: node.max_channel_name_length,
             max_event_name_length: node.max_event_name_length,
             max_frame_bytes: 64 * 1024,
+            max_messages_per_second: 200,
             outbox_max_bytes: node.outbox_max_bytes,
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
@@ -452,6 +457,9 @@ impl Config {
         }
         if self.webhooks.max_batch == 0 {
             bail!("webhooks.max_batch: must be at least 1");
+        }
+        if self.limits.max_messages_per_second == 0 {
+            bail!("limits.max_messages_per_second: must be at least 1");
         }
         if self.limits.max_frame_bytes < 1024 {
             bail!("limits.max_frame_bytes: must be at least 1024");

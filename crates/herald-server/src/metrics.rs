@@ -40,6 +40,7 @@ pub enum Limit {
     PresenceMembers,
     FrameSize,
     ClientEventRate,
+    MessageRate,
     RequestBody,
 }
 
@@ -53,6 +54,7 @@ impl Limit {
             Limit::PresenceMembers => "presence_members",
             Limit::FrameSize => "frame_size",
             Limit::ClientEventRate => "client_event_rate",
+            Limit::MessageRate => "message_rate",
             Limit::RequestBody => "request_body",
         }
     }

@@ -13,15 +13,17 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::{SinkExt, StreamExt};
+use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
 use herald_core::{AppState, CloseRequest, DisconnectReason, Frame, Outbox, Session};
 use herald_protocol::server_message;
-use herald_protocol::{ClientMessage, CloseCode};
+use herald_protocol::{ClientMessage, CloseCode, ErrorCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 use crate::metrics::{self, AppMetrics, Limit};
 use crate::Shared;
@@ -235,9 +237,9 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         outbox.clone(),
     );
     let span = tracing::debug_span!("socket", app_id = %app_id, socket_id = %socket_id);
-    let _enter = span.enter();
-
-    let reason = connection_loop(&shared, &mut session, &outbox, &mut socket).await;
+    let reason = connection_loop(&shared, &mut session, &outbox, &mut socket)
+        .instrument(span)
+        .await;
 
     let left = session.close();
     if let Some(webhooks) = &shared.webhooks {
@@ -260,6 +262,7 @@ async fn connection_loop(
 ) -> DisconnectReason {
     let app_id = session.app().app.id.clone();
     let app_metrics = AppMetrics::new(&app_id);
+    let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
     let activity_timeout = shared.config.activity_timeout;
     let pong_timeout = shared.config.pong_timeout;
     let mut batch: Vec<Frame> = Vec::new();
@@ -296,6 +299,14 @@ async fn connection_loop(
                 match msg {
                     Ok(Message::Text(text)) => {
                         app_metrics.message_received(text.len());
+                        if !message_budget.try_take(Instant::now()) {
+                            metrics::limit_rejected(Limit::MessageRate);
+                            session.send_error(
+                                Some(ErrorCode::ClientEventRejected),
+                                "Too many messages: this one was dropped",
+                            );
+                            continue;
+                        }
                         tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
                         match ClientMessage::parse(text.as_str()) {
                             Ok(message) => {

@@ -71,7 +71,7 @@ pub fn verify_request(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let window = shared.config.limits.api_timestamp_window.as_secs() as i64;
-    if (now - timestamp).abs() > window {
+    if now.abs_diff(timestamp) > window.unsigned_abs() {
         return Err(ApiError::unauthorized(format!(
             "auth_timestamp is more than {window} s away from server time ({now}); check the clock"
         )));

@@ -24,6 +24,8 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 /// Jobs claimed per round.
 const CLAIM: usize = 64;
 const TICK: Duration = Duration::from_millis(100);
+/// Requests in flight at once per node.
+const MAX_IN_FLIGHT: usize = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 fn client() -> HttpClient {
@@ -37,6 +39,7 @@ fn client() -> HttpClient {
 
 pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     let client = client();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds = 0u64;
@@ -45,7 +48,18 @@ pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        send_due(&inner, &client).await;
+        // Requests run in their own tasks, at most `MAX_IN_FLIGHT` at once, so one slow target
+        // does not hold up the others.
+        for group in claim_groups(&inner).await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (inner, client) = (inner.clone(), client.clone());
+            tokio::spawn(async move {
+                send_group(&inner, &client, group).await;
+                drop(permit);
+            });
+        }
         rounds += 1;
         if rounds.is_multiple_of(10) {
             if let Ok(depth) = inner.store.depth().await {
@@ -58,7 +72,11 @@ pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
 pub(super) async fn flush(inner: &Inner, deadline: tokio::time::Instant) {
     let client = client();
     while tokio::time::Instant::now() < deadline {
-        send_due(inner, &client).await;
+        let sends = claim_groups(inner)
+            .await
+            .into_iter()
+            .map(|group| send_group(inner, &client, group));
+        futures_util::future::join_all(sends).await;
         if inner.store.depth().await.unwrap_or(0) == 0 {
             return;
         }
@@ -66,14 +84,22 @@ pub(super) async fn flush(inner: &Inner, deadline: tokio::time::Instant) {
     }
 }
 
-/// Claims due jobs and sends them; returns how many were claimed.
-async fn send_due(inner: &Inner, client: &HttpClient) -> usize {
-    let lease = inner.config.timeout * 2 + Duration::from_secs(5);
+/// Claims due jobs, drops the cancelled ones, and groups the rest into requests.
+async fn claim_groups(inner: &Inner) -> Vec<Vec<(Job, Job)>> {
+    // Long enough for every target of a job to time out once; past it, another node may send
+    // the job again (a duplicate, never a loss).
+    let most_targets = inner
+        .apps
+        .values()
+        .map(|a| a.targets.len())
+        .max()
+        .unwrap_or(1) as u32;
+    let lease = inner.config.timeout * most_targets + Duration::from_secs(5);
     let jobs = match inner.store.claim(CLAIM, lease).await {
         Ok(jobs) => jobs,
         Err(err) => {
             tracing::warn!(%err, "cannot read the webhook queue");
-            return 0;
+            return Vec::new();
         }
     };
     let claimed = jobs.len();
@@ -112,11 +138,7 @@ async fn send_due(inner: &Inner, client: &HttpClient) -> usize {
             None => groups.push(vec![pair]),
         }
     }
-    let sends = groups
-        .into_iter()
-        .map(|group| send_group(inner, client, group));
-    futures_util::future::join_all(sends).await;
-    claimed
+    groups
 }
 
 async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) {
@@ -159,7 +181,7 @@ async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) 
         if failed.is_empty() {
             continue;
         }
-        let attempts = job.attempts + 1;
+        let attempts = job.attempts.saturating_add(1);
         let backoff = inner
             .config
             .retry_initial
@@ -167,7 +189,11 @@ async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) 
             .min(MAX_BACKOFF);
         let jitter = backoff.mul_f64(rand::thread_rng().gen_range(0.0..0.25));
         let due = now_ms() + (backoff + jitter).as_millis() as u64;
-        if due > job.first_due_ms + inner.config.retry_window.as_millis() as u64 {
+        if due
+            > job
+                .first_due_ms
+                .saturating_add(inner.config.retry_window.as_millis() as u64)
+        {
             metrics::webhook_dropped("retries_exhausted");
             tracing::warn!(app = %job.app, attempts, "webhook dropped after its retry window");
             continue;

@@ -173,3 +173,28 @@ async fn oversized_request_head_is_refused() {
     assert!(buf.is_empty() || head.starts_with("HTTP/1.1 431"), "{head}");
     assert_eq!(server.get("/up").await.0, 200);
 }
+
+#[tokio::test]
+async fn message_flood_is_answered_with_4301_and_dropped() {
+    let server = TestServer::start(|c| c.limits.max_messages_per_second = 5).await;
+    let mut client = server.client().await;
+    for _ in 0..10 {
+        client
+            .send(json!({"event": "pusher:ping", "data": {}}))
+            .await;
+    }
+    let (mut pongs, mut errors) = (0, 0);
+    for _ in 0..10 {
+        let frame = client.next().await;
+        match frame["event"].as_str().unwrap() {
+            "pusher:pong" => pongs += 1,
+            "pusher:error" => {
+                assert_eq!(frame["data"]["code"], 4301);
+                errors += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(pongs >= 5 && errors >= 1, "{pongs} pongs, {errors} errors");
+    assert_eq!(pongs + errors, 10);
+}
