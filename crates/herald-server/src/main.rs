@@ -84,13 +84,28 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+        let listener = listen(&config).await?;
         let shutdown = CancellationToken::new();
         herald_server::shutdown::spawn_signal_handler(shutdown.clone());
         herald_server::run(config, listener, shutdown).await
     })?;
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// Connection bursts (a reconnect storm after a drain) overflow the default backlog of 1024 and
+/// cost clients a one-second SYN retransmit; ask for more (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: u32 = 8192;
+
+async fn listen(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = tokio::net::lookup_host((config.host.as_str(), config.port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("host {:?} does not resolve", config.host))?;
+    let socket = if addr.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
 }
 
 fn init_tracing(config: &Config) {
