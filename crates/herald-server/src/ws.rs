@@ -38,7 +38,7 @@ const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 4..=7;
 pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
     // Small eager read buffer: idle sockets dominate memory, and Pusher messages are small.
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max_frame_bytes))
@@ -50,7 +50,9 @@ pub struct ConnectParams {
     protocol: Option<String>,
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// Boxed so the socket task's future holds a pointer, not the stream itself, at every level
+/// it is passed through (memory per idle connection).
+type Socket = Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// `GET /app/{key}`: validates the upgrade request, answers 101, and hands the socket to a task.
 pub async fn upgrade(
@@ -115,12 +117,14 @@ where
     tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
+                let socket = Box::new(
+                    WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await,
+                );
                 then(shared, socket).await;
             }
             Err(err) => tracing::debug!(%err, "upgrade failed"),
@@ -174,7 +178,10 @@ async fn reject(mut socket: Socket, code: CloseCode, message: &'static str) {
             server_message::error(Some(code.code()), message).into(),
         ))
         .await;
-    let _ = socket.close(Some(close_frame(code, message))).await;
+    let _ = socket
+        .as_mut()
+        .close(Some(close_frame(code, message)))
+        .await;
     drain_until_closed(&mut socket).await;
 }
 
@@ -207,7 +214,7 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         .try_add_connection(shared.config.max_connections)
     {
         metrics::limit_rejected(Limit::NodeConnections);
-        return reject(socket, CloseCode::OverCapacity, "Over capacity").await;
+        return Box::pin(reject(socket, CloseCode::OverCapacity, "Over capacity")).await;
     }
     if !app.try_add_connection() {
         shared.node.remove_connection();
@@ -277,18 +284,20 @@ async fn connection_loop(
             () = outbox.changed() => {
                 let close = outbox.take(&mut batch);
                 if !batch.is_empty() {
-                    if let Err(reason) = write_batch(socket, &mut batch, &app_metrics).await {
+                    // Boxed, like every rarely-running future here: an idle socket's task only
+                    // pays for the futures it is actually awaiting (memory per connection).
+                    if let Err(reason) = Box::pin(write_batch(socket, &mut batch, &app_metrics)).await {
                         return reason;
                     }
                 }
                 if let Some(CloseRequest { code, message, reason }) = close {
                     // A slow consumer's buffers are full: do not wait long for the close frame.
                     let wait = if reason == DisconnectReason::SlowConsumer { Duration::from_secs(1) } else { WRITE_TIMEOUT };
-                    let _ = tokio::time::timeout(wait, socket.close(Some(close_frame(code, message)))).await;
+                    let _ = Box::pin(tokio::time::timeout(wait, socket.as_mut().close(Some(close_frame(code, message))))).await;
                     if reason == DisconnectReason::SlowConsumer {
                         return reason;
                     }
-                    drain_until_closed(socket).await;
+                    Box::pin(drain_until_closed(socket)).await;
                     return reason;
                 }
             }
@@ -328,15 +337,15 @@ async fn connection_loop(
                     Ok(Message::Binary(_)) => session.send_error(None, "Binary frames are not supported; send JSON text frames"),
                     Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                     Ok(Message::Close(_)) => {
-                        drain_until_closed(socket).await;
+                        Box::pin(drain_until_closed(socket)).await;
                         return DisconnectReason::ClientClose;
                     }
                     Err(tungstenite::Error::Capacity(err)) => {
                         metrics::limit_rejected(Limit::FrameSize);
                         let text = server_message::error(None, &format!("Message too large: {err}"));
-                        let _ = socket.send(Message::Text(text.into())).await;
+                        let _ = Box::pin(socket.send(Message::Text(text.into()))).await;
                         let frame = CloseFrame { code: WsCloseCode::Size, reason: "Message too large".into() };
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close(Some(frame))).await;
+                        let _ = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, socket.as_mut().close(Some(frame)))).await;
                         return DisconnectReason::Limit;
                     }
                     Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
