@@ -73,7 +73,8 @@ pub enum FleetMode {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FleetSpec {
-    pub target: WsTarget,
+    /// Servers to connect to; connection `id` goes to `targets[target_index(id, len)]`.
+    pub targets: Vec<WsTarget>,
     /// Global id of the first connection (ids pick channels and source addresses).
     pub first_id: u64,
     pub count: u64,
@@ -227,7 +228,8 @@ struct Times {
 
 struct Ctx {
     spec: FleetSpec,
-    ep: Endpoint,
+    /// One per target, in the order of `spec.targets`.
+    eps: Vec<Endpoint>,
     c: Counters,
     t: Times,
     inflight: Semaphore,
@@ -273,6 +275,10 @@ impl Ctx {
                 0
             },
         }
+    }
+
+    fn ep(&self, id: u64) -> &Endpoint {
+        &self.eps[target_index(id, self.eps.len())]
     }
 
     fn source(&self, id: u64) -> Option<IpAddr> {
@@ -325,7 +331,7 @@ async fn connect_once(
     ctx.t.first_attempt.fetch_min(t0, Relaxed);
     let connect_timeout = Duration::from_millis(ctx.spec.connect_timeout_ms);
     let (mut ws, socket_id) = pusher::within(connect_timeout, "timeout: connect", async {
-        let mut ws = pusher::open(&ctx.ep, ctx.source(id)).await?;
+        let mut ws = pusher::open(ctx.ep(id), ctx.source(id)).await?;
         let sid = pusher::await_established(&mut ws).await?;
         Ok((ws, sid))
     })
@@ -338,7 +344,7 @@ async fn connect_once(
         pusher::within(
             Duration::from_millis(ctx.spec.subscribe_timeout_ms),
             "timeout: subscribe",
-            pusher::subscribe_all(&mut ws, &ctx.ep, &socket_id, channels, id),
+            pusher::subscribe_all(&mut ws, ctx.ep(id), &socket_id, channels, id),
         )
         .await?;
     }
@@ -348,6 +354,12 @@ async fn connect_once(
     ctx.c.active.fetch_add(1, Relaxed);
     ctx.t.last_subscribed.fetch_max(t2, Relaxed);
     Ok(ws)
+}
+
+/// Which of `n` servers connection `id` uses: round-robin over the global connection ids, so
+/// every fleet (worker process) spreads its contiguous id range evenly over the servers.
+pub fn target_index(id: u64, n: usize) -> usize {
+    (id % n.max(1) as u64) as usize
 }
 
 /// Per-connection receive state.
@@ -625,11 +637,17 @@ async fn run_fleet_inner(
     cmds: &mut mpsc::UnboundedReceiver<FleetCmd>,
     out: &mpsc::UnboundedSender<FleetMsg>,
 ) -> anyhow::Result<()> {
-    let ep = Endpoint::resolve(&spec.target).await?;
+    if spec.targets.is_empty() {
+        anyhow::bail!("no WebSocket URL");
+    }
+    let mut eps = Vec::with_capacity(spec.targets.len());
+    for t in &spec.targets {
+        eps.push(Endpoint::resolve(t).await?);
+    }
     let (phase, _) = watch::channel(Phase::Run);
     let ctx = Arc::new(Ctx {
         inflight: Semaphore::new(spec.max_inflight.max(1)),
-        ep,
+        eps,
         c: Counters::default(),
         t: Times {
             first_attempt: AtomicU64::new(u64::MAX),

@@ -305,4 +305,55 @@ mod tests {
         assert_eq!(r, vec![(0, 4), (4, 3), (7, 3)]);
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 10);
     }
+
+    /// Connections per target URL of each fleet: `counts[fleet][target]`.
+    fn per_target(ranges: &[(u64, u64)], targets: usize) -> Vec<Vec<u64>> {
+        ranges
+            .iter()
+            .map(|&(first, count)| {
+                let mut c = vec![0; targets];
+                for id in first..first + count {
+                    c[crate::fleet::target_index(id, targets)] += 1;
+                }
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn assigns_targets_round_robin_within_every_process() {
+        use crate::fleet::target_index;
+        assert_eq!(
+            (0..7).map(|id| target_index(id, 3)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2, 0]
+        );
+        assert_eq!(target_index(5, 1), 0);
+        assert_eq!(target_index(5, 0), 0);
+
+        // 3 nodes × 19,000 over 4 workers: each worker stays under the per-process cap and
+        // holds a third of its connections on each node; each node gets 19,000.
+        let (r, local) = split(57_000, 18_000, Some(4));
+        assert!(!local);
+        assert!(r.iter().all(|&(_, n)| n <= 18_000));
+        let counts = per_target(&r, 3);
+        for (f, c) in counts.iter().enumerate() {
+            let (min, max) = (c.iter().min().unwrap(), c.iter().max().unwrap());
+            assert!(max - min <= 1, "fleet {f}: {c:?}");
+        }
+        let totals: Vec<u64> = (0..3).map(|t| counts.iter().map(|c| c[t]).sum()).collect();
+        assert_eq!(totals, [19_000, 19_000, 19_000]);
+
+        // Without --workers, the cap alone decides the number of processes.
+        let (r, _) = split(57_000, 18_000, None);
+        assert_eq!(r.len(), 4);
+        let totals: Vec<u64> = (0..3)
+            .map(|t| per_target(&r, 3).iter().map(|c| c[t]).sum())
+            .collect();
+        assert_eq!(totals, [19_000, 19_000, 19_000]);
+
+        // Uneven: 10 connections over 3 nodes in one process.
+        let (r, local) = split(10, 18_000, None);
+        assert!(local);
+        assert_eq!(per_target(&r, 3), [vec![4, 3, 3]]);
+    }
 }

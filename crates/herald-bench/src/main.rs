@@ -41,10 +41,11 @@ struct Cli {
 
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// WebSocket base URL of the server.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:6001")]
-    pub ws_url: String,
-    /// HTTP API base URL of the server.
+    /// WebSocket base URL of the server. Repeatable: connections are assigned round-robin to
+    /// the URLs (e.g. the nodes of a cluster), in every worker process alike.
+    #[arg(long = "ws-url", global = true, default_value = "ws://127.0.0.1:6001")]
+    pub ws_urls: Vec<String>,
+    /// HTTP API base URL of the server (the publisher uses this one node).
     #[arg(long, global = true, default_value = "http://127.0.0.1:6001")]
     pub http_url: String,
     #[arg(long, global = true, default_value = "1")]
@@ -381,7 +382,7 @@ mod tests {
             "ws://127.0.0.1:7000",
         ])
         .unwrap();
-        assert_eq!(cli.common.ws_url, "ws://127.0.0.1:7000");
+        assert_eq!(cli.common.ws_urls, ["ws://127.0.0.1:7000"]);
         match cli.cmd {
             Cmd::Broadcast(b) => {
                 assert_eq!(b.subscribers, 10);
@@ -389,5 +390,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let cli = Cli::try_parse_from(["herald-bench", "connect"]).unwrap();
+        assert_eq!(cli.common.ws_urls, ["ws://127.0.0.1:6001"]);
+        let cli = Cli::try_parse_from([
+            "herald-bench",
+            "broadcast",
+            "--ws-url",
+            "ws://127.0.0.1:6701",
+            "--ws-url",
+            "ws://127.0.0.1:6702",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.common.ws_urls,
+            ["ws://127.0.0.1:6701", "ws://127.0.0.1:6702"]
+        );
     }
 }

@@ -26,8 +26,11 @@ fn sources(c: &Common) -> anyhow::Result<Vec<IpAddr>> {
     if !c.source_addrs.is_empty() {
         return Ok(c.source_addrs.clone());
     }
-    let (_, host, _, _) = split_url(&c.ws_url)?;
-    let loopback_v4 = host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+    let mut loopback_v4 = true;
+    for url in &c.ws_urls {
+        let (_, host, _, _) = split_url(url)?;
+        loopback_v4 &= host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+    }
     let n = c.source_ips.unwrap_or(if loopback_v4 { 8 } else { 1 });
     if n <= 1 {
         return Ok(Vec::new());
@@ -56,11 +59,15 @@ async fn launch(
     let specs = ranges
         .into_iter()
         .map(|(first_id, count)| FleetSpec {
-            target: WsTarget {
-                url: c.ws_url.clone(),
-                app_key: c.app_key.clone(),
-                app_secret: c.app_secret.clone(),
-            },
+            targets: c
+                .ws_urls
+                .iter()
+                .map(|url| WsTarget {
+                    url: url.clone(),
+                    app_key: c.app_key.clone(),
+                    app_secret: c.app_secret.clone(),
+                })
+                .collect(),
             first_id,
             count,
             rate: rate.map(|r| r / n),
@@ -172,10 +179,16 @@ fn connect_progress(s: &Snapshot) -> String {
 }
 
 fn common_json(r: &mut Report, c: &Common) {
-    r.set("ws_url", &c.ws_url);
+    r.set("ws_url", c.ws_urls.join(" "));
+    r.set("ws_urls", &c.ws_urls);
     r.set("http_url", &c.http_url);
     r.set("app_id", &c.app_id);
     r.set("date_unix", clock::unix_secs());
+}
+
+/// The WebSocket URL(s), for the report.
+fn ws_urls(c: &Common) -> String {
+    c.ws_urls.join(", ")
 }
 
 fn cpu_rows(r: &mut Report, label: &str, u: &CpuUsage) {
@@ -228,7 +241,7 @@ pub async fn connect(c: &Common, a: &ConnectArgs, ui: &Ui) -> anyhow::Result<Rep
     common_json(&mut r, c);
     let window = m.last_established_ns.saturating_sub(m.first_attempt_ns);
     let hs_rate = per_sec(m.snap.established, window);
-    r.row("target", c.ws_url.clone());
+    r.row("target", ws_urls(c));
     r.row("processes", processes_line(&fleets, sources(c)?.len()));
     r.row(
         "connections",
@@ -429,7 +442,7 @@ async fn pubsub(c: &Common, p: PubSub, ui: &Ui, scenario: &'static str) -> anyho
 
     let mut r = Report::new(scenario);
     common_json(&mut r, c);
-    r.row("target", format!("{} + {}", c.ws_url, c.http_url));
+    r.row("target", format!("{} + {}", ws_urls(c), c.http_url));
     if let Some(f) = &fleets {
         r.row("processes", processes_line(f, sources(c)?.len()));
     }
@@ -694,7 +707,7 @@ pub async fn churn(c: &Common, a: &ChurnArgs, ui: &Ui) -> anyhow::Result<Report>
     let mut r = Report::new("churn");
     common_json(&mut r, c);
     let cycles_per_sec = m.snap.cycles as f64 / churn_time.as_secs_f64().max(1e-9);
-    r.row("target", c.ws_url.clone());
+    r.row("target", ws_urls(c));
     r.row("processes", processes_line_n(processes, sources(c)?.len()));
     r.row(
         "cycles",
@@ -826,7 +839,7 @@ pub async fn storm(c: &Common, a: &ChurnArgs, ui: &Ui) -> anyhow::Result<Report>
 
     let mut r = Report::new("churn --storm");
     common_json(&mut r, c);
-    r.row("target", c.ws_url.clone());
+    r.row("target", ws_urls(c));
     r.row("processes", processes_line(&fleets, sources(c)?.len()));
     r.row(
         "held",

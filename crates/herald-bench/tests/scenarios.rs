@@ -261,6 +261,50 @@ fn connect_through_worker_processes() {
     assert!(f(&r, "handshakes_per_sec") < 4000.0, "{r:#}");
 }
 
+/// Established server-side sockets on `port` (IPv4, from /proc/net/tcp).
+fn established_on(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
+#[test]
+fn connect_round_robin_over_several_servers() {
+    let _g = serial();
+    let a = Server::start();
+    let b = Server::start();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald-bench"));
+    cmd.args(["connect", "-n", "300", "--workers", "2", "--hold", "3s"])
+        .args(a.urls())
+        .args(["--ws-url", &format!("ws://127.0.0.1:{}", b.port)])
+        .args(["--json", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("run herald-bench");
+    // While the connections are held, each server has half of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = (0, 0);
+    while Instant::now() < deadline {
+        seen = (established_on(a.port), established_on(b.port));
+        if seen == (150, 150) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = wait_report(child, Duration::from_secs(60));
+    assert_eq!(seen, (150, 150), "{r:#}");
+    assert_eq!(u(&r, "subscribed"), 300, "{r:#}");
+    assert_eq!(u(&r, "failed"), 0, "{r:#}");
+    assert_eq!(r["ws_urls"].as_array().unwrap().len(), 2, "{r:#}");
+}
+
 fn check_no_loss(r: &Value) {
     assert!(u(r, "published_ok") > 0, "{r:#}");
     assert_eq!(u(r, "published_failed"), 0, "{r:#}");
