@@ -102,9 +102,15 @@ async fn listen(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
         .await?
         .next()
         .ok_or_else(|| anyhow::anyhow!("host {:?} does not resolve", config.host))?;
-    let socket = if addr.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
+    let socket = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
     socket.set_reuseaddr(true)?;
-    socket.bind(addr).map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
+    socket
+        .bind(addr)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
     Ok(socket.listen(LISTEN_BACKLOG)?)
 }
 
