@@ -13,6 +13,7 @@
 //!   dropped and counted, never a panic.
 //! - A node's own view of itself never depends on Redis: local delivery goes on during an outage.
 
+pub mod conn;
 mod wire;
 
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ use herald_protocol::{SocketId, UserId};
 use parking_lot::Mutex;
 use rand::Rng;
 use redis::aio::ConnectionManagerConfig;
+
+use crate::conn::{RedisConn, Target};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +53,8 @@ pub struct RedisConfig {
     pub node_timeout: Duration,
     /// Messages waiting for Redis before new ones are dropped (and counted).
     pub queue_capacity: usize,
+    /// `url` is a Redis Cluster (comma-separated seed nodes): use sharded pub/sub.
+    pub sharded: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,8 @@ struct Outgoing {
 struct Inner {
     node: Arc<Node>,
     config: RedisConfig,
+    /// The key prefix in use (`{prefix}` on a cluster).
+    prefix: String,
     bus: String,
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<BrokerStats>,
@@ -132,11 +139,13 @@ impl RedisBroker {
         stop: CancellationToken,
         on_node_gone: Option<NodeGoneHook>,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(BrokerError::InvalidUrl)?;
+        let target = Target::parse(&config.url, config.sharded).map_err(BrokerError::InvalidUrl)?;
+        let prefix = target.key_prefix(&config.prefix);
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let inner = Arc::new(Inner {
             node,
-            bus: format!("{}:bus", config.prefix),
+            bus: format!("{prefix}:bus"),
+            prefix,
             config,
             tx,
             stats: Arc::default(),
@@ -146,8 +155,8 @@ impl RedisBroker {
             order: Mutex::new(()),
             state_dirty: std::sync::atomic::AtomicBool::new(false),
         });
-        tracker.spawn(publisher(inner.clone(), client.clone(), rx, stop.clone()));
-        tracker.spawn(subscriber(inner.clone(), client, stop.clone()));
+        tracker.spawn(publisher(inner.clone(), target.clone(), rx, stop.clone()));
+        tracker.spawn(subscriber(inner.clone(), target, stop.clone()));
         tracker.spawn(heartbeat(inner.clone(), stop));
         Ok(RedisBroker(inner))
     }
@@ -177,8 +186,10 @@ impl Inner {
         }
     }
 
-    fn cache_key(&self, app_id: &str, channel: &str) -> String {
-        format!("{}:cache:{app_id}:{channel}", self.config.prefix)
+    /// All cache channels' last events live in one hash, so one `HGETALL` loads them on any
+    /// Redis, clustered or not; each value carries its own expiry.
+    fn cache_hash(&self) -> String {
+        format!("{}:cache", self.prefix)
     }
 
     /// Publishes this node's full state for every app.
@@ -318,10 +329,11 @@ impl Broker for RedisBroker {
         }
         let delivery = app.deliver(&envelope.channel, &envelope.frame, envelope.except);
         let cache = envelope.cache.as_ref().map(|(event, data)| {
-            let value = serde_json::json!({"event": event, "data": data}).to_string();
+            let expires_ms = wire::now_ms() + CACHE_TTL_MS;
+            let value = serde_json::json!({"event": event, "data": data, "expires_ms": expires_ms});
             (
-                inner.cache_key(&envelope.app_id, envelope.channel.as_str()),
-                value,
+                format!("{}:{}", envelope.app_id, envelope.channel),
+                value.to_string(),
             )
         });
         inner.send(&BusMessage::event(inner.node.id(), &envelope), cache);
@@ -352,10 +364,10 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Sends queued messages in pipelines; the connection manager reconnects on its own.
+/// Sends queued messages in pipelines; the connection reconnects on its own.
 async fn publisher(
     inner: Arc<Inner>,
-    client: redis::Client,
+    target: Target,
     mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
@@ -365,13 +377,12 @@ async fn publisher(
         .set_number_of_retries(1)
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)));
-    let mut conn = match client.get_connection_manager_lazy(config) {
-        Ok(conn) => conn,
-        Err(err) => {
-            tracing::error!(%err, "cannot create the Redis publisher");
-            return;
-        }
+    let publish = if inner.config.sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
     };
+    let mut conn: Option<RedisConn> = None;
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -388,21 +399,28 @@ async fn publisher(
         }
         let mut pipe = redis::pipe();
         for out in &batch {
-            pipe.cmd("PUBLISH")
-                .arg(&inner.bus)
-                .arg(&out.payload)
-                .ignore();
-            if let Some((key, value)) = &out.cache {
-                pipe.cmd("SET")
-                    .arg(key)
+            pipe.cmd(publish).arg(&inner.bus).arg(&out.payload).ignore();
+            if let Some((field, value)) = &out.cache {
+                pipe.cmd("HSET")
+                    .arg(inner.cache_hash())
+                    .arg(field)
                     .arg(value)
-                    .arg("PX")
-                    .arg(CACHE_TTL_MS)
                     .ignore();
             }
         }
         let n = batch.len() as u64;
-        match pipe.query_async::<()>(&mut conn).await {
+        let res = match &mut conn {
+            Some(conn) => pipe.query_async::<()>(conn).await,
+            None => match target.connection(config.clone()).await {
+                Ok(mut fresh) => {
+                    let res = pipe.query_async::<()>(&mut fresh).await;
+                    conn = Some(fresh);
+                    res
+                }
+                Err(err) => Err(err),
+            },
+        };
+        match res {
             Ok(()) => bump(&inner.stats.publishes, n),
             Err(err) => {
                 bump(&inner.stats.errors, 1);
@@ -420,51 +438,24 @@ async fn publisher(
 
 /// Keeps a subscription to the bus, reconnecting with jittered backoff, and resyncs state after
 /// every (re)connect so state lost in Redis or missed during an outage is rebuilt.
-async fn subscriber(inner: Arc<Inner>, client: redis::Client, stop: CancellationToken) {
+async fn subscriber(inner: Arc<Inner>, target: Target, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&inner.bus).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
         let res = tokio::select! {
-            res = tokio::time::timeout(Duration::from_secs(3), subscribed) => res,
+            res = listen(&inner, &target, &mut first, &stop) => res,
             () = stop.cancelled() => return,
         };
         match res {
-            Ok(Ok(pubsub)) => {
-                if !first {
-                    bump(&inner.stats.reconnects, 1);
-                }
-                first = false;
+            Ok(()) => {
                 backoff = Duration::from_millis(100);
-                tracing::info!(bus = %inner.bus, "subscribed to the Redis bus");
-                *inner.connected_since.lock() = Some(Instant::now());
-                inner.resync();
-                load_caches(&inner, &client).await;
-                let mut stream = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(msg) => inner.handle(msg.get_payload_bytes()),
-                            None => break,
-                        },
-                        () = stop.cancelled() => return,
-                    }
-                }
                 *inner.connected_since.lock() = None;
                 bump(&inner.stats.errors, 1);
                 tracing::warn!("lost the Redis bus: serving local sockets only until it is back");
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 bump(&inner.stats.errors, 1);
                 tracing::warn!(%err, retry_in = ?backoff, "cannot subscribe to the Redis bus");
-            }
-            Err(_) => {
-                bump(&inner.stats.errors, 1);
-                tracing::warn!(retry_in = ?backoff, "timed out subscribing to the Redis bus");
             }
         }
         let jitter = backoff.mul_f64(rand::thread_rng().gen_range(0.0..0.3));
@@ -476,30 +467,100 @@ async fn subscriber(inner: Arc<Inner>, client: redis::Client, stop: Cancellation
     }
 }
 
-/// Loads the cache channels' last events, for a node that starts after they were published.
-async fn load_caches(inner: &Inner, client: &redis::Client) {
-    let res = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let pattern = format!("{}:cache:*", inner.config.prefix);
-        let keys: Vec<String> = {
-            let mut iter =
-                redis::AsyncCommands::scan_match::<_, String>(&mut conn, pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next().await {
-                keys.push(key?);
-                if keys.len() >= 100_000 {
+/// Subscribes, then handles bus messages until the connection is lost (`Ok`), or fails to
+/// subscribe at all (`Err`).
+async fn listen(
+    inner: &Arc<Inner>,
+    target: &Target,
+    first: &mut bool,
+    stop: &CancellationToken,
+) -> redis::RedisResult<()> {
+    let timeout = |what: &'static str| redis::RedisError::from((redis::ErrorKind::Io, what));
+    match target {
+        Target::Single(client) => {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&inner.bus).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::time::timeout(Duration::from_secs(3), subscribed)
+                .await
+                .map_err(|_| timeout("timed out subscribing"))??;
+            connected(inner, target, first).await;
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                inner.handle(msg.get_payload_bytes());
+            }
+        }
+        Target::Cluster(nodes) => {
+            // Sharded pub/sub arrives as RESP3 pushes on the cluster connection.
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()?;
+            let subscribed = async {
+                let mut conn = client.get_async_connection().await?;
+                conn.ssubscribe(&inner.bus).await?;
+                Ok::<_, redis::RedisError>(conn)
+            };
+            let _conn = tokio::time::timeout(Duration::from_secs(3), subscribed)
+                .await
+                .map_err(|_| timeout("timed out subscribing"))??;
+            connected(inner, target, first).await;
+            while let Some(push) = rx.recv().await {
+                match push.kind {
+                    redis::PushKind::SMessage => {
+                        if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                            inner.handle(payload);
+                        }
+                    }
+                    redis::PushKind::Disconnection => break,
+                    _ => {}
+                }
+                if stop.is_cancelled() {
                     break;
                 }
             }
-            keys
-        };
-        for key in keys {
-            let value: Option<String> = redis::AsyncCommands::get(&mut conn, &key).await?;
-            if let Some(value) = value {
-                if wire::apply_cache(&inner.node, &inner.config.prefix, &key, &value).is_err() {
-                    bump(&inner.stats.dropped_invalid, 1);
-                }
+        }
+    }
+    Ok(())
+}
+
+/// Just (re)subscribed: resync state both ways and load the cache channels.
+async fn connected(inner: &Arc<Inner>, target: &Target, first: &mut bool) {
+    if !*first {
+        bump(&inner.stats.reconnects, 1);
+    }
+    *first = false;
+    tracing::info!(bus = %inner.bus, "subscribed to the Redis bus");
+    *inner.connected_since.lock() = Some(Instant::now());
+    inner.resync();
+    load_caches(inner, target).await;
+}
+
+/// Loads the cache channels' last events, for a node that starts after they were published.
+async fn load_caches(inner: &Inner, target: &Target) {
+    let res = async {
+        let mut conn = target.connection(ConnectionManagerConfig::new()).await?;
+        let entries: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(inner.cache_hash())
+            .query_async(&mut conn)
+            .await?;
+        let mut expired = Vec::new();
+        for (field, value) in entries {
+            match wire::apply_cache(&inner.node, &field, &value) {
+                Ok(true) => {}
+                Ok(false) => expired.push(field),
+                Err(_) => bump(&inner.stats.dropped_invalid, 1),
             }
+        }
+        if !expired.is_empty() {
+            redis::cmd("HDEL")
+                .arg(inner.cache_hash())
+                .arg(expired)
+                .query_async::<()>(&mut conn)
+                .await?;
         }
         Ok::<(), redis::RedisError>(())
     }

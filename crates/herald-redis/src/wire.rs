@@ -336,34 +336,41 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
     Ok(Vec::new())
 }
 
-/// Stores one cache channel's last event read from Redis (`{prefix}:cache:{app}:{channel}`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stores one cache channel's last event read from Redis: field `{app}:{channel}`, value
+/// `{"event", "data", "expires_ms"}`. `Ok(false)` when it has expired.
 ///
 /// # Errors
-/// A key or value that does not have the expected shape.
-pub fn apply_cache(node: &Node, prefix: &str, key: &str, value: &str) -> Result<(), WireError> {
+/// A field or value that does not have the expected shape.
+pub fn apply_cache(node: &Node, field: &str, value: &str) -> Result<bool, WireError> {
     #[derive(Deserialize)]
     struct Cached {
         event: String,
         data: String,
+        expires_ms: u64,
     }
-    let rest = key
-        .strip_prefix(prefix)
-        .and_then(|k| k.strip_prefix(":cache:"))
-        .ok_or(WireError::Invalid("cache key"))?;
-    let (app, channel) = rest
+    let (app, channel) = field
         .split_once(':')
-        .ok_or(WireError::Invalid("cache key"))?;
+        .ok_or(WireError::Invalid("cache field"))?;
     let app = node
         .app_by_id(app)
         .ok_or_else(|| WireError::UnknownApp(app.to_owned()))?;
     let channel = channel_name(channel)?;
     let cached: Cached =
         serde_json::from_str(value).map_err(|_| WireError::Invalid("cache value"))?;
+    if cached.expires_ms <= now_ms() {
+        return Ok(false);
+    }
     let frame = Frame::new(herald_protocol::server_message::channel_event(
         &cached.event,
         channel.as_str(),
         &cached.data,
     ));
     app.store_cache(&channel, &cached.event, &cached.data, &frame);
-    Ok(())
+    Ok(true)
 }

@@ -142,6 +142,9 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
     /// Messages waiting for Redis before new ones are dropped and counted.
     pub queue_capacity: usize,
+    /// `redis_url` is a Redis Cluster (one or more comma-separated seed nodes): use sharded
+    /// pub/sub (`SPUBLISH`/`SSUBSCRIBE`), with every key under the `{prefix}` hash tag.
+    pub sharded: bool,
 }
 
 impl Default for ClusterConfig {
@@ -151,6 +154,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
             queue_capacity: 65_536,
+            sharded: false,
         }
     }
 }

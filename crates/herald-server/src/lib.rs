@@ -87,6 +87,7 @@ impl Shared {
                         heartbeat_interval: config.cluster.heartbeat_interval,
                         node_timeout: config.cluster.node_timeout,
                         queue_capacity: config.cluster.queue_capacity,
+                        sharded: config.cluster.sharded,
                     },
                     &background_tasks,
                     background.clone(),
@@ -145,18 +146,10 @@ fn start_webhooks(
         })
         .collect();
     let store = match &config.redis_url {
-        Some(url) => {
-            let client = redis::Client::open(url.as_str())?;
-            let manager = redis::aio::ConnectionManagerConfig::new()
-                .set_max_delay(std::time::Duration::from_secs(2))
-                .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-                .set_response_timeout(Some(std::time::Duration::from_secs(2)));
-            let conn = client.get_connection_manager_lazy(manager)?;
-            Store::Redis {
-                conn,
-                prefix: config.cluster.prefix.clone(),
-            }
-        }
+        Some(url) => Store::in_redis(
+            herald_redis::conn::Target::parse(url, config.cluster.sharded)?,
+            &config.cluster.prefix,
+        ),
         None => Store::memory(),
     };
     Ok(Webhooks::start(

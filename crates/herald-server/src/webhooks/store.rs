@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_redis::conn::{RedisConn, Target};
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 /// One request to make: events for one target of one app.
@@ -48,7 +48,10 @@ pub struct Memory {
 pub enum Store {
     Memory(Mutex<Memory>),
     Redis {
-        conn: ConnectionManager,
+        target: Target,
+        /// Connected on first use, so start-up does not wait for Redis.
+        conn: tokio::sync::OnceCell<RedisConn>,
+        /// With the `{…}` hash tag on a cluster: every key in one slot.
         prefix: String,
     },
 }
@@ -62,6 +65,28 @@ return items
 impl Store {
     pub fn memory() -> Store {
         Store::Memory(Mutex::default())
+    }
+
+    pub fn in_redis(target: Target, prefix: &str) -> Store {
+        let prefix = target.key_prefix(prefix);
+        Store::Redis {
+            target,
+            conn: tokio::sync::OnceCell::new(),
+            prefix,
+        }
+    }
+
+    async fn redis_conn(&self) -> redis::RedisResult<RedisConn> {
+        let Store::Redis { target, conn, .. } = self else {
+            unreachable!("only called for the Redis store");
+        };
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_max_delay(Duration::from_secs(2))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        conn.get_or_try_init(|| target.connection(config))
+            .await
+            .cloned()
     }
 
     fn key(&self, name: &str) -> String {
@@ -79,12 +104,13 @@ impl Store {
                 let set = m.sets.entry(name.to_owned()).or_default();
                 Ok(set.insert(member.to_owned()).then_some(set.len()))
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let (added, size): (usize, usize) = redis::pipe()
                     .atomic()
                     .sadd(self.key(name), member)
                     .scard(self.key(name))
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut conn)
                     .await?;
                 Ok((added == 1).then_some(size))
             }
@@ -106,12 +132,13 @@ impl Store {
                 }
                 Ok(removed.then_some(size))
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let (removed, size): (usize, usize) = redis::pipe()
                     .atomic()
                     .srem(self.key(name), member)
                     .scard(self.key(name))
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut conn)
                     .await?;
                 Ok((removed == 1).then_some(size))
             }
@@ -132,14 +159,15 @@ impl Store {
                     .insert(name.to_owned(), now + ttl.as_millis() as u64);
                 Ok(true)
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let set: Option<String> = redis::cmd("SET")
                     .arg(self.key(name))
                     .arg(1)
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl.as_millis() as u64)
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut conn)
                     .await?;
                 Ok(set.is_some())
             }
@@ -154,10 +182,11 @@ impl Store {
                 let now = now_ms();
                 Ok(m.flags.remove(name).is_some_and(|until| until > now))
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let n: usize = redis::cmd("DEL")
                     .arg(self.key(name))
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut conn)
                     .await?;
                 Ok(n == 1)
             }
@@ -170,13 +199,14 @@ impl Store {
                 m.lock().queue.insert((due_ms, job.id), job.clone());
                 Ok(())
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let member = serde_json::to_string(job).expect("jobs serialize");
                 redis::cmd("ZADD")
                     .arg(self.key("queue"))
                     .arg(due_ms)
                     .arg(member)
-                    .query_async::<()>(&mut conn.clone())
+                    .query_async::<()>(&mut conn)
                     .await
             }
         }
@@ -201,13 +231,14 @@ impl Store {
                 }
                 Ok(jobs)
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let members: Vec<String> = redis::Script::new(CLAIM_SCRIPT)
                     .key(self.key("queue"))
                     .arg(now)
                     .arg(now + lease.as_millis() as u64)
                     .arg(max)
-                    .invoke_async(&mut conn.clone())
+                    .invoke_async(&mut conn)
                     .await?;
                 let mut jobs = Vec::with_capacity(members.len());
                 for member in members {
@@ -218,7 +249,7 @@ impl Store {
                             let _: redis::RedisResult<()> = redis::cmd("ZREM")
                                 .arg(self.key("queue"))
                                 .arg(&member)
-                                .query_async(&mut conn.clone())
+                                .query_async(&mut conn)
                                 .await;
                         }
                     }
@@ -235,12 +266,13 @@ impl Store {
                 m.lock().leased.remove(&job.id);
                 Ok(())
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 let member = serde_json::to_string(job).expect("jobs serialize");
                 redis::cmd("ZREM")
                     .arg(self.key("queue"))
                     .arg(member)
-                    .query_async::<()>(&mut conn.clone())
+                    .query_async::<()>(&mut conn)
                     .await
             }
         }
@@ -259,10 +291,11 @@ impl Store {
                 let m = m.lock();
                 Ok(m.queue.len() + m.leased.len())
             }
-            Store::Redis { conn, .. } => {
+            Store::Redis { .. } => {
+                let mut conn = self.redis_conn().await?;
                 redis::cmd("ZCARD")
                     .arg(self.key("queue"))
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut conn)
                     .await
             }
         }

@@ -407,3 +407,205 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     );
     receiver.expect_silence(Duration::from_secs(1)).await;
 }
+
+/// A free port whose cluster bus port (port + 10000) is free and in range too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port <= 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A three-master Redis Cluster on free ports, killed on drop.
+struct RedisCluster {
+    ports: Vec<u16>,
+    _children: Vec<tokio::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    async fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-rc-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+        let mut children = Vec::new();
+        for port in &ports {
+            let child = tokio::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            children.push(child);
+        }
+        let cluster = RedisCluster {
+            ports,
+            _children: children,
+            dir,
+        };
+        for port in &cluster.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while client.get_multiplexed_async_connection().await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let status = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "redis-cli --cluster create failed");
+        // Wait until every node agrees the cluster is up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for port in &cluster.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster never became ok: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_with_sharded_pubsub() {
+    let cluster = RedisCluster::start().await;
+    let sharded = |urls: String| {
+        move |c: &mut herald_server::Config| {
+            c.redis_url = Some(urls);
+            c.cluster.sharded = true;
+            c.cluster.heartbeat_interval = Duration::from_millis(200);
+            c.cluster.node_timeout = Duration::from_secs(2);
+        }
+    };
+    let a = TestServer::start(sharded(cluster.urls())).await;
+    let b = TestServer::start(sharded(cluster.urls())).await;
+    let mut watcher = b.client().await;
+    watcher.subscribe_presence("presence-room", "watcher").await;
+    until_channel(&a, "presence-room", "user_count", |v| v["user_count"] == 1).await;
+    let mut alice = a.client().await;
+    let snapshot = alice.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(data(&snapshot)["presence"]["count"], 2);
+    assert_eq!(
+        data(&watcher.expect_next("pusher_internal:member_added").await)["user_id"],
+        "alice"
+    );
+
+    let body = json!({"name": "e", "channel": "presence-room", "data": "over the cluster", "socket_id": alice.socket_id});
+    assert_eq!(
+        a.api("POST", "/apps/1/events", &[], Some(&body)).await.0,
+        200
+    );
+    assert_eq!(watcher.expect_next("e").await["data"], "over the cluster");
+    alice.expect_nothing_more().await;
+
+    // Cache channels are shared through the cluster too.
+    a.trigger("cache-x", "last", "42").await;
+    let c = TestServer::start(sharded(cluster.urls())).await;
+    let mut late = c.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        late.subscribe("cache-x").await;
+        let next = late.next().await;
+        if next["event"] == "last" {
+            assert_eq!(next["data"], "42");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late node never served the cached event"
+        );
+        late.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "cache-x"}}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The bus is a sharded channel, in the `{herald}` slot.
+    let mut shard_subscribers = 0;
+    for port in &cluster.ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let counts: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg("{herald}:bus")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(redis::Value::Int(n)) = counts.get(1) {
+            shard_subscribers += n;
+        }
+    }
+    assert_eq!(
+        shard_subscribers, 3,
+        "each node subscribes to the sharded bus once"
+    );
+
+    drop(alice);
+    assert_eq!(
+        data(&watcher.expect_next("pusher_internal:member_removed").await)["user_id"],
+        "alice"
+    );
+}
