@@ -125,7 +125,12 @@ impl Session {
                 self.reply(server_message::pong());
                 Outcome::Nothing
             }
-            ClientMessage::Pong | ClientMessage::Unknown { .. } => Outcome::Nothing,
+            ClientMessage::Pong => Outcome::Nothing,
+            ClientMessage::Unknown { event } => {
+                // As Pusher does: say so, keep the socket.
+                self.send_error(None, &format!("Unsupported event received: {event}"));
+                Outcome::Nothing
+            }
             ClientMessage::Subscribe {
                 channel,
                 auth,
