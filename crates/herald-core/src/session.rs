@@ -4,7 +4,6 @@
 //! connection's own `Outbox`, so they are ordered with broadcasts. The socket task (server crate)
 //! only moves frames between the socket and this state machine.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,7 +80,7 @@ pub struct Session {
     socket_id: SocketId,
     outbox: Outbox,
     /// Subscribed channels, with the presence identity used for presence channels.
-    channels: HashMap<ChannelName, Option<UserId>>,
+    channels: Subscriptions,
     signed_in: Option<SignedIn>,
     client_events: TokenBucket,
 }
@@ -101,7 +100,7 @@ impl Session {
             limits,
             socket_id,
             outbox,
-            channels: HashMap::new(),
+            channels: Subscriptions::default(),
             signed_in: None,
             client_events,
         }
@@ -427,6 +426,44 @@ impl Session {
             channel: channel.clone(),
             socket: self.socket_id,
         });
+    }
+}
+
+/// A connection's channels. A small vector, not a map: a connection has few channels (at most
+/// `max_channels_per_connection`), and an idle connection should cost as little as possible.
+#[derive(Debug, Default)]
+struct Subscriptions(Vec<(ChannelName, Option<UserId>)>);
+
+impl Subscriptions {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn contains_key(&self, channel: &ChannelName) -> bool {
+        self.0.iter().any(|(c, _)| c == channel)
+    }
+
+    fn get_key_value(&self, channel: &ChannelName) -> Option<(&ChannelName, &Option<UserId>)> {
+        self.0
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(c, u)| (c, u))
+    }
+
+    fn insert(&mut self, channel: ChannelName, user: Option<UserId>) {
+        match self.0.iter_mut().find(|(c, _)| *c == channel) {
+            Some(entry) => entry.1 = user,
+            None => self.0.push((channel, user)),
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelName) -> Option<Option<UserId>> {
+        let idx = self.0.iter().position(|(c, _)| c == channel)?;
+        Some(self.0.swap_remove(idx).1)
+    }
+
+    fn drain(&mut self) -> std::vec::Drain<'_, (ChannelName, Option<UserId>)> {
+        self.0.drain(..)
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Shared {
     /// Set when the drain starts: readiness fails from then on.
     pub draining: AtomicBool,
     pub metrics: PrometheusHandle,
+    /// Per-app metric handles, shared by that app's sockets.
+    pub app_metrics: HashMap<String, Arc<metrics::AppMetrics>>,
 }
 
 impl Shared {
@@ -64,6 +66,13 @@ impl Shared {
     /// # Errors
     /// A malformed Redis URL.
     pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
+        // Installed first: metric handles taken before it would be no-ops.
+        let prometheus = metrics::install();
+        let app_metrics = config
+            .apps
+            .iter()
+            .map(|a| (a.id.clone(), Arc::new(metrics::AppMetrics::new(&a.id))))
+            .collect();
         let node_id = config
             .node_id
             .unwrap_or_else(|| rand::random::<u32>().into());
@@ -109,7 +118,8 @@ impl Shared {
             background,
             background_tasks,
             draining: AtomicBool::new(false),
-            metrics: metrics::install(),
+            metrics: prometheus,
+            app_metrics,
             config,
         }))
     }

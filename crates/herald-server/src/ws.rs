@@ -268,7 +268,11 @@ async fn connection_loop(
     socket: &mut Socket,
 ) -> DisconnectReason {
     let app_id = session.app().app.id.clone();
-    let app_metrics = AppMetrics::new(&app_id);
+    let app_metrics = shared
+        .app_metrics
+        .get(&app_id)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(AppMetrics::new(&app_id)));
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
     let activity_timeout = shared.config.activity_timeout;
     let pong_timeout = shared.config.pong_timeout;
