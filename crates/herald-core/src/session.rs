@@ -35,6 +35,8 @@ pub enum Outcome {
         res: Subscribed,
         /// The presence identity, for presence channels.
         user: Option<UserId>,
+        /// A re-subscription with another identity replaced this one.
+        replaced: Option<UserId>,
     },
     SubscribeRejected,
     Unsubscribed(Left),
@@ -241,8 +243,18 @@ impl Session {
                         user_info,
                     },
                 });
+                let previous = self
+                    .channels
+                    .get_key_value(&channel)
+                    .and_then(|(_, u)| u.clone());
+                let replaced = previous.filter(|p| Some(p) != user.as_ref());
                 self.channels.insert(channel.clone(), user.clone());
-                Outcome::Subscribed { channel, res, user }
+                Outcome::Subscribed {
+                    channel,
+                    res,
+                    user,
+                    replaced,
+                }
             }
             Err(SubscribeError::PresenceFull { max }) => {
                 let error = format!("The maximum members per presence channel ({max}) was reached");

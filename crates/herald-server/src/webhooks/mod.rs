@@ -127,7 +127,21 @@ impl Webhooks {
             return;
         }
         match outcome {
-            Outcome::Subscribed { channel, res, user } => {
+            Outcome::Subscribed {
+                channel,
+                res,
+                user,
+                replaced,
+            } => {
+                if let Some(old) = replaced {
+                    // The socket changed identity on this channel: the old one left.
+                    self.record(Fact::Left {
+                        app: app.to_owned(),
+                        channel: channel.clone(),
+                        socket,
+                        user: Some(old.clone()),
+                    });
+                }
                 self.record(Fact::Joined {
                     app: app.to_owned(),
                     channel: channel.clone(),

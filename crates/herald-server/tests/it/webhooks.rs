@@ -303,3 +303,30 @@ async fn unreachable_receiver_costs_nothing_to_sockets_and_is_dropped_after_the_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn changing_presence_identity_reports_the_old_member_leaving() {
+    let mut receiver = Receiver::start(vec![]).await;
+    let url = receiver.url();
+    let server = TestServer::start(|c| hooked(c, url)).await;
+    let mut tab = server.client().await;
+    tab.subscribe_presence("presence-room", "alice").await;
+    let mut first = [receiver.next_event().await, receiver.next_event().await];
+    first.sort_by_key(|e| e["name"].as_str().unwrap().to_owned());
+    assert_eq!(first[0]["name"], "channel_occupied");
+    assert_eq!(first[1]["user_id"], "alice");
+    // The same socket subscribes again as another user.
+    tab.subscribe_presence("presence-room", "bob").await;
+    let mut next = [receiver.next_event().await, receiver.next_event().await];
+    next.sort_by_key(|e| e["name"].as_str().unwrap().to_owned());
+    assert_eq!(
+        next[0],
+        json!({"name": "member_added", "channel": "presence-room", "user_id": "bob"})
+    );
+    assert_eq!(
+        next[1],
+        json!({"name": "member_removed", "channel": "presence-room", "user_id": "alice"})
+    );
+    // The channel never emptied: no vacated, no second occupied.
+    receiver.expect_silence(Duration::from_secs(1)).await;
+}
