@@ -15,4 +15,4 @@ pub use app::{App, AppSecret, NodeLimits};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
 pub use node::{AppState, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry};
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
-pub use session::{Flow, Session};
+pub use session::{Session, SessionLimit};

@@ -49,8 +49,19 @@ pub enum Outcome {
         user: Option<UserId>,
     },
     ClientEventRejected,
+    /// The message was refused because it would exceed a limit (counted as such).
+    LimitReached(SessionLimit),
     SignedIn,
     SigninRejected,
+}
+
+/// The per-connection limits a session enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionLimit {
+    ChannelsPerConnection,
+    PresenceMembers,
+    ClientEventRate,
+    ClientEventSize,
 }
 
 /// A socket left a channel (by unsubscribing or by disconnecting).
@@ -59,13 +70,6 @@ pub struct Left {
     pub channel: ChannelName,
     pub res: Unsubscribed,
     pub user: Option<UserId>,
-}
-
-/// Whether the connection should stay open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Close,
 }
 
 #[derive(Debug)]
@@ -180,7 +184,8 @@ impl Session {
                 "Too many channels on one connection (at most {})",
                 self.limits.max_channels_per_connection
             );
-            return self.subscription_error(name, "LimitReached", &error, 4100);
+            self.subscription_error(name, "LimitReached", &error, 4100);
+            return Outcome::LimitReached(SessionLimit::ChannelsPerConnection);
         }
         let socket = self.socket_id.to_string();
         let app = &self.app.app;
@@ -258,7 +263,8 @@ impl Session {
             }
             Err(SubscribeError::PresenceFull { max }) => {
                 let error = format!("The maximum members per presence channel ({max}) was reached");
-                self.subscription_error(name, "LimitReached", &error, 4100)
+                self.subscription_error(name, "LimitReached", &error, 4100);
+                Outcome::LimitReached(SessionLimit::PresenceMembers)
             }
         }
     }
@@ -310,16 +316,18 @@ impl Session {
             );
         }
         if data.get().len() > app.max_message_size {
-            return self.reject_client_event(
-                ErrorCode::ClientEventRejected,
+            self.send_error(
+                Some(ErrorCode::ClientEventRejected),
                 "Client event data is too large",
             );
+            return Outcome::LimitReached(SessionLimit::ClientEventSize);
         }
         if !self.client_events.try_take(Instant::now()) {
-            return self.reject_client_event(
-                ErrorCode::ClientEventRejected,
+            self.send_error(
+                Some(ErrorCode::ClientEventRejected),
                 "Client event rejected: rate limit exceeded",
             );
+            return Outcome::LimitReached(SessionLimit::ClientEventRate);
         }
         let frame = Frame::new(server_message::client_event(
             event,

@@ -40,6 +40,7 @@ pub enum Limit {
     PresenceMembers,
     FrameSize,
     ClientEventRate,
+    ClientEventSize,
     MessageRate,
     RequestBody,
 }
@@ -54,8 +55,21 @@ impl Limit {
             Limit::PresenceMembers => "presence_members",
             Limit::FrameSize => "frame_size",
             Limit::ClientEventRate => "client_event_rate",
+            Limit::ClientEventSize => "client_event_size",
             Limit::MessageRate => "message_rate",
             Limit::RequestBody => "request_body",
+        }
+    }
+}
+
+impl From<herald_core::SessionLimit> for Limit {
+    fn from(limit: herald_core::SessionLimit) -> Limit {
+        use herald_core::SessionLimit;
+        match limit {
+            SessionLimit::ChannelsPerConnection => Limit::ChannelsPerConnection,
+            SessionLimit::PresenceMembers => Limit::PresenceMembers,
+            SessionLimit::ClientEventRate => Limit::ClientEventRate,
+            SessionLimit::ClientEventSize => Limit::ClientEventSize,
         }
     }
 }

@@ -325,7 +325,7 @@ async fn connection_loop(
                             Ok(message) => {
                                 let outcome = session.handle(message);
                                 match &outcome {
-                                    Outcome::ClientEventRejected => metrics::limit_rejected(Limit::ClientEventRate),
+                                    Outcome::LimitReached(limit) => metrics::limit_rejected((*limit).into()),
                                     Outcome::ClientEvent { delivery, .. } => {
                                         metrics::broadcast(&app_id, "client_event", delivery.delivered, delivery.dropped_slow);
                                     }

@@ -87,6 +87,11 @@ async fn too_many_channels_on_one_connection() {
     let frame = client.subscribe("c").await;
     assert_eq!(frame["event"], "pusher:subscription_error");
     assert_eq!(frame["data"]["type"], "LimitReached");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("limit=\"channels_per_connection\""));
     // Re-subscribing to one it has is still fine.
     assert_eq!(
         client.subscribe("a").await["event"],

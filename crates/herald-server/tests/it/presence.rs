@@ -119,6 +119,11 @@ async fn presence_member_limit_is_enforced() {
     let refused = c.subscribe_presence("presence-small", "c").await;
     assert_eq!(refused["event"], "pusher:subscription_error");
     assert_eq!(refused["data"]["type"], "LimitReached");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("limit=\"presence_members\""));
     // Another connection of an existing member still fits.
     let mut a2 = server.client().await;
     assert_eq!(
