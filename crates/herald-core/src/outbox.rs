@@ -155,16 +155,15 @@ impl Outbox {
         self.0.state.lock().close.is_some()
     }
 
-    /// Moves every queued frame into `batch` and returns a pending close request, if any.
-    /// A slow-consumer close discards the queue; other closes keep it so it is written first.
-    pub fn take(&self, batch: &mut Vec<Frame>) -> Option<CloseRequest> {
+    /// Takes every queued frame, and returns a pending close request, if any. A slow-consumer
+    /// close discards the queue; other closes keep it so it is written first.
+    ///
+    /// The queue's buffer moves out with the frames, so an idle connection holds no queue
+    /// memory at all (one small allocation per wake-up is the price).
+    pub fn take(&self) -> (VecDeque<Frame>, Option<CloseRequest>) {
         let mut state = self.0.state.lock();
-        batch.extend(state.frames.drain(..));
         state.bytes = 0;
-        if state.frames.capacity() > 64 {
-            state.frames.shrink_to_fit();
-        }
-        state.close.clone()
+        (std::mem::take(&mut state.frames), state.close.clone())
     }
 
     /// Waits until something was pushed or a close was requested since the last `take`.
@@ -186,8 +185,8 @@ mod tests {
             Err(PushError::Overflow)
         );
         assert_eq!(outbox.push(Frame::new("1".into())), Err(PushError::Closed));
-        let mut batch = Vec::new();
-        let close = outbox.take(&mut batch).expect("close requested");
+        let (batch, close) = outbox.take();
+        let close = close.expect("close requested");
         assert!(batch.is_empty());
         assert_eq!(close.reason, DisconnectReason::SlowConsumer);
         assert_eq!(close.code, CloseCode::OverCapacity);
@@ -198,8 +197,8 @@ mod tests {
         let outbox = Outbox::new(10);
         outbox.push(Frame::new("aaaa".into())).unwrap();
         outbox.push(Frame::new("bbbb".into())).unwrap();
-        let mut batch = Vec::new();
-        assert!(outbox.take(&mut batch).is_none());
+        let (batch, close) = outbox.take();
+        assert!(close.is_none());
         assert_eq!(
             batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(),
             [b"aaaa", b"bbbb"]

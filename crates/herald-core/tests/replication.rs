@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use herald_core::{
-    App, Frame, LocalState, Node, NodeLimits, Outbox, PresenceMember, SubscriptionEntry,
-};
+use herald_core::{App, LocalState, Node, NodeLimits, Outbox, PresenceMember, SubscriptionEntry};
 use herald_protocol::{ChannelName, SocketId, UserId};
 
 fn node() -> Node {
@@ -13,8 +11,7 @@ fn node() -> Node {
 }
 
 fn events(outbox: &Outbox) -> Vec<String> {
-    let mut batch: Vec<Frame> = Vec::new();
-    outbox.take(&mut batch);
+    let (batch, _) = outbox.take();
     batch
         .iter()
         .map(|f| {
@@ -151,7 +148,6 @@ fn remote_sign_ins_drive_the_watchlist() {
     assert!(app.is_online(&alice));
     app.forget_node(3);
     assert!(!app.is_online(&alice));
-    let mut batch = Vec::new();
-    watcher.take(&mut batch);
+    let (batch, _) = watcher.take();
     assert_eq!(batch.len(), 2, "one online, one offline");
 }

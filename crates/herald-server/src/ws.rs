@@ -4,6 +4,7 @@
 //! Invariant: the socket task is the only writer of its socket, and it writes everything queued
 //! at once with a single flush (write coalescing).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -276,7 +277,6 @@ async fn connection_loop(
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
     let activity_timeout = shared.config.activity_timeout;
     let pong_timeout = shared.config.pong_timeout;
-    let mut batch: Vec<Frame> = Vec::new();
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let timer = tokio::time::sleep(activity_timeout);
@@ -286,11 +286,11 @@ async fn connection_loop(
         tokio::select! {
             biased;
             () = outbox.changed() => {
-                let close = outbox.take(&mut batch);
+                let (batch, close) = outbox.take();
                 if !batch.is_empty() {
                     // Boxed, like every rarely-running future here: an idle socket's task only
                     // pays for the futures it is actually awaiting (memory per connection).
-                    if let Err(reason) = Box::pin(write_batch(socket, &mut batch, &app_metrics)).await {
+                    if let Err(reason) = Box::pin(write_batch(socket, batch, &app_metrics)).await {
                         return reason;
                     }
                 }
@@ -390,14 +390,14 @@ async fn connection_loop(
 /// Writes every queued frame and flushes once.
 async fn write_batch(
     socket: &mut Socket,
-    batch: &mut Vec<Frame>,
+    batch: VecDeque<Frame>,
     app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
     let count = batch.len();
     let bytes: usize = batch.iter().map(|f| f.text.len()).sum();
     let oldest = batch.iter().filter_map(|f| f.published_at).min();
     let write = async {
-        for frame in batch.drain(..) {
+        for frame in batch {
             tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
             let text = Utf8Bytes::try_from(frame.text).map_err(|_| DisconnectReason::Error)?;
             socket
@@ -410,9 +410,6 @@ async fn write_batch(
     match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(res) => res?,
         Err(_) => return Err(DisconnectReason::SlowConsumer),
-    }
-    if batch.capacity() > 256 {
-        *batch = Vec::new();
     }
     app_metrics.messages_sent(count, bytes);
     if let Some(at) = oldest {
