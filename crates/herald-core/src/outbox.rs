@@ -5,14 +5,19 @@
 //! connection as a slow consumer, to be closed with 4100, instead of growing without bound or
 //! slowing the producer down.
 //!
+//! The outbox also carries the connection's liveness clock (when the client was last heard from,
+//! whether a `pusher:ping` is outstanding). One node-wide sweep checks every connection's clock
+//! instead of each socket holding its own timer (memory per idle connection).
+//!
 //! Invariant: no producer ever awaits; `push` is a short critical section with no IO.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald_protocol::CloseCode;
+use herald_protocol::{server_message, CloseCode};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -87,6 +92,30 @@ struct Inner {
     state: Mutex<State>,
     notify: Notify,
     max_bytes: usize,
+    /// [`clock_ms`] when the client last sent anything.
+    last_seen_ms: AtomicU64,
+    /// [`clock_ms`] when a `pusher:ping` went out unanswered; 0 when none is outstanding.
+    ping_sent_ms: AtomicU64,
+}
+
+/// Milliseconds on a process-wide monotonic clock, starting at 1 (0 means "never").
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// What a liveness check did to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heard from recently, or a ping is out and its deadline has not passed.
+    Alive,
+    /// Silent for the activity timeout: a `pusher:ping` was queued.
+    PingSent,
+    /// The ping went unanswered: the connection is closing with 4201.
+    TimedOut,
+    /// Already closing; nothing was done.
+    Closing,
 }
 
 /// A handle to one connection's queue; cloning shares it.
@@ -108,7 +137,48 @@ impl Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             max_bytes,
+            last_seen_ms: AtomicU64::new(clock_ms()),
+            ping_sent_ms: AtomicU64::new(0),
         }))
+    }
+
+    /// Records that the client sent something: it is alive, and any ping is answered.
+    pub fn touch(&self) {
+        self.0.last_seen_ms.store(clock_ms(), Relaxed);
+        self.0.ping_sent_ms.store(0, Relaxed);
+    }
+
+    /// Pings a connection that has been silent for `activity`, and closes one that left a ping
+    /// unanswered for `pong` (4201), as the Pusher protocol asks of servers.
+    pub fn check_liveness(&self, now_ms: u64, activity: Duration, pong: Duration) -> Liveness {
+        if self.is_closing() {
+            return Liveness::Closing;
+        }
+        let ping_sent = self.0.ping_sent_ms.load(Relaxed);
+        if ping_sent != 0 {
+            if now_ms.saturating_sub(ping_sent) < millis(pong) {
+                return Liveness::Alive;
+            }
+            let code = CloseCode::PongNotReceived;
+            let message = "Pong reply not received";
+            let _ = self.push(Frame::new(server_message::error(
+                Some(code.code()),
+                message,
+            )));
+            self.close(CloseRequest {
+                code,
+                message,
+                reason: DisconnectReason::PingTimeout,
+            });
+            return Liveness::TimedOut;
+        }
+        let last_seen = self.0.last_seen_ms.load(Relaxed);
+        if now_ms.saturating_sub(last_seen) < millis(activity) {
+            return Liveness::Alive;
+        }
+        self.0.ping_sent_ms.store(now_ms.max(1), Relaxed);
+        let _ = self.push(Frame::new(server_message::ping()));
+        Liveness::PingSent
     }
 
     /// Queues a frame without blocking.
@@ -172,9 +242,72 @@ impl Outbox {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn events(outbox: &Outbox) -> Vec<String> {
+        let (frames, _) = outbox.take();
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(&f.text).unwrap();
+                v["event"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn silent_connection_is_pinged_then_closed_with_4201() {
+        let outbox = Outbox::new(1024);
+        let (activity, pong) = (Duration::from_secs(30), Duration::from_secs(10));
+        let start = outbox.0.last_seen_ms.load(Relaxed);
+        assert_eq!(
+            outbox.check_liveness(start + 29_999, activity, pong),
+            Liveness::Alive
+        );
+        assert_eq!(
+            outbox.check_liveness(start + 30_000, activity, pong),
+            Liveness::PingSent
+        );
+        assert_eq!(events(&outbox), ["pusher:ping"]);
+        assert_eq!(
+            outbox.check_liveness(start + 39_999, activity, pong),
+            Liveness::Alive
+        );
+        assert_eq!(
+            outbox.check_liveness(start + 40_000, activity, pong),
+            Liveness::TimedOut
+        );
+        let (frames, close) = outbox.take();
+        assert_eq!(frames.len(), 1, "the 4201 error goes out before the close");
+        let close = close.expect("closing");
+        assert_eq!(close.code, CloseCode::PongNotReceived);
+        assert_eq!(close.reason, DisconnectReason::PingTimeout);
+        assert_eq!(
+            outbox.check_liveness(start + 90_000, activity, pong),
+            Liveness::Closing
+        );
+    }
+
+    #[test]
+    fn any_client_message_answers_the_ping() {
+        let outbox = Outbox::new(1024);
+        let (activity, pong) = (Duration::from_millis(1), Duration::from_secs(60));
+        let later = clock_ms() + 10;
+        assert_eq!(
+            outbox.check_liveness(later, activity, pong),
+            Liveness::PingSent
+        );
+        outbox.touch();
+        let now = outbox.0.last_seen_ms.load(Relaxed);
+        assert_eq!(outbox.check_liveness(now, activity, pong), Liveness::Alive);
+        assert_eq!(events(&outbox), ["pusher:ping"]);
+    }
 
     #[test]
     fn overflow_closes_as_slow_consumer_and_drops_queue() {

@@ -256,6 +256,7 @@ pub async fn serve(
         })
     };
 
+    let liveness = tokio::spawn(ws::sweep_liveness(shared.clone()));
     let accept = tokio::spawn(accept_loop(
         listener,
         app,
@@ -266,6 +267,7 @@ pub async fn serve(
     shutdown::drain(&shared, &stop_accepting).await;
     let _ = accept.await;
     upkeep.abort();
+    liveness.abort();
     shared.background.cancel();
     shared.background_tasks.close();
     let _ = tokio::time::timeout(

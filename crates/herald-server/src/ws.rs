@@ -275,12 +275,6 @@ async fn connection_loop(
         .cloned()
         .unwrap_or_else(|| Arc::new(AppMetrics::new(&app_id)));
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
-    let activity_timeout = shared.config.activity_timeout;
-    let pong_timeout = shared.config.pong_timeout;
-    let mut last_seen = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
-    let timer = tokio::time::sleep(activity_timeout);
-    tokio::pin!(timer);
 
     loop {
         tokio::select! {
@@ -307,8 +301,9 @@ async fn connection_loop(
             }
             msg = socket.next() => {
                 let Some(msg) = msg else { return DisconnectReason::ClientClose };
-                last_seen = Instant::now();
-                ping_sent = None;
+                // Pings and pongs count: pusher-js answers our pusher:ping, browsers answer
+                // WebSocket pings, and both prove the client alive (see `sweep_liveness`).
+                outbox.touch();
                 match msg {
                     Ok(Message::Text(text)) => {
                         app_metrics.message_received(text.len());
@@ -361,28 +356,24 @@ async fn connection_loop(
                     }
                 }
             }
-            () = &mut timer => {
-                let now = Instant::now();
-                if let Some(sent) = ping_sent {
-                    if now.duration_since(sent) >= pong_timeout {
-                        let _ = outbox.push(Frame::new(server_message::error(Some(CloseCode::PongNotReceived.code()), "Pong reply not received")));
-                        outbox.close(CloseRequest {
-                            code: CloseCode::PongNotReceived,
-                            message: "Pong reply not received",
-                            reason: DisconnectReason::PingTimeout,
-                        });
-                        timer.as_mut().reset(tokio::time::Instant::from_std(now + WRITE_TIMEOUT));
-                        continue;
-                    }
-                    timer.as_mut().reset(tokio::time::Instant::from_std(sent + pong_timeout));
-                } else if now.duration_since(last_seen) >= activity_timeout {
-                    let _ = outbox.push(Frame::new(server_message::ping()));
-                    ping_sent = Some(now);
-                    timer.as_mut().reset(tokio::time::Instant::from_std(now + pong_timeout));
-                } else {
-                    timer.as_mut().reset(tokio::time::Instant::from_std(last_seen + activity_timeout));
-                }
-            }
+        }
+    }
+}
+
+/// Pings every connection that has been silent for `activity_timeout` and closes those that
+/// leave the ping unanswered for `pong_timeout` (4201). One sweep for the node instead of a timer
+/// in every socket task; it runs until the process exits, drain included.
+pub async fn sweep_liveness(shared: Arc<Shared>) {
+    let activity = shared.config.activity_timeout;
+    let pong = shared.config.pong_timeout;
+    let period = (activity.min(pong) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = herald_core::outbox::clock_ms();
+        for outbox in shared.sockets.lock().values() {
+            outbox.check_liveness(now, activity, pong);
         }
     }
 }
