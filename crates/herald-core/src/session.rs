@@ -116,6 +116,11 @@ impl Session {
         self.socket_id
     }
 
+    /// The connection's send queue (and liveness clock).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     pub fn app(&self) -> &Arc<AppState> {
         &self.app
     }

@@ -113,23 +113,20 @@ where
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = websocket_config(shared.config.limits.max_frame_bytes);
     let tracker = shared.tracker.clone();
+    // The task outlives the handshake by hours: capture as little as possible, and hold
+    // nothing but the socket across its long await (memory per connection).
     tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = Box::new(
-                    WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await,
-                );
-                then(shared, socket).await;
-            }
-            Err(err) => tracing::debug!(%err, "upgrade failed"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => return tracing::debug!(%err, "upgrade failed"),
+        };
+        let config = websocket_config(shared.config.limits.max_frame_bytes);
+        let socket = Box::new(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        );
+        then(shared, socket).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -230,134 +227,210 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
     let socket_id = shared.node.next_socket_id();
     let outbox = Outbox::new(shared.limits.outbox_max_bytes);
     shared.sockets.lock().insert(socket_id, outbox.clone());
-    let app_id = app.app.id.clone();
-    metrics::connection_opened(&app_id);
-    let activity_timeout = shared.config.activity_timeout;
+    metrics::connection_opened(&app.app.id);
     let _ = outbox.push(Frame::new(server_message::connection_established(
         socket_id,
-        activity_timeout.as_secs(),
+        shared.config.activity_timeout.as_secs(),
     )));
     let mut session = Session::new(
         app.clone(),
         shared.broker.clone(),
         shared.limits.clone(),
         socket_id,
-        outbox.clone(),
+        outbox,
     );
-    let span = tracing::debug_span!("socket", app_id = %app_id, socket_id = %socket_id);
-    let reason = connection_loop(&shared, &mut session, &outbox, &mut socket)
+    // Only what is needed after the loop is kept across it (memory per connection).
+    let span = tracing::debug_span!("socket", app_id = %app.app.id, socket_id = %socket_id);
+    let reason = connection_loop(&shared, &mut session, &mut socket)
         .instrument(span)
         .await;
 
+    let socket_id = session.socket_id();
     let left = session.close();
+    let app_id = &app.app.id;
     if let Some(webhooks) = &shared.webhooks {
         for left in &left {
-            webhooks.record_left(&app_id, socket_id, left);
+            webhooks.record_left(app_id, socket_id, left);
         }
     }
     shared.sockets.lock().remove(&socket_id);
     app.remove_connection();
     shared.node.remove_connection();
-    metrics::connection_closed(&app_id, reason.as_str());
+    metrics::connection_closed(app_id, reason.as_str());
     tracing::debug!(reason = reason.as_str(), "socket closed");
 }
 
 async fn connection_loop(
     shared: &Shared,
     session: &mut Session,
-    outbox: &Outbox,
     socket: &mut Socket,
 ) -> DisconnectReason {
-    let app_id = session.app().app.id.clone();
     let app_metrics = shared
         .app_metrics
-        .get(&app_id)
+        .get(&session.app().app.id)
         .cloned()
-        .unwrap_or_else(|| Arc::new(AppMetrics::new(&app_id)));
+        .unwrap_or_else(|| Arc::new(AppMetrics::new(&session.app().app.id)));
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
 
+    // Only the select! is awaited in place; every other await is a boxed future, and nothing
+    // else is held across an await, so an idle socket's task stays small (memory per connection).
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            () = outbox.changed() => {
-                let (batch, close) = outbox.take();
-                if !batch.is_empty() {
-                    // Boxed, like every rarely-running future here: an idle socket's task only
-                    // pays for the futures it is actually awaiting (memory per connection).
-                    if let Err(reason) = Box::pin(write_batch(socket, batch, &app_metrics)).await {
-                        return reason;
-                    }
-                }
-                if let Some(CloseRequest { code, message, reason }) = close {
-                    // A slow consumer's buffers are full: do not wait long for the close frame.
-                    let wait = if reason == DisconnectReason::SlowConsumer { Duration::from_secs(1) } else { WRITE_TIMEOUT };
-                    let _ = Box::pin(tokio::time::timeout(wait, socket.as_mut().close(Some(close_frame(code, message))))).await;
-                    if reason == DisconnectReason::SlowConsumer {
-                        return reason;
-                    }
-                    Box::pin(drain_until_closed(socket)).await;
+            () = session.outbox().changed() => Step::Flush,
+            msg = socket.next() => on_incoming(shared, session, &app_metrics, &mut message_budget, msg),
+        };
+        match step {
+            Step::Continue => {}
+            Step::Flush => {
+                if let Some(reason) = Box::pin(flush(socket, session.outbox(), &app_metrics)).await
+                {
                     return reason;
                 }
             }
-            msg = socket.next() => {
-                let Some(msg) = msg else { return DisconnectReason::ClientClose };
-                // Pings and pongs count: pusher-js answers our pusher:ping, browsers answer
-                // WebSocket pings, and both prove the client alive (see `sweep_liveness`).
-                outbox.touch();
-                match msg {
-                    Ok(Message::Text(text)) => {
-                        app_metrics.message_received(text.len());
-                        if !message_budget.try_take(Instant::now()) {
-                            metrics::limit_rejected(Limit::MessageRate);
-                            session.send_error(
-                                Some(ErrorCode::ClientEventRejected),
-                                "Too many messages: this one was dropped",
-                            );
-                            continue;
-                        }
-                        tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
-                        match ClientMessage::parse(text.as_str()) {
-                            Ok(message) => {
-                                let outcome = session.handle(message);
-                                match &outcome {
-                                    Outcome::LimitReached(limit) => metrics::limit_rejected((*limit).into()),
-                                    Outcome::ClientEvent { delivery, .. } => {
-                                        metrics::broadcast(&app_id, "client_event", delivery.delivered, delivery.dropped_slow);
-                                    }
-                                    _ => {}
-                                }
-                                if let Some(webhooks) = &shared.webhooks {
-                                    webhooks.record_outcome(&app_id, session.socket_id(), &outcome);
-                                }
-                            }
-                            Err(err) => session.send_error(None, &format!("Invalid message: {err}")),
-                        }
-                    }
-                    Ok(Message::Binary(_)) => session.send_error(None, "Binary frames are not supported; send JSON text frames"),
-                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                    Ok(Message::Close(_)) => {
-                        Box::pin(drain_until_closed(socket)).await;
-                        return DisconnectReason::ClientClose;
-                    }
-                    Err(tungstenite::Error::Capacity(err)) => {
-                        metrics::limit_rejected(Limit::FrameSize);
-                        let text = server_message::error(None, &format!("Message too large: {err}"));
-                        let _ = Box::pin(socket.send(Message::Text(text.into()))).await;
-                        let frame = CloseFrame { code: WsCloseCode::Size, reason: "Message too large".into() };
-                        let _ = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, socket.as_mut().close(Some(frame)))).await;
-                        return DisconnectReason::Limit;
-                    }
-                    Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                        return DisconnectReason::ClientClose;
-                    }
-                    Err(err) => {
-                        tracing::debug!(%err, "socket read failed");
-                        return DisconnectReason::Error;
-                    }
-                }
+            Step::PeerClosed => {
+                Box::pin(drain_until_closed(socket)).await;
+                return DisconnectReason::ClientClose;
             }
+            Step::TooLarge(text) => {
+                Box::pin(close_too_large(socket, text)).await;
+                return DisconnectReason::Limit;
+            }
+            Step::End(reason) => return reason,
         }
     }
+}
+
+/// What the socket loop does next.
+enum Step {
+    Continue,
+    /// The outbox has frames or a close request.
+    Flush,
+    /// The client sent a close frame.
+    PeerClosed,
+    /// The client's frame was over the size limit: send this error, then close with 1009.
+    TooLarge(String),
+    End(DisconnectReason),
+}
+
+/// Handles one read from the socket, without awaiting: replies go through the outbox.
+fn on_incoming(
+    shared: &Shared,
+    session: &mut Session,
+    app_metrics: &AppMetrics,
+    message_budget: &mut TokenBucket,
+    msg: Option<Result<Message, tungstenite::Error>>,
+) -> Step {
+    let Some(msg) = msg else {
+        return Step::End(DisconnectReason::ClientClose);
+    };
+    // Pings and pongs count: pusher-js answers our pusher:ping, browsers answer WebSocket
+    // pings, and both prove the client alive (see `sweep_liveness`).
+    session.outbox().touch();
+    match msg {
+        Ok(Message::Text(text)) => {
+            app_metrics.message_received(text.len());
+            if !message_budget.try_take(Instant::now()) {
+                metrics::limit_rejected(Limit::MessageRate);
+                session.send_error(
+                    Some(ErrorCode::ClientEventRejected),
+                    "Too many messages: this one was dropped",
+                );
+                return Step::Continue;
+            }
+            tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
+            match ClientMessage::parse(text.as_str()) {
+                Ok(message) => {
+                    let outcome = session.handle(message);
+                    let app_id = &session.app().app.id;
+                    match &outcome {
+                        Outcome::LimitReached(limit) => metrics::limit_rejected((*limit).into()),
+                        Outcome::ClientEvent { delivery, .. } => {
+                            metrics::broadcast(
+                                app_id,
+                                "client_event",
+                                delivery.delivered,
+                                delivery.dropped_slow,
+                            );
+                        }
+                        _ => {}
+                    }
+                    if let Some(webhooks) = &shared.webhooks {
+                        webhooks.record_outcome(app_id, session.socket_id(), &outcome);
+                    }
+                }
+                Err(err) => session.send_error(None, &format!("Invalid message: {err}")),
+            }
+            Step::Continue
+        }
+        Ok(Message::Binary(_)) => {
+            session.send_error(
+                None,
+                "Binary frames are not supported; send JSON text frames",
+            );
+            Step::Continue
+        }
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Step::Continue,
+        Ok(Message::Close(_)) => Step::PeerClosed,
+        Err(tungstenite::Error::Capacity(err)) => {
+            metrics::limit_rejected(Limit::FrameSize);
+            Step::TooLarge(server_message::error(
+                None,
+                &format!("Message too large: {err}"),
+            ))
+        }
+        Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+            Step::End(DisconnectReason::ClientClose)
+        }
+        Err(err) => {
+            tracing::debug!(%err, "socket read failed");
+            Step::End(DisconnectReason::Error)
+        }
+    }
+}
+
+/// Writes what the outbox holds, then carries out its close request, if any. Returns why the
+/// connection ended, or `None` to keep going.
+async fn flush(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    app_metrics: &AppMetrics,
+) -> Option<DisconnectReason> {
+    let (batch, close) = outbox.take();
+    if !batch.is_empty() {
+        if let Err(reason) = write_batch(socket, batch, app_metrics).await {
+            return Some(reason);
+        }
+    }
+    let CloseRequest {
+        code,
+        message,
+        reason,
+    } = close?;
+    // A slow consumer's buffers are full: do not wait long for the close frame.
+    let wait = if reason == DisconnectReason::SlowConsumer {
+        Duration::from_secs(1)
+    } else {
+        WRITE_TIMEOUT
+    };
+    let _ = tokio::time::timeout(
+        wait,
+        socket.as_mut().close(Some(close_frame(code, message))),
+    )
+    .await;
+    if reason != DisconnectReason::SlowConsumer {
+        drain_until_closed(socket).await;
+    }
+    Some(reason)
+}
+
+async fn close_too_large(socket: &mut Socket, text: String) {
+    let _ = socket.send(Message::Text(text.into())).await;
+    let frame = CloseFrame {
+        code: WsCloseCode::Size,
+        reason: "Message too large".into(),
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.as_mut().close(Some(frame))).await;
 }
 
 /// Pings every connection that has been silent for `activity_timeout` and closes those that
