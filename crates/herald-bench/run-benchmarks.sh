@@ -7,11 +7,16 @@
 #   crates/herald-bench/run-benchmarks.sh [OUTDIR] [CASE...]
 #
 # Environment: HERALD_BIN (default target/release/herald), HERALD_BENCH (default
-# target/release/herald-bench), PORT (default 6001), RUNS (default 3).
+# target/release/herald-bench), FLOOR_BIN (default target/release/fanout-floor), PORT
+# (default 6001), RUNS (default 3).
+#
+# The *-floor cases run the same load against fanout-floor (src/floor.rs), the least work a
+# server can do per delivery, to measure what this machine allows.
 set -euo pipefail
 
 HERALD_BIN=${HERALD_BIN:-target/release/herald}
 HERALD_BENCH=${HERALD_BENCH:-target/release/herald-bench}
+FLOOR_BIN=${FLOOR_BIN:-target/release/fanout-floor}
 PORT=${PORT:-6001}
 RUNS=${RUNS:-3}
 OUT=${1:-bench-results}
@@ -22,8 +27,20 @@ mkdir -p "$OUT"
 URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$PORT")
 
 start_server() {
+    if [ "${FLOOR:-}" = 1 ]; then
+        "$FLOOR_BIN" --ws-port "$PORT" --http-port "$((PORT + 1))" >"$OUT/server.log" 2>&1 &
+        SERVER=$!
+        URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$((PORT + 1))")
+        for _ in $(seq 200); do
+            if grep -q "fanout-floor: ws" "$OUT/server.log" 2>/dev/null; then return 0; fi
+            sleep 0.05
+        done
+        echo "fanout-floor did not come up" >&2
+        exit 1
+    fi
     "$HERALD_BIN" start --host 127.0.0.1 --port "$PORT" >"$OUT/server.log" 2>&1 &
     SERVER=$!
+    URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$PORT")
     for _ in $(seq 200); do
         if curl -fs "http://127.0.0.1:$PORT/up" >/dev/null 2>&1; then return 0; fi
         sleep 0.05
@@ -85,6 +102,11 @@ for c in "${CASES[@]}"; do
     # 1 KB events to 10,000 subscribers of one channel at 10 events/s (subscribers in two
     # single-threaded worker processes).
     fanout10) bench fanout10 broadcast -n 10000 -c 1 -s 1024 --rate 10 -d 20s --workers 2 ;;
+    # The same load against fanout-floor: what this box allows with the load generator on it.
+    fanout10-floor) FLOOR=1 bench fanout10-floor broadcast -n 10000 -c 1 -s 1024 --rate 10 -d 20s --workers 2 ;;
+    # One node's share of the three-node target (19,000 subscribers at 10 events/s), against
+    # fanout-floor.
+    fanout19k-floor) FLOOR=1 bench fanout19k-floor broadcast -n 19000 -c 1 -s 1024 --rate 10 -d 20s --workers 2 ;;
     # Saturation: as many 1 KB events to the same 10,000 subscribers as the server accepts.
     saturate) bench saturate broadcast -n 10000 -c 1 -s 1024 --rate max --publishers 2 -d 10s --workers 2 ;;
     # Handshakes/s: 18,000 connections as fast as possible, at most 2 x 64 handshakes in
@@ -111,6 +133,8 @@ def load(name):
 fields = {
     "idle19k": [("subscribed", lambda r: r["subscribed"]),
                 ("server RSS per connection (KB)", lambda r: r["server_rss_per_conn_bytes"] / 1024)],
+    "fanout10-floor": None,
+    "fanout19k-floor": None,
     "fanout10": [("lost", lambda r: r["lost"]), ("subscribed", lambda r: r["subscribed"]), ("p50 ms", lambda r: r["latency_ms"]["p50_ms"]),
                  ("p99 ms", lambda r: r["latency_ms"]["p99_ms"]), ("p99.9 ms", lambda r: r["latency_ms"]["p999_ms"]),
                  ("max ms", lambda r: r["latency_ms"]["max_ms"]),
@@ -136,6 +160,7 @@ fields = {
               ("RSS last/first round", lambda r: r["server_rss_last_over_first_round"]),
               ("RSS final/before", lambda r: r["server_rss_final_over_before"])],
 }
+fields["fanout10-floor"] = fields["fanout19k-floor"] = fields["fanout10"]
 for c in cases:
     runs = load(c)
     print(f"{c} ({len(runs)} runs)")
