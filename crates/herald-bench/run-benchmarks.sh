@@ -129,7 +129,7 @@ def med(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
 def load(name):
-    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-*.json"))]
+    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-[0-9]*.json"))]
 fields = {
     "idle19k": [("subscribed", lambda r: r["subscribed"]),
                 ("server RSS per connection (KB)", lambda r: r["server_rss_per_conn_bytes"] / 1024)],

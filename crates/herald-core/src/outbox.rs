@@ -82,7 +82,7 @@ pub struct CloseRequest {
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Frame>,
+    frames: Batch,
     bytes: usize,
     close: Option<CloseRequest>,
 }
@@ -116,6 +116,48 @@ pub enum Liveness {
     TimedOut,
     /// Already closing; nothing was done.
     Closing,
+}
+
+/// Queued frames, oldest first. The first is stored inline.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Invariant: `None` only when `rest` is empty too.
+    first: Option<Frame>,
+    rest: VecDeque<Frame>,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Frame) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Frame> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
+impl IntoIterator for Batch {
+    type Item = Frame;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Frame>,
+        std::collections::vec_deque::IntoIter<Frame>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
 }
 
 /// A handle to one connection's queue; cloning shares it.
@@ -192,7 +234,7 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         if state.bytes + frame.text.len() > self.0.max_bytes {
-            state.frames.clear();
+            state.frames = Batch::default();
             state.bytes = 0;
             state.close = Some(CloseRequest {
                 code: CloseCode::OverCapacity,
@@ -204,7 +246,7 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         state.bytes += frame.text.len();
-        state.frames.push_back(frame);
+        state.frames.push(frame);
         drop(state);
         self.0.notify.notify_one();
         Ok(())
@@ -228,9 +270,9 @@ impl Outbox {
     /// Takes every queued frame, and returns a pending close request, if any. A slow-consumer
     /// close discards the queue; other closes keep it so it is written first.
     ///
-    /// The queue's buffer moves out with the frames, so an idle connection holds no queue
-    /// memory at all (one small allocation per wake-up is the price).
-    pub fn take(&self) -> (VecDeque<Frame>, Option<CloseRequest>) {
+    /// The queue moves out with the frames, so an idle connection holds no queue memory; the
+    /// first frame is stored inline, so a wake-up for a single frame allocates nothing.
+    pub fn take(&self) -> (Batch, Option<CloseRequest>) {
         let mut state = self.0.state.lock();
         state.bytes = 0;
         (std::mem::take(&mut state.frames), state.close.clone())

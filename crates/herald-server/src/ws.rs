@@ -4,7 +4,6 @@
 //! Invariant: the socket task is the only writer of its socket, and it writes everything queued
 //! at once with a single flush (write coalescing).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::{SinkExt, StreamExt};
+use herald_core::outbox::Batch;
 use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
 use herald_core::{AppState, CloseRequest, DisconnectReason, Frame, Outbox, Session};
@@ -454,7 +454,7 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
 /// Writes every queued frame and flushes once.
 async fn write_batch(
     socket: &mut Socket,
-    batch: VecDeque<Frame>,
+    batch: Batch,
     app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
     let count = batch.len();
