@@ -38,6 +38,14 @@ impl Frame {
         }
     }
 
+    /// A frame whose text never changes; no allocation.
+    pub fn from_static(text: &'static str) -> Frame {
+        Frame {
+            text: Bytes::from_static(text.as_bytes()),
+            published_at: None,
+        }
+    }
+
     pub fn published(text: String, at: Instant) -> Frame {
         Frame {
             text: Bytes::from(text),
@@ -197,8 +205,10 @@ impl Outbox {
             return Liveness::Closing;
         }
         let ping_sent = self.0.ping_sent_ms.load(Relaxed);
+        let last_seen = self.0.last_seen_ms.load(Relaxed);
         if ping_sent != 0 {
-            if now_ms.saturating_sub(ping_sent) < millis(pong) {
+            // A message that raced with this check (`touch` stores `last_seen` first) counts.
+            if now_ms.saturating_sub(ping_sent) < millis(pong) || last_seen >= ping_sent {
                 return Liveness::Alive;
             }
             let code = CloseCode::PongNotReceived;
@@ -214,12 +224,19 @@ impl Outbox {
             });
             return Liveness::TimedOut;
         }
-        let last_seen = self.0.last_seen_ms.load(Relaxed);
         if now_ms.saturating_sub(last_seen) < millis(activity) {
             return Liveness::Alive;
         }
-        self.0.ping_sent_ms.store(now_ms.max(1), Relaxed);
-        let _ = self.push(Frame::new(server_message::ping()));
+        // Only one ping per silence, even if two sweeps ever overlapped.
+        if self
+            .0
+            .ping_sent_ms
+            .compare_exchange(0, now_ms.max(1), Relaxed, Relaxed)
+            .is_err()
+        {
+            return Liveness::Alive;
+        }
+        let _ = self.push(Frame::from_static(server_message::PING));
         Liveness::PingSent
     }
 
@@ -334,6 +351,24 @@ mod tests {
             outbox.check_liveness(start + 90_000, activity, pong),
             Liveness::Closing
         );
+    }
+
+    #[test]
+    fn message_racing_with_the_deadline_keeps_the_connection() {
+        let outbox = Outbox::new(1024);
+        let (activity, pong) = (Duration::from_secs(30), Duration::from_secs(10));
+        let start = outbox.0.last_seen_ms.load(Relaxed);
+        assert_eq!(
+            outbox.check_liveness(start + 30_000, activity, pong),
+            Liveness::PingSent
+        );
+        // `touch` stored the new `last_seen` but not yet the cleared ping.
+        outbox.0.last_seen_ms.store(start + 35_000, Relaxed);
+        assert_eq!(
+            outbox.check_liveness(start + 40_000, activity, pong),
+            Liveness::Alive
+        );
+        assert!(!outbox.is_closing());
     }
 
     #[test]

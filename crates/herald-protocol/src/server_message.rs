@@ -31,8 +31,11 @@ pub fn error(code: Option<u16>, message: &str) -> String {
     )
 }
 
+/// `pusher:ping`, the same bytes for every connection.
+pub const PING: &str = r#"{"event":"pusher:ping","data":{}}"#;
+
 pub fn ping() -> String {
-    r#"{"event":"pusher:ping","data":{}}"#.to_owned()
+    PING.to_owned()
 }
 
 pub fn pong() -> String {

@@ -275,8 +275,9 @@ async fn connection_loop(
     // Only the select! is awaited in place; every other await is a boxed future, and nothing
     // else is held across an await, so an idle socket's task stays small (memory per connection).
     loop {
+        // Unbiased: neither a busy outbox nor a chatty client can starve the other branch (a
+        // starved read would miss the client's pong and let the liveness sweep close it).
         let step = tokio::select! {
-            biased;
             () = session.outbox().changed() => Step::Flush,
             msg = socket.next() => on_incoming(shared, session, &app_metrics, &mut message_budget, msg),
         };
@@ -435,17 +436,20 @@ async fn close_too_large(socket: &mut Socket, text: String) {
 
 /// Pings every connection that has been silent for `activity_timeout` and closes those that
 /// leave the ping unanswered for `pong_timeout` (4201). One sweep for the node instead of a timer
-/// in every socket task; it runs until the process exits, drain included.
+/// in every socket task; `serve` stops it once the drain is over.
 pub async fn sweep_liveness(shared: Arc<Shared>) {
     let activity = shared.config.activity_timeout;
     let pong = shared.config.pong_timeout;
     let period = (activity.min(pong) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outboxes: Vec<Outbox> = Vec::new();
     loop {
         tick.tick().await;
+        // Copied out so that connects and disconnects never wait for a whole pass.
+        outboxes.extend(shared.sockets.lock().values().cloned());
         let now = herald_core::outbox::clock_ms();
-        for outbox in shared.sockets.lock().values() {
+        for outbox in outboxes.drain(..) {
             outbox.check_liveness(now, activity, pong);
         }
     }
