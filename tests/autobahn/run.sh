@@ -40,6 +40,7 @@ cleanup() {
         kill "$echo_pid" 2>/dev/null || true
         wait "$echo_pid" 2>/dev/null || true
     fi
+    rm -f "$log"
 }
 trap cleanup EXIT
 
