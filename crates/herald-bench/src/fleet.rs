@@ -8,12 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock::{self, now_ns};
 use crate::pusher::{self, ChannelKind, Endpoint, Ws, WsTarget};
@@ -449,37 +447,44 @@ async fn hold(
     st: &mut RecvState,
     phase: &mut watch::Receiver<Phase>,
 ) -> HoldEnd {
-    match *phase.borrow_and_update() {
-        Phase::Stop => return HoldEnd::Stop,
-        Phase::Drain => st.check_complete(ctx),
-        Phase::Run => {}
-    }
     loop {
-        tokio::select! {
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    if let Some(d) = pusher::parse_bench(t.as_str()) {
-                        st.on_event(ctx, d);
-                        if *phase.borrow() == Phase::Drain {
-                            st.check_complete(ctx);
-                        }
-                    } else if pusher::is_ping(t.as_str())
-                        && ws.send(Message::text(pusher::PONG)).await.is_err()
-                    {
+        let draining = match *phase.borrow_and_update() {
+            Phase::Stop => return HoldEnd::Stop,
+            Phase::Drain => {
+                st.check_complete(ctx);
+                true
+            }
+            Phase::Run => false,
+        };
+        // One phase-change future per phase, not one per message (the tool's CPU per
+        // received frame is taken from the server it measures).
+        let changed = phase.changed();
+        tokio::pin!(changed);
+        loop {
+            tokio::select! {
+                m = ws.next() => {
+                    let pong = match m {
+                        Ok(pusher::Incoming::Text(t)) => match pusher::parse_bench(t) {
+                            Some(d) => {
+                                st.on_event(ctx, d);
+                                if draining {
+                                    st.check_complete(ctx);
+                                }
+                                false
+                            }
+                            None => pusher::is_ping(t),
+                        },
+                        Ok(pusher::Incoming::Close(_)) | Err(_) => return HoldEnd::Dropped,
+                    };
+                    if pong && ws.send_text(pusher::PONG).await.is_err() {
                         return HoldEnd::Dropped;
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return HoldEnd::Dropped,
-                Some(Ok(_)) => {}
-            },
-            r = phase.changed() => {
-                if r.is_err() {
-                    return HoldEnd::Stop;
-                }
-                match *phase.borrow_and_update() {
-                    Phase::Stop => return HoldEnd::Stop,
-                    Phase::Drain => st.check_complete(ctx),
-                    Phase::Run => {}
+                r = &mut changed => {
+                    if r.is_err() {
+                        return HoldEnd::Stop;
+                    }
+                    break;
                 }
             }
         }
@@ -610,7 +615,7 @@ async fn churn_task(ctx: Arc<Ctx>, id: u64, cycles: u64, hold_ms: u64) {
                     ctx.c.active.fetch_sub(1, Relaxed);
                     break;
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
                 ctx.c.active.fetch_sub(1, Relaxed);
                 ctx.c.cycles.fetch_add(1, Relaxed);
             }

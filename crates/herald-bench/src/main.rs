@@ -14,6 +14,7 @@ mod scenarios;
 mod sign;
 mod stats;
 mod ui;
+mod wsclient;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -5,17 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpSocket;
 
 use crate::sign;
-
-pub type Ws = WebSocketStream<TcpStream>;
+pub use crate::wsclient::{Incoming, Ws};
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,8 +25,10 @@ pub struct WsTarget {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// Full URL of the pusher-js style connection.
-    pub url: String,
+    /// `host:port` for the `Host` header.
+    pub host: String,
+    /// Path and query of the pusher-js style connection.
+    pub path: String,
     pub key: String,
     pub secret: String,
 }
@@ -49,8 +46,9 @@ impl Endpoint {
             .ok_or_else(|| anyhow!("{host} did not resolve"))?;
         Ok(Endpoint {
             addr,
-            url: format!(
-                "ws://{host}:{port}{prefix}/app/{}?protocol=7&client=js&version=8.4.0&flash=false",
+            host: format!("{host}:{port}"),
+            path: format!(
+                "{prefix}/app/{}?protocol=7&client=js&version=8.4.0&flash=false",
                 t.app_key
             ),
             key: t.app_key.clone(),
@@ -86,13 +84,6 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, String, u16, String)> {
     Ok((scheme.to_string(), host, port, path.to_string()))
 }
 
-pub fn ws_config() -> WebSocketConfig {
-    // Small buffers: a load generator holds many thousands of sockets.
-    WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
-}
-
 /// Why a connection attempt failed; used as the key of the failure table.
 pub fn reason_of_io(stage: &str, e: &std::io::Error) -> String {
     let kind = match e.raw_os_error() {
@@ -100,18 +91,6 @@ pub fn reason_of_io(stage: &str, e: &std::io::Error) -> String {
         None => format!("{:?}", e.kind()),
     };
     format!("{stage}: {kind}")
-}
-
-fn reason_of_ws(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Http(resp) => format!("ws handshake: HTTP {}", resp.status().as_u16()),
-        tungstenite::Error::Io(io) => reason_of_io("ws handshake", io),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            "ws handshake: connection closed".into()
-        }
-        tungstenite::Error::Protocol(p) => format!("ws handshake: protocol: {p}"),
-        other => format!("ws handshake: {other}"),
-    }
 }
 
 /// Opens TCP (bound to `source` if given) and upgrades to WebSocket. Errors are failure reasons.
@@ -131,12 +110,7 @@ pub async fn open(ep: &Endpoint, source: Option<IpAddr>) -> Result<Ws, String> {
         .connect(ep.addr)
         .await
         .map_err(|e| reason_of_io("tcp connect", &e))?;
-    let _ = stream.set_nodelay(true);
-    let (ws, _resp) =
-        tokio_tungstenite::client_async_with_config(ep.url.as_str(), stream, Some(ws_config()))
-            .await
-            .map_err(|e| reason_of_ws(&e))?;
-    Ok(ws)
+    Ws::handshake(stream, &ep.host, &ep.path).await
 }
 
 /// The envelope of every Pusher frame.
@@ -164,37 +138,31 @@ pub const PONG: &str = r#"{"event":"pusher:pong","data":{}}"#;
 /// Reads frames until `pusher:connection_established`; returns the socket id.
 pub async fn await_established(ws: &mut Ws) -> Result<String, String> {
     loop {
-        let msg = match ws.next().await {
-            None => return Err("closed before connection_established".into()),
-            Some(Err(e)) => return Err(format!("read before established: {}", short_err(&e))),
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            Message::Text(t) => {
-                let f: Frame = serde_json::from_str(t.as_str())
-                    .map_err(|_| "unparsable frame before established".to_string())?;
-                match f.event.as_ref() {
-                    "pusher:connection_established" => {
-                        #[derive(Deserialize)]
-                        struct Est {
-                            socket_id: String,
-                        }
-                        let data = f.data_string().unwrap_or_default();
-                        let est: Est = serde_json::from_str(&data)
-                            .map_err(|_| "bad connection_established data".to_string())?;
-                        return Ok(est.socket_id);
-                    }
-                    "pusher:error" => {
-                        return Err(format!("pusher:error {}", error_code(&f)));
-                    }
-                    _ => {}
-                }
-            }
-            Message::Close(c) => {
+        let text = match ws.next().await {
+            Err(e) => return Err(format!("read before established: {e}")),
+            Ok(Incoming::Close(code)) => {
                 return Err(format!(
                     "closed before established: code {}",
-                    c.map(|c| u16::from(c.code)).unwrap_or(1005)
+                    code.unwrap_or(1005)
                 ))
+            }
+            Ok(Incoming::Text(t)) => t,
+        };
+        let f: Frame = serde_json::from_str(text)
+            .map_err(|_| "unparsable frame before established".to_string())?;
+        match f.event.as_ref() {
+            "pusher:connection_established" => {
+                #[derive(Deserialize)]
+                struct Est {
+                    socket_id: String,
+                }
+                let data = f.data_string().unwrap_or_default();
+                let est: Est = serde_json::from_str(&data)
+                    .map_err(|_| "bad connection_established data".to_string())?;
+                return Ok(est.socket_id);
+            }
+            "pusher:error" => {
+                return Err(format!("pusher:error {}", error_code(&f)));
             }
             _ => {}
         }
@@ -212,14 +180,6 @@ fn error_code(f: &Frame) -> String {
         .and_then(|e| e.code)
         .map(|c| c.to_string())
         .unwrap_or_else(|| "?".into())
-}
-
-pub fn short_err(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
-        tungstenite::Error::Protocol(p) => format!("protocol: {p}"),
-        other => other.to_string(),
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,37 +240,31 @@ pub async fn subscribe_all(
 ) -> Result<(), String> {
     for (name, kind) in channels {
         let frame = subscribe_frame(ep, socket_id, name, *kind, user_id);
-        ws.send(Message::text(frame))
+        ws.send_text(&frame)
             .await
-            .map_err(|e| format!("send subscribe: {}", short_err(&e)))?;
+            .map_err(|e| format!("send subscribe: {e}"))?;
     }
     let mut pending = channels.len();
     while pending > 0 {
-        let msg = match ws.next().await {
-            None => return Err("closed while subscribing".into()),
-            Some(Err(e)) => return Err(format!("read while subscribing: {}", short_err(&e))),
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            Message::Text(t) => {
-                let Ok(f) = serde_json::from_str::<Frame>(t.as_str()) else {
-                    continue;
-                };
-                match f.event.as_ref() {
-                    "pusher_internal:subscription_succeeded" => pending -= 1,
-                    "pusher:subscription_error" => return Err("subscription_error".into()),
-                    "pusher:error" => return Err(format!("pusher:error {}", error_code(&f))),
-                    "pusher:ping" => {
-                        let _ = ws.send(Message::text(PONG)).await;
-                    }
-                    _ => {}
-                }
-            }
-            Message::Close(c) => {
+        let text = match ws.next().await {
+            Err(e) => return Err(format!("read while subscribing: {e}")),
+            Ok(Incoming::Close(code)) => {
                 return Err(format!(
                     "closed while subscribing: code {}",
-                    c.map(|c| u16::from(c.code)).unwrap_or(1005)
+                    code.unwrap_or(1005)
                 ))
+            }
+            Ok(Incoming::Text(t)) => t,
+        };
+        let Ok(f) = serde_json::from_str::<Frame>(text) else {
+            continue;
+        };
+        match f.event.as_ref() {
+            "pusher_internal:subscription_succeeded" => pending -= 1,
+            "pusher:subscription_error" => return Err("subscription_error".into()),
+            "pusher:error" => return Err(format!("pusher:error {}", error_code(&f))),
+            "pusher:ping" => {
+                let _ = ws.send_text(PONG).await;
             }
             _ => {}
         }
@@ -478,7 +432,8 @@ mod tests {
     fn presence_subscribe_is_signed_with_channel_data() {
         let ep = Endpoint {
             addr: "127.0.0.1:1".parse().unwrap(),
-            url: String::new(),
+            host: String::new(),
+            path: String::new(),
             key: "app-key".into(),
             secret: "app-secret".into(),
         };
