@@ -29,23 +29,19 @@ URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$PORT")
 start_server() {
     if [ "${FLOOR:-}" = 1 ]; then
         "$FLOOR_BIN" --ws-port "$PORT" --http-port "$((PORT + 1))" >"$OUT/server.log" 2>&1 &
-        SERVER=$!
         URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$((PORT + 1))")
-        for _ in $(seq 200); do
-            if grep -q "fanout-floor: ws" "$OUT/server.log" 2>/dev/null; then return 0; fi
-            sleep 0.05
-        done
-        echo "fanout-floor did not come up" >&2
-        exit 1
+        up() { grep -q "fanout-floor: ws" "$OUT/server.log" 2>/dev/null; }
+    else
+        "$HERALD_BIN" start --host 127.0.0.1 --port "$PORT" >"$OUT/server.log" 2>&1 &
+        URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$PORT")
+        up() { curl -fs "http://127.0.0.1:$PORT/up" >/dev/null 2>&1; }
     fi
-    "$HERALD_BIN" start --host 127.0.0.1 --port "$PORT" >"$OUT/server.log" 2>&1 &
     SERVER=$!
-    URLS=(--ws-url "ws://127.0.0.1:$PORT" --http-url "http://127.0.0.1:$PORT")
     for _ in $(seq 200); do
-        if curl -fs "http://127.0.0.1:$PORT/up" >/dev/null 2>&1; then return 0; fi
+        if up; then return 0; fi
         sleep 0.05
     done
-    echo "herald did not come up" >&2
+    echo "the server did not come up (see $OUT/server.log)" >&2
     exit 1
 }
 

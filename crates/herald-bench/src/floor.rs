@@ -65,6 +65,8 @@ struct Floor {
     writers: Vec<Mutex<mpsc::Sender<Job>>>,
     next_socket: AtomicU64,
     blocked: Arc<AtomicU64>,
+    /// The `blocked` count last logged.
+    reported: AtomicU64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         writers,
         next_socket: AtomicU64::new(1),
         blocked,
+        reported: AtomicU64::new(0),
     });
     // One runtime thread: handshakes and HTTP only; the writers do the fan-out.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -190,11 +193,9 @@ async fn publish(State(floor): State<Arc<Floor>>, body: axum::body::Bytes) -> &'
             let _ = writer.lock().expect("not poisoned").send(job);
         }
     }
-    if floor.blocked.load(Relaxed) > 0 {
-        eprintln!(
-            "fanout-floor: {} sends would have blocked",
-            floor.blocked.load(Relaxed)
-        );
+    let blocked = floor.blocked.load(Relaxed);
+    if blocked > floor.reported.swap(blocked, Relaxed) {
+        eprintln!("fanout-floor: {blocked} sends would have blocked (those frames are lost)");
     }
     "{}"
 }

@@ -34,10 +34,6 @@ pub fn error(code: Option<u16>, message: &str) -> String {
 /// `pusher:ping`, the same bytes for every connection.
 pub const PING: &str = r#"{"event":"pusher:ping","data":{}}"#;
 
-pub fn ping() -> String {
-    PING.to_owned()
-}
-
 pub fn pong() -> String {
     r#"{"event":"pusher:pong","data":{}}"#.to_owned()
 }
