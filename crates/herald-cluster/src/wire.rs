@@ -13,8 +13,6 @@ use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::socket_of;
-
 /// Channel names from the bus are validated without the per-app length limit, which the
 /// publishing node already enforced.
 const MAX_CHANNEL_NAME: usize = 1024;
@@ -373,4 +371,12 @@ pub fn apply_cache(node: &Node, field: &str, value: &str) -> Result<bool, WireEr
     ));
     app.store_cache(&channel, &cached.event, &cached.data, &frame);
     Ok(true)
+}
+
+/// Parses a socket id that must belong to `node`: a node may only speak for its own sockets.
+fn socket_of(node: u64, socket: &str) -> Result<SocketId, WireError> {
+    match SocketId::parse(socket) {
+        Some(id) if id.node == node => Ok(id),
+        _ => Err(WireError::Invalid("socket id")),
+    }
 }
