@@ -506,3 +506,137 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{App, NodeLimits, Outbox, PresenceMember};
+    use herald_protocol::{ChannelName, SocketId};
+
+    use super::*;
+    use crate::memory::MemoryHub;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct TestNode {
+        node: Arc<Node>,
+        broker: ClusterBroker<crate::MemoryTransport>,
+    }
+
+    fn start(
+        hub: &MemoryHub,
+        id: u64,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> TestNode {
+        let node = Arc::new(Node::new(id, vec![App::demo()], NodeLimits::default()));
+        let config = ClusterConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            node_timeout: Duration::from_millis(500),
+            queue_capacity: 1024,
+        };
+        let broker = ClusterBroker::start(
+            node.clone(),
+            config,
+            hub.transport(),
+            tracker,
+            stop.clone(),
+            None,
+        );
+        TestNode { node, broker }
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .take()
+            .0
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.text).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn state_events_garbage_and_node_loss_over_a_hub() {
+        let (hub, tracker) = (MemoryHub::new(), TaskTracker::new());
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let a = start(&hub, 1, &tracker, &stop_a);
+        let b = start(&hub, 2, &tracker, &stop_b);
+        until("both subscribed", || {
+            a.broker.is_connected() && b.broker.is_connected()
+        })
+        .await;
+        let channel = ChannelName::parse("presence-room", 200).unwrap();
+        let (app_a, app_b) = (
+            a.node.app_by_id("1").unwrap().clone(),
+            b.node.app_by_id("1").unwrap().clone(),
+        );
+
+        // B's member is replicated to A.
+        let outbox = Outbox::new(1 << 20);
+        let socket = SocketId { node: 2, seq: 1 };
+        let alice = UserId("alice".into());
+        let member = PresenceMember {
+            user_id: alice.clone(),
+            user_info: None,
+        };
+        app_b
+            .subscribe(socket, &outbox, &channel, Some(member))
+            .unwrap();
+        b.broker.announce(Announcement::Subscribed {
+            app_id: "1".into(),
+            entry: SubscriptionEntry {
+                channel: channel.clone(),
+                socket,
+                user: Some(alice),
+                user_info: None,
+            },
+        });
+        until("A replicates B's member", || {
+            app_a.channel_info(&channel).user_count == Some(1)
+        })
+        .await;
+        frames(&outbox);
+
+        // Garbage is dropped and counted; A's event still reaches B's socket, once.
+        let garbage = Outgoing {
+            message: Bytes::from_static(b"{\"t\":\"nonsense\"}"),
+            keep: None,
+        };
+        hub.transport().publish(&[garbage]).await.unwrap();
+        let frame = herald_protocol::server_message::channel_event("e", "presence-room", "hi");
+        let delivery = a.broker.publish(Envelope {
+            app_id: "1".into(),
+            channel: channel.clone(),
+            frame: herald_core::Frame::new(frame.clone()),
+            except: None,
+            cache: None,
+        });
+        assert_eq!(delivery.delivered, 0, "nobody is on A");
+        let mut got = Vec::new();
+        until("B delivers A's event", || {
+            got.extend(frames(&outbox));
+            !got.is_empty()
+        })
+        .await;
+        assert_eq!(got, [frame]);
+        assert_eq!(b.broker.stats().dropped_invalid.load(Ordering::Relaxed), 1);
+
+        // B goes silent: A declares it dead once and forgets its member.
+        stop_b.cancel();
+        until("A reaps B", || {
+            app_a.channel_info(&channel).user_count == Some(0)
+        })
+        .await;
+        assert_eq!(a.broker.stats().nodes_reaped.load(Ordering::Relaxed), 1);
+        stop_a.cancel();
+        tracker.close();
+        tokio::time::timeout(WAIT, tracker.wait()).await.unwrap();
+    }
+}
