@@ -154,6 +154,11 @@ impl<T: Transport> ClusterBroker<T> {
     pub fn is_connected(&self) -> bool {
         self.0.connected_since.lock().is_some()
     }
+
+    /// The engine underneath, for what goes beyond the bus (ordered logs).
+    pub fn transport(&self) -> &T {
+        &self.0.transport
+    }
 }
 
 impl<T: Transport> Inner<T> {
