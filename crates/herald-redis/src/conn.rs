@@ -1,6 +1,7 @@
 //! One Redis connection type for a single server and for Redis Cluster.
 //!
-//! With `sharded`, herald talks to a Redis Cluster: the bus is a sharded pub/sub channel
+//! With `sharded`, herald expects a Redis Cluster but also accepts a standalone Redis 7 (asked
+//! with `INFO cluster` at each connect): the bus is a sharded pub/sub channel
 //! (`SPUBLISH`/`SSUBSCRIBE`) and every key and channel name carries the `{prefix}` hash tag, so
 //! they all live in one slot: multi-key transactions and scripts work, and classic `PUBLISH`
 //! (which a cluster forwards to every node) is never used.
@@ -57,11 +58,51 @@ impl Target {
                 client.get_connection_manager_lazy(config)?,
             )),
             Target::Cluster(nodes) => {
+                if let Some(single) = standalone(nodes).await? {
+                    return Ok(RedisConn::Single(
+                        single.get_connection_manager_lazy(config)?,
+                    ));
+                }
                 let client = ClusterClientBuilder::new(nodes.clone()).build()?;
                 Ok(RedisConn::Cluster(client.get_async_connection().await?))
             }
         }
     }
+}
+
+/// The client of the first seed when it is a standalone Redis (cluster mode off), so that sharded
+/// pub/sub works on a single Redis 7 too; `None` for a Redis Cluster.
+///
+/// # Errors
+/// No seed answered.
+pub async fn standalone(nodes: &[String]) -> RedisResult<Option<redis::Client>> {
+    let mut last_err = None;
+    for node in nodes {
+        let client = redis::Client::open(node.as_str())?;
+        let info = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO")
+                .arg("cluster")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), info).await {
+            Ok(Ok(info)) => {
+                let enabled = info.lines().any(|l| l.trim() == "cluster_enabled:1");
+                return Ok((!enabled).then_some(client));
+            }
+            Ok(Err(err)) => last_err = Some(err),
+            Err(_) => {
+                last_err = Some(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "timed out asking a seed node",
+                )))
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no seed nodes"))
+    }))
 }
 
 /// A command connection to a single Redis or to a Redis Cluster.

@@ -142,9 +142,13 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
     /// Messages waiting for Redis before new ones are dropped and counted.
     pub queue_capacity: usize,
-    /// `redis_url` is a Redis Cluster (one or more comma-separated seed nodes): use sharded
-    /// pub/sub (`SPUBLISH`/`SSUBSCRIBE`), with every key under the `{prefix}` hash tag.
+    /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), with every key under the `{prefix}` hash
+    /// tag: `redis_url` is a Redis Cluster (one or more comma-separated seed nodes) or a Redis 7.
     pub sharded: bool,
+    /// An in-process bus shared by several nodes of one process (tests, embedding); takes
+    /// precedence over `redis_url`. Not settable from a file or the environment.
+    #[serde(skip)]
+    pub hub: Option<herald_cluster::MemoryHub>,
 }
 
 impl Default for ClusterConfig {
@@ -155,6 +159,7 @@ impl Default for ClusterConfig {
             node_timeout: Duration::from_secs(5),
             queue_capacity: 65_536,
             sharded: false,
+            hub: None,
         }
     }
 }

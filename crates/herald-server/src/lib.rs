@@ -21,9 +21,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use herald_cluster::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, Transport};
 use herald_core::{Broker, MemoryBroker, Node, NodeLimits, Outbox};
 use herald_protocol::SocketId;
-use herald_redis::{BrokerStats, RedisBroker, RedisConfig};
+use herald_redis::{RedisPubSub, RedisSharded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -82,31 +83,8 @@ impl Shared {
         let background_tasks = TaskTracker::new();
         let background = CancellationToken::new();
         let webhooks = start_webhooks(&config, &background_tasks, &background)?;
-        let (broker, broker_stats): (Arc<dyn Broker>, _) = match &config.redis_url {
-            Some(url) => {
-                let on_node_gone = webhooks.clone().map(|w| {
-                    Arc::new(move |app: &str, entries| w.record_node_gone(app, entries))
-                        as herald_redis::NodeGoneHook
-                });
-                let redis = RedisBroker::start(
-                    node.clone(),
-                    RedisConfig {
-                        url: url.clone(),
-                        prefix: config.cluster.prefix.clone(),
-                        heartbeat_interval: config.cluster.heartbeat_interval,
-                        node_timeout: config.cluster.node_timeout,
-                        queue_capacity: config.cluster.queue_capacity,
-                        sharded: config.cluster.sharded,
-                    },
-                    &background_tasks,
-                    background.clone(),
-                    on_node_gone,
-                )?;
-                let stats = redis.stats();
-                (Arc::new(redis), Some(stats))
-            }
-            None => (Arc::new(MemoryBroker::new(node.clone())), None),
-        };
+        let (broker, broker_stats) =
+            start_broker(&config, &node, &webhooks, &background_tasks, &background)?;
         Ok(Arc::new(Shared {
             node,
             broker,
@@ -128,6 +106,46 @@ impl Shared {
         !self.draining.load(Ordering::Acquire)
             && self.node.connection_count() < self.config.max_connections
     }
+}
+
+/// The broker, and its counters when it is a cluster's.
+type BrokerAndStats = (Arc<dyn Broker>, Option<Arc<BrokerStats>>);
+
+/// The broker: the cluster protocol over the configured transport (an in-process hub, Redis
+/// sharded or classic pub/sub), or, for a node alone, `MemoryBroker`, which publishes by local
+/// delivery and nothing else.
+fn start_broker(
+    config: &Config,
+    node: &Arc<Node>,
+    webhooks: &Option<Webhooks>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<BrokerAndStats> {
+    let prefix = &config.cluster.prefix;
+    let transport: Box<dyn Transport> = match (&config.cluster.hub, &config.redis_url) {
+        (Some(hub), _) => Box::new(hub.transport()),
+        (None, Some(url)) if config.cluster.sharded => Box::new(RedisSharded::new(url, prefix)?),
+        (None, Some(url)) => Box::new(RedisPubSub::new(url, prefix)?),
+        (None, None) => return Ok((Arc::new(MemoryBroker::new(node.clone())), None)),
+    };
+    let on_node_gone = webhooks.clone().map(|w| {
+        Arc::new(move |app: &str, entries| w.record_node_gone(app, entries)) as NodeGoneHook
+    });
+    let settings = ClusterConfig {
+        heartbeat_interval: config.cluster.heartbeat_interval,
+        node_timeout: config.cluster.node_timeout,
+        queue_capacity: config.cluster.queue_capacity,
+    };
+    let broker = ClusterBroker::start(
+        node.clone(),
+        settings,
+        transport,
+        tracker,
+        stop.clone(),
+        on_node_gone,
+    );
+    let stats = broker.stats();
+    Ok((Arc::new(broker), Some(stats)))
 }
 
 /// Starts the webhook subsystem when an app has targets; its state is in Redis for a cluster.

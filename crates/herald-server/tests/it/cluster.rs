@@ -1,8 +1,11 @@
-//! Several nodes through a real `redis-server` (started per test on a free port).
+//! Several nodes as one cluster. Each scenario runs over every transport (`over_every_engine!`):
+//! an in-process memory hub, Redis pub/sub and Redis sharded pub/sub (a real `redis-server`
+//! started per test on a free port); a few tests need a real process or a Redis Cluster.
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use herald_cluster::{MemoryHub, Outgoing, Transport};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -73,10 +76,11 @@ impl RedisServer {
         }
     }
 
-    pub async fn publish(&self, channel: &str, payload: &str) {
+    /// Runs `command` (`PUBLISH` or `SPUBLISH`) with a raw payload.
+    pub async fn publish(&self, command: &str, channel: &str, payload: &str) {
         let client = redis::Client::open(self.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: i64 = redis::cmd("PUBLISH")
+        let _: i64 = redis::cmd(command)
             .arg(channel)
             .arg(payload)
             .query_async(&mut conn)
@@ -85,14 +89,124 @@ impl RedisServer {
     }
 }
 
-async fn node(redis: &RedisServer) -> TestServer {
-    let url = redis.url();
-    TestServer::start(move |c| {
-        c.redis_url = Some(url);
-        c.cluster.heartbeat_interval = Duration::from_millis(200);
-        c.cluster.node_timeout = Duration::from_secs(2);
-    })
-    .await
+/// The engine carrying the bus between the nodes of a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Memory,
+    Redis,
+    RedisSharded,
+}
+
+/// Runs each scenario once per engine, as `scenario::memory`, `scenario::redis` and
+/// `scenario::redis_sharded`.
+macro_rules! over_every_engine {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::Engine;
+
+            #[tokio::test]
+            async fn memory() {
+                super::$scenario(Engine::Memory).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                super::$scenario(Engine::Redis).await;
+            }
+
+            #[tokio::test]
+            async fn redis_sharded() {
+                super::$scenario(Engine::RedisSharded).await;
+            }
+        }
+    )*};
+}
+
+over_every_engine!(
+    broadcasts_reach_every_node_once_with_socket_exclusion,
+    presence_is_cluster_wide_with_first_and_last_connection_semantics,
+    client_events_and_terminate_cross_nodes,
+    garbage_on_the_bus_is_dropped_and_counted,
+    bus_restart_with_data_gone_resumes_broadcasts_and_presence,
+    stopped_node_members_are_removed_within_the_timeout_exactly_once,
+    app_connection_quota_is_cluster_wide,
+    cache_channels_reach_nodes_that_start_later,
+);
+
+/// The bus of one test's nodes.
+pub struct Bus {
+    engine: Engine,
+    hub: MemoryHub,
+    redis: Option<RedisServer>,
+}
+
+impl Bus {
+    pub async fn start(engine: Engine) -> Bus {
+        let redis = match engine {
+            Engine::Memory => None,
+            Engine::Redis | Engine::RedisSharded => Some(RedisServer::start().await),
+        };
+        Bus {
+            engine,
+            hub: MemoryHub::new(),
+            redis,
+        }
+    }
+
+    /// Puts a node on this bus, with short heartbeats.
+    pub fn configure(&self) -> impl FnOnce(&mut herald_server::Config) + 'static {
+        let hub = self.hub.clone();
+        let engine = self.engine;
+        let url = self.redis.as_ref().map(RedisServer::url);
+        move |c| {
+            match engine {
+                Engine::Memory => c.cluster.hub = Some(hub),
+                Engine::Redis => c.redis_url = url,
+                Engine::RedisSharded => {
+                    c.redis_url = url;
+                    c.cluster.sharded = true;
+                }
+            }
+            c.cluster.heartbeat_interval = Duration::from_millis(200);
+            c.cluster.node_timeout = Duration::from_secs(2);
+        }
+    }
+
+    pub async fn node(&self) -> TestServer {
+        TestServer::start(self.configure()).await
+    }
+
+    /// An outage that loses everything the engine held.
+    pub async fn stop(&mut self) {
+        match &mut self.redis {
+            Some(redis) => redis.stop().await,
+            None => self.hub.stop(),
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        match &mut self.redis {
+            Some(redis) => redis.restart().await,
+            None => self.hub.start(),
+        }
+    }
+
+    /// Puts raw bytes on the bus, as a hostile or broken peer would.
+    pub async fn inject(&self, payload: &str) {
+        match (self.engine, &self.redis) {
+            (Engine::Redis, Some(redis)) => redis.publish("PUBLISH", "herald:bus", payload).await,
+            (Engine::RedisSharded, Some(redis)) => {
+                redis.publish("SPUBLISH", "{herald}:bus", payload).await;
+            }
+            _ => {
+                let message = Outgoing {
+                    message: payload.to_owned().into(),
+                    keep: None,
+                };
+                self.hub.transport().publish(&[message]).await.unwrap();
+            }
+        }
+    }
 }
 
 /// Polls a channel's info on `server` until `check` holds (replication is asynchronous).
@@ -117,10 +231,9 @@ async fn until_channel(
     }
 }
 
-#[tokio::test]
-async fn broadcasts_reach_every_node_once_with_socket_exclusion() {
-    let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn broadcasts_reach_every_node_once_with_socket_exclusion(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let (a, b) = (bus.node().await, bus.node().await);
     let mut on_a = a.client().await;
     let mut on_b = b.client().await;
     let mut also_b = b.client().await;
@@ -149,10 +262,9 @@ async fn broadcasts_reach_every_node_once_with_socket_exclusion() {
     also_b.expect_nothing_more().await;
 }
 
-#[tokio::test]
-async fn presence_is_cluster_wide_with_first_and_last_connection_semantics() {
-    let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn presence_is_cluster_wide_with_first_and_last_connection_semantics(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let (a, b) = (bus.node().await, bus.node().await);
     let mut watcher = b.client().await;
     watcher.subscribe_presence("presence-room", "watcher").await;
     until_channel(&a, "presence-room", "user_count", |v| v["user_count"] == 1).await;
@@ -197,10 +309,9 @@ async fn presence_is_cluster_wide_with_first_and_last_connection_semantics() {
     until_channel(&a, "presence-room", "user_count", |v| v["user_count"] == 1).await;
 }
 
-#[tokio::test]
-async fn client_events_and_terminate_cross_nodes() {
-    let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn client_events_and_terminate_cross_nodes(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let (a, b) = (bus.node().await, bus.node().await);
     let mut alice = a.client().await;
     let mut bob = b.client().await;
     alice.subscribe_private("private-chat").await;
@@ -228,10 +339,9 @@ async fn client_events_and_terminate_cross_nodes() {
     assert_eq!(bob.expect_close().await, Closed::Code(4009));
 }
 
-#[tokio::test]
-async fn garbage_on_the_bus_is_dropped_and_counted() {
-    let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn garbage_on_the_bus_is_dropped_and_counted(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let (a, b) = (bus.node().await, bus.node().await);
     let mut on_b = b.client().await;
     on_b.subscribe("news").await;
     until_channel(&a, "news", "subscription_count", |v| {
@@ -244,11 +354,19 @@ async fn garbage_on_the_bus_is_dropped_and_counted() {
         r#"{"t":"subscribed","node":1,"app":"1","channel":"news","socket":"2.5","user":null,"info":null}"#,
         r#"{"t":"event","node":1,"app":"nope","channel":"news","frame":"{}","except":null,"cache":null}"#,
     ] {
-        redis.publish("herald:bus", garbage).await;
+        bus.inject(garbage).await;
     }
     a.trigger("news", "after", "ok").await;
     assert_eq!(on_b.expect_next("after").await["data"], "ok");
     on_b.expect_nothing_more().await;
+    let stats = b.shared.broker_stats.as_ref().expect("a cluster node");
+    assert_eq!(
+        stats
+            .dropped_invalid
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4,
+        "each bad message is counted once"
+    );
     let (_, metrics) = b.get("/metrics").await;
     assert!(
         metrics
@@ -259,10 +377,9 @@ async fn garbage_on_the_bus_is_dropped_and_counted() {
     );
 }
 
-#[tokio::test]
-async fn redis_restart_with_data_gone_resumes_broadcasts_and_presence() {
-    let mut redis = RedisServer::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn bus_restart_with_data_gone_resumes_broadcasts_and_presence(engine: Engine) {
+    let mut bus = Bus::start(engine).await;
+    let (a, b) = (bus.node().await, bus.node().await);
     let mut alice = a.client().await;
     alice.subscribe_presence("presence-room", "alice").await;
     until_channel(&b, "presence-room", "user_count", |v| v["user_count"] == 1).await;
@@ -271,12 +388,12 @@ async fn redis_restart_with_data_gone_resumes_broadcasts_and_presence() {
     assert_eq!(data(&snapshot)["presence"]["count"], 2);
     alice.expect_next("pusher_internal:member_added").await;
 
-    redis.stop().await;
-    // Local delivery goes on without Redis.
+    bus.stop().await;
+    // Local delivery goes on without the bus.
     a.trigger("presence-room", "local", "1").await;
     assert_eq!(alice.expect_next("local").await["data"], "1");
 
-    redis.restart().await;
+    bus.restart().await;
     // Cross-node broadcasts resume: retry until one published on A reaches B.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -299,6 +416,129 @@ async fn redis_restart_with_data_gone_resumes_broadcasts_and_presence() {
         data(&alice.expect("pusher_internal:member_removed").await)["user_id"],
         "bob"
     );
+}
+
+/// A node whose cluster tasks stop (frozen, or cut off from the bus for good) is declared dead
+/// by the others, which remove its members once.
+async fn stopped_node_members_are_removed_within_the_timeout_exactly_once(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let survivor = bus.node().await;
+    let mut watcher = survivor.client().await;
+    watcher.subscribe_presence("presence-room", "watcher").await;
+
+    let victim = bus.node().await;
+    let mut alice = victim.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(
+        data(&watcher.expect_next("pusher_internal:member_added").await)["user_id"],
+        "alice"
+    );
+
+    victim.shared.background.cancel();
+    let stopped = tokio::time::Instant::now();
+    let removed = tokio::time::timeout(
+        Duration::from_secs(10),
+        watcher.expect_next("pusher_internal:member_removed"),
+    )
+    .await
+    .expect("member_removed within 10 s");
+    assert_eq!(data(&removed)["user_id"], "alice");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1500),
+        "not before the timeout"
+    );
+    watcher.expect_nothing_more().await;
+    let (_, users) = survivor
+        .api("GET", "/apps/1/channels/presence-room/users", &[], None)
+        .await;
+    assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
+    let stats = survivor.shared.broker_stats.as_ref().unwrap();
+    assert_eq!(
+        stats
+            .nodes_reaped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+/// An app's connection quota counts every node's connections (from the heartbeats).
+async fn app_connection_quota_is_cluster_wide(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let quota = |configure: Box<dyn FnOnce(&mut herald_server::Config)>| {
+        move |c: &mut herald_server::Config| {
+            configure(c);
+            c.apps[0].max_connections = 2;
+        }
+    };
+    let a = TestServer::start(quota(Box::new(bus.configure()))).await;
+    let b = TestServer::start(quota(Box::new(bus.configure()))).await;
+    let _on_a = a.client().await;
+    let on_b = b.client().await;
+    // A learns of B's connection from B's heartbeat: retry until A is full.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = a.raw("/app/app-key?protocol=7").await;
+        let frame = client.next().await;
+        if frame["event"] == "pusher:error" {
+            assert_eq!(frame["data"]["code"], 4004, "{frame}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the quota never counted the other node"
+        );
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(on_b);
+    // B's heartbeat frees the slot on A.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = a.raw("/app/app-key?protocol=7").await;
+        if client.next().await["event"] == "pusher:connection_established" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cache channel's last event is kept on the bus's engine for nodes that start later.
+async fn cache_channels_reach_nodes_that_start_later(engine: Engine) {
+    let bus = Bus::start(engine).await;
+    let a = bus.node().await;
+    a.trigger("cache-x", "last", "42").await;
+    let c = bus.node().await;
+    let mut late = c.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        late.subscribe("cache-x").await;
+        let next = late.next().await;
+        if next["event"] == "last" {
+            assert_eq!(next["data"], "42");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late node never served the cached event"
+        );
+        late.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "cache-x"}}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::start(move |c| {
+        c.redis_url = Some(url);
+        c.cluster.heartbeat_interval = Duration::from_millis(200);
+        c.cluster.node_timeout = Duration::from_secs(2);
+    })
+    .await
 }
 
 #[tokio::test]

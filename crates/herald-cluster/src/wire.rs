@@ -13,8 +13,6 @@ use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::socket_of;
-
 /// Channel names from the bus are validated without the per-app length limit, which the
 /// publishing node already enforced.
 const MAX_CHANNEL_NAME: usize = 1024;
@@ -373,4 +371,83 @@ pub fn apply_cache(node: &Node, field: &str, value: &str) -> Result<bool, WireEr
     ));
     app.store_cache(&channel, &cached.event, &cached.data, &frame);
     Ok(true)
+}
+
+/// Parses a socket id that must belong to `node`: a node may only speak for its own sockets.
+fn socket_of(node: u64, socket: &str) -> Result<SocketId, WireError> {
+    match SocketId::parse(socket) {
+        Some(id) if id.node == node => Ok(id),
+        _ => Err(WireError::Invalid("socket id")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{App, NodeLimits};
+
+    use super::*;
+
+    fn node() -> Node {
+        Node::new(9, vec![App::demo()], NodeLimits::default())
+    }
+
+    fn decode_and_apply(node: &Node, text: &str) -> Result<(), String> {
+        let message: BusMessage = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        apply(node, message).map(drop).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hostile_bus_messages_are_rejected_without_effect() {
+        let node = node();
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        for (text, why) in [
+            ("not json", "not JSON"),
+            (&deep, "nesting too deep"),
+            (r#"{"t":"heartbeat"}"#, "missing fields"),
+            (
+                r#"{"t":"event","node":1,"app":"1","channel":"news","frame":"<script>","except":null,"cache":null}"#,
+                "a frame that is not a JSON object",
+            ),
+            (
+                r#"{"t":"event","node":1,"app":"nope","channel":"news","frame":"{}","except":null,"cache":null}"#,
+                "an unknown app",
+            ),
+            (
+                r#"{"t":"event","node":1,"app":"1","channel":"bad name!","frame":"{}","except":null,"cache":null}"#,
+                "an invalid channel name",
+            ),
+            (
+                r#"{"t":"subscribed","node":1,"app":"1","channel":"news","socket":"2.5","user":null,"info":null}"#,
+                "a node speaking for another node's socket",
+            ),
+            (
+                r#"{"t":"subscribed","node":1,"app":"1","channel":"presence-x","socket":"1.5","user":"","info":null}"#,
+                "an empty user id",
+            ),
+            (
+                r#"{"t":"subscribed","node":1,"app":"1","channel":"presence-x","socket":"1.5","user":"u","info":"{"}"#,
+                "user info that is not JSON",
+            ),
+        ] {
+            assert!(decode_and_apply(&node, text).is_err(), "accepted {why}");
+        }
+        let app = node.app_by_id("1").unwrap();
+        for channel in ["news", "presence-x"] {
+            let channel = ChannelName::parse(channel, 200).unwrap();
+            assert_eq!(app.channel_info(&channel).subscription_count, 0);
+        }
+    }
+
+    #[test]
+    fn a_valid_announcement_is_applied() {
+        let node = node();
+        decode_and_apply(
+            &node,
+            r#"{"t":"subscribed","node":1,"app":"1","channel":"presence-x","socket":"1.5","user":"u","info":"{\"name\":\"U\"}"}"#,
+        )
+        .unwrap();
+        let channel = ChannelName::parse("presence-x", 200).unwrap();
+        let info = node.app_by_id("1").unwrap().channel_info(&channel);
+        assert_eq!((info.subscription_count, info.user_count), (1, Some(1)));
+    }
 }

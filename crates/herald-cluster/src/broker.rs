@@ -1,0 +1,647 @@
+//! The cluster protocol: many herald nodes act as one over any [`Transport`].
+//!
+//! Every node publishes to, and subscribes to, one bus. The bus carries events (delivered by every
+//! node to its local subscribers) and each node's announcements of its own state (subscriptions,
+//! presence identities, sign-ins, connection counts), which every other node replicates into
+//! `herald-core`'s remote view. The transport delivers the bus in one order to every node, so
+//! every node reaches the same presence decisions on its own. Heartbeats find dead nodes; every
+//! (re)subscription resyncs state both ways.
+//!
+//! Invariants:
+//! - Nothing here blocks a socket task or an HTTP handler: `publish` and `announce` deliver
+//!   locally and enqueue for the transport without waiting; a full queue drops and counts.
+//! - Everything read from the transport is untrusted: decoded with validation, and what does not
+//!   parse is dropped and counted, never a panic.
+//! - A node's own view of itself never depends on the transport: local delivery goes on during
+//!   an outage.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_core::{Announcement, Broker, Delivery, Envelope, Node, SubscriptionEntry};
+use herald_protocol::UserId;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::transport::{Kept, Outgoing, Transport};
+use crate::wire::{self, BusMessage};
+
+/// Largest bus message accepted from the transport.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Most messages handed to the transport in one batch (one Redis pipeline).
+const MAX_BATCH: usize = 512;
+/// How long a cache channel's last event is kept for nodes that start later.
+const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
+/// How long a subscription attempt may take before it counts as failed.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnect backoff bounds; each wait adds up to 30% jitter.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The protocol's timing and queue settings (the transport has its own).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is considered dead and its members are removed.
+    pub node_timeout: Duration,
+    /// Messages waiting for the transport before new ones are dropped (and counted).
+    pub queue_capacity: usize,
+}
+
+/// Counters the server exports as metrics.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub publishes: AtomicU64,
+    pub receives: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub errors: AtomicU64,
+    /// Not sent because the transport was unreachable or the queue was full.
+    pub dropped_unsent: AtomicU64,
+    /// Received but rejected: not valid JSON or failing validation.
+    pub dropped_invalid: AtomicU64,
+    /// Nodes declared dead and removed.
+    pub nodes_reaped: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Called with an app id and the subscriptions a dead node held in it.
+pub type NodeGoneHook = Arc<dyn Fn(&str, Vec<SubscriptionEntry>) + Send + Sync>;
+
+struct Inner<T> {
+    node: Arc<Node>,
+    config: ClusterConfig,
+    transport: T,
+    tx: mpsc::Sender<Outgoing>,
+    stats: Arc<BrokerStats>,
+    /// Other nodes and when we last heard from them.
+    peers: Mutex<HashMap<u64, Instant>>,
+    /// Set while subscribed to the bus.
+    connected_since: Mutex<Option<Instant>>,
+    /// Told about the subscriptions of a node declared dead (for webhooks).
+    on_node_gone: Option<NodeGoneHook>,
+    /// Held while announcing and while snapshotting state, so a `State` never overtakes, or is
+    /// overtaken by, a delta about the same socket on the bus.
+    order: Mutex<()>,
+    /// Some announcement was lost (queue full, transport error): republish the full state.
+    state_dirty: AtomicBool,
+}
+
+impl<T: Transport> std::fmt::Debug for Inner<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBroker")
+            .field("node", &self.node.id())
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster protocol over the transport `T`: the [`Broker`] of a node in a cluster.
+#[derive(Debug)]
+pub struct ClusterBroker<T: Transport>(Arc<Inner<T>>);
+
+impl<T: Transport> Clone for ClusterBroker<T> {
+    fn clone(&self) -> Self {
+        ClusterBroker(self.0.clone())
+    }
+}
+
+impl<T: Transport> ClusterBroker<T> {
+    /// Starts the publisher, subscriber and heartbeat tasks on `tracker`, until `stop`. The
+    /// transport need not be reachable: the node serves its own sockets meanwhile and joins the
+    /// cluster when the transport answers.
+    pub fn start(
+        node: Arc<Node>,
+        config: ClusterConfig,
+        transport: T,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+        on_node_gone: Option<NodeGoneHook>,
+    ) -> ClusterBroker<T> {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let inner = Arc::new(Inner {
+            node,
+            config,
+            transport,
+            tx,
+            stats: Arc::default(),
+            peers: Mutex::default(),
+            connected_since: Mutex::default(),
+            on_node_gone,
+            order: Mutex::new(()),
+            state_dirty: AtomicBool::new(false),
+        });
+        tracker.spawn(publisher(inner.clone(), rx, stop.clone()));
+        tracker.spawn(subscriber(inner.clone(), stop.clone()));
+        tracker.spawn(heartbeat(inner.clone(), stop));
+        ClusterBroker(inner)
+    }
+
+    pub fn stats(&self) -> Arc<BrokerStats> {
+        self.0.stats.clone()
+    }
+
+    /// Whether the node is currently subscribed to the bus.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected_since.lock().is_some()
+    }
+
+    /// The engine underneath, for what goes beyond the bus (ordered logs).
+    pub fn transport(&self) -> &T {
+        &self.0.transport
+    }
+}
+
+impl<T: Transport> Inner<T> {
+    fn send(&self, message: &BusMessage, keep: Option<Kept>) {
+        let message = match serde_json::to_vec(message) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(err) => {
+                tracing::error!(%err, "could not encode a bus message");
+                return;
+            }
+        };
+        if self.tx.try_send(Outgoing { message, keep }).is_err() {
+            bump(&self.stats.dropped_unsent, 1);
+            self.state_dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes this node's full state for every app.
+    fn publish_state(&self) {
+        let me = self.node.id();
+        // Snapshot and enqueue under the order lock: no announcement can slip in between.
+        let _order = self.order.lock();
+        for app in self.node.apps() {
+            let state = wire::WireState::from_local(&app.local_state());
+            self.send(
+                &BusMessage::State {
+                    node: me,
+                    app: app.app.id.clone(),
+                    state,
+                },
+                None,
+            );
+        }
+    }
+
+    /// Publishes this node's full state and asks every other node for theirs.
+    fn resync(&self) {
+        self.publish_state();
+        self.send(
+            &BusMessage::SyncRequest {
+                node: self.node.id(),
+                target: None,
+            },
+            None,
+        );
+    }
+
+    fn handle(&self, payload: &[u8]) {
+        bump(&self.stats.receives, 1);
+        if payload.len() > MAX_MESSAGE_BYTES {
+            bump(&self.stats.dropped_invalid, 1);
+            return;
+        }
+        let message: BusMessage = match serde_json::from_slice(payload) {
+            Ok(message) => message,
+            Err(err) => {
+                bump(&self.stats.dropped_invalid, 1);
+                tracing::warn!(%err, "dropping a bus message that does not parse");
+                return;
+            }
+        };
+        let me = self.node.id();
+        let from = message.node();
+        if from == me {
+            return;
+        }
+        let known = self.peers.lock().insert(from, Instant::now()).is_some();
+        if !known
+            && !matches!(
+                message,
+                BusMessage::State { .. } | BusMessage::SyncRequest { .. }
+            )
+        {
+            // A node we had not heard from (new, or one we declared dead that was only slow):
+            // get its full state instead of trusting that we saw every delta.
+            tracing::info!(node = from, "new peer on the bus");
+            self.send(
+                &BusMessage::SyncRequest {
+                    node: me,
+                    target: Some(from),
+                },
+                None,
+            );
+        }
+        if let BusMessage::SyncRequest { target, .. } = &message {
+            if target.is_none_or(|t| t == me) {
+                self.publish_state();
+            }
+            return;
+        }
+        let state_of = match &message {
+            BusMessage::State { app, .. } => Some(app.clone()),
+            _ => None,
+        };
+        match wire::apply(&self.node, message) {
+            Ok(removed) => {
+                if let (Some(app), Some(hook), false) =
+                    (state_of, &self.on_node_gone, removed.is_empty())
+                {
+                    hook(&app, removed);
+                }
+            }
+            Err(err) => {
+                bump(&self.stats.dropped_invalid, 1);
+                tracing::warn!(node = from, %err, "dropping an invalid bus message");
+            }
+        }
+    }
+
+    fn reap(&self) {
+        let connected_for = self.connected_since.lock().map(|t| t.elapsed());
+        // Only judge others while we can hear them, and not before they had time to speak.
+        if connected_for.is_none_or(|d| d < self.config.node_timeout) {
+            return;
+        }
+        let dead: Vec<u64> = {
+            let mut peers = self.peers.lock();
+            let dead: Vec<u64> = peers
+                .iter()
+                .filter(|(_, seen)| seen.elapsed() > self.config.node_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &dead {
+                peers.remove(id);
+            }
+            dead
+        };
+        for id in dead {
+            tracing::warn!(
+                node = id,
+                "node stopped heartbeating: removing its connections"
+            );
+            bump(&self.stats.nodes_reaped, 1);
+            for app in self.node.apps() {
+                let removed = app.forget_node(id);
+                if let (Some(hook), false) = (&self.on_node_gone, removed.is_empty()) {
+                    hook(&app.app.id, removed);
+                }
+            }
+        }
+    }
+
+    /// Just (re)subscribed: resync state both ways and load the cache channels.
+    async fn connected(&self, first: &mut bool) {
+        if !*first {
+            bump(&self.stats.reconnects, 1);
+        }
+        *first = false;
+        tracing::info!(transport = ?self.transport, "subscribed to the cluster bus");
+        *self.connected_since.lock() = Some(Instant::now());
+        self.resync();
+        self.load_caches().await;
+    }
+
+    /// Loads the cache channels' last events, for a node that starts after they were published.
+    async fn load_caches(&self) {
+        match self.transport.kept().await {
+            Ok(entries) => {
+                for (key, value) in entries {
+                    let applied = std::str::from_utf8(&value)
+                        .map_err(|_| wire::WireError::Invalid("cache value"))
+                        .and_then(|value| wire::apply_cache(&self.node, &key, value));
+                    if applied.is_err() {
+                        bump(&self.stats.dropped_invalid, 1);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(%err, "could not load cache channels"),
+        }
+    }
+}
+
+impl<T: Transport> Broker for ClusterBroker<T> {
+    fn publish(&self, envelope: Envelope) -> Delivery {
+        let inner = &self.0;
+        let Some(app) = inner.node.app_by_id(&envelope.app_id) else {
+            return Delivery::default();
+        };
+        if let Some((event, data)) = &envelope.cache {
+            app.store_cache(&envelope.channel, event, data, &envelope.frame);
+        }
+        let delivery = app.deliver(&envelope.channel, &envelope.frame, envelope.except);
+        let keep = envelope.cache.as_ref().map(|(event, data)| {
+            let expires_ms = wire::now_ms() + CACHE_TTL_MS;
+            let value = serde_json::json!({"event": event, "data": data, "expires_ms": expires_ms});
+            Kept {
+                key: format!("{}:{}", envelope.app_id, envelope.channel),
+                value: Bytes::from(value.to_string()),
+                expires_ms,
+            }
+        });
+        inner.send(&BusMessage::event(inner.node.id(), &envelope), keep);
+        delivery
+    }
+
+    fn announce(&self, announcement: Announcement) {
+        let message = BusMessage::from_announcement(self.0.node.id(), announcement);
+        let _order = self.0.order.lock();
+        self.0.send(&message, None);
+    }
+
+    fn terminate_user(&self, app_id: &str, user: &UserId) -> usize {
+        let inner = &self.0;
+        let local = inner
+            .node
+            .app_by_id(app_id)
+            .map_or(0, |app| app.terminate_user(user));
+        inner.send(
+            &BusMessage::Terminate {
+                node: inner.node.id(),
+                app: app_id.to_owned(),
+                user: user.0.clone(),
+            },
+            None,
+        );
+        local
+    }
+}
+
+/// Hands queued messages to the transport in batches.
+async fn publisher<T: Transport>(
+    inner: Arc<Inner<T>>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let first = tokio::select! {
+            msg = rx.recv() => match msg { Some(m) => m, None => return },
+            () = stop.cancelled() => return,
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        match inner.transport.publish(&batch).await {
+            Ok(()) => bump(&inner.stats.publishes, n),
+            Err(err) => {
+                bump(&inner.stats.errors, 1);
+                bump(&inner.stats.dropped_unsent, n);
+                inner.state_dirty.store(true, Ordering::Relaxed);
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!(err = %error_chain(&err), dropped = n, "cluster publish failed: cross-node delivery is interrupted");
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Keeps a subscription to the bus, reconnecting with jittered backoff, and resyncs state after
+/// every (re)connect so state lost in the transport or missed during an outage is rebuilt.
+async fn subscriber<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    let mut first = true;
+    loop {
+        let res = tokio::select! {
+            res = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inner.transport.subscribe()) => res,
+            () = stop.cancelled() => return,
+        };
+        match res {
+            Ok(Ok(mut messages)) => {
+                backoff = MIN_BACKOFF;
+                inner.connected(&mut first).await;
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(payload) => inner.handle(&payload),
+                            None => break,
+                        },
+                        () = stop.cancelled() => return,
+                    }
+                }
+                *inner.connected_since.lock() = None;
+                bump(&inner.stats.errors, 1);
+                tracing::warn!("lost the cluster bus: serving local sockets only until it is back");
+            }
+            Ok(Err(err)) => {
+                bump(&inner.stats.errors, 1);
+                tracing::warn!(err = %error_chain(&err), retry_in = ?backoff, "cannot subscribe to the cluster bus");
+            }
+            Err(_) => {
+                bump(&inner.stats.errors, 1);
+                tracing::warn!(retry_in = ?backoff, "timed out subscribing to the cluster bus");
+            }
+        }
+        let jitter = backoff.mul_f64(rand::thread_rng().gen_range(0.0..0.3));
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Heartbeats, reaps silent peers, and resyncs after this node itself stalled.
+async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(inner.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let gap = last.elapsed();
+        last = Instant::now();
+        if inner.connected_since.lock().is_none() {
+            continue;
+        }
+        if inner.state_dirty.swap(false, Ordering::Relaxed) {
+            // Announcements were lost: others get our whole state again (they apply the diff).
+            inner.publish_state();
+        }
+        if gap > inner.config.node_timeout {
+            // We were frozen long enough for others to declare us dead: rebuild both ways.
+            tracing::warn!(?gap, "this node stalled: resyncing cluster state");
+            inner.resync();
+        }
+        let connections = inner
+            .node
+            .apps()
+            .map(|app| (app.app.id.clone(), app.connection_count()))
+            .collect();
+        inner.send(
+            &BusMessage::Heartbeat {
+                node: inner.node.id(),
+                connections,
+            },
+            None,
+        );
+        inner.reap();
+    }
+}
+
+/// An error and its sources on one line, so a log says why (a transport error wraps the cause).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{App, NodeLimits, Outbox, PresenceMember};
+    use herald_protocol::{ChannelName, SocketId};
+
+    use super::*;
+    use crate::memory::MemoryHub;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct TestNode {
+        node: Arc<Node>,
+        broker: ClusterBroker<crate::MemoryTransport>,
+    }
+
+    fn start(
+        hub: &MemoryHub,
+        id: u64,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> TestNode {
+        let node = Arc::new(Node::new(id, vec![App::demo()], NodeLimits::default()));
+        let config = ClusterConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            node_timeout: Duration::from_millis(500),
+            queue_capacity: 1024,
+        };
+        let broker = ClusterBroker::start(
+            node.clone(),
+            config,
+            hub.transport(),
+            tracker,
+            stop.clone(),
+            None,
+        );
+        TestNode { node, broker }
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .take()
+            .0
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.text).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn state_events_garbage_and_node_loss_over_a_hub() {
+        let (hub, tracker) = (MemoryHub::new(), TaskTracker::new());
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let a = start(&hub, 1, &tracker, &stop_a);
+        let b = start(&hub, 2, &tracker, &stop_b);
+        until("both subscribed", || {
+            a.broker.is_connected() && b.broker.is_connected()
+        })
+        .await;
+        let channel = ChannelName::parse("presence-room", 200).unwrap();
+        let (app_a, app_b) = (
+            a.node.app_by_id("1").unwrap().clone(),
+            b.node.app_by_id("1").unwrap().clone(),
+        );
+
+        // B's member is replicated to A.
+        let outbox = Outbox::new(1 << 20);
+        let socket = SocketId { node: 2, seq: 1 };
+        let alice = UserId("alice".into());
+        let member = PresenceMember {
+            user_id: alice.clone(),
+            user_info: None,
+        };
+        app_b
+            .subscribe(socket, &outbox, &channel, Some(member))
+            .unwrap();
+        b.broker.announce(Announcement::Subscribed {
+            app_id: "1".into(),
+            entry: SubscriptionEntry {
+                channel: channel.clone(),
+                socket,
+                user: Some(alice),
+                user_info: None,
+            },
+        });
+        until("A replicates B's member", || {
+            app_a.channel_info(&channel).user_count == Some(1)
+        })
+        .await;
+        frames(&outbox);
+
+        // Garbage is dropped and counted; A's event still reaches B's socket, once.
+        let garbage = Outgoing {
+            message: Bytes::from_static(b"{\"t\":\"nonsense\"}"),
+            keep: None,
+        };
+        hub.transport().publish(&[garbage]).await.unwrap();
+        let frame = herald_protocol::server_message::channel_event("e", "presence-room", "hi");
+        let delivery = a.broker.publish(Envelope {
+            app_id: "1".into(),
+            channel: channel.clone(),
+            frame: herald_core::Frame::new(frame.clone()),
+            except: None,
+            cache: None,
+        });
+        assert_eq!(delivery.delivered, 0, "nobody is on A");
+        let mut got = Vec::new();
+        until("B delivers A's event", || {
+            got.extend(frames(&outbox));
+            !got.is_empty()
+        })
+        .await;
+        assert_eq!(got, [frame]);
+        assert_eq!(b.broker.stats().dropped_invalid.load(Ordering::Relaxed), 1);
+
+        // B goes silent: A declares it dead once and forgets its member.
+        stop_b.cancel();
+        until("A reaps B", || {
+            app_a.channel_info(&channel).user_count == Some(0)
+        })
+        .await;
+        assert_eq!(a.broker.stats().nodes_reaped.load(Ordering::Relaxed), 1);
+        stop_a.cancel();
+        tracker.close();
+        tokio::time::timeout(WAIT, tracker.wait()).await.unwrap();
+    }
+}
