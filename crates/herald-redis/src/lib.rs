@@ -14,6 +14,7 @@
 //! - A node's own view of itself never depends on Redis: local delivery goes on during an outage.
 
 pub mod conn;
+pub mod webhook_store;
 mod wire;
 
 use std::collections::HashMap;
