@@ -7,6 +7,7 @@ mod connect;
 mod drain;
 mod http_api;
 mod limits;
+mod metrics;
 mod presence;
 mod signin;
 mod subscribe;
