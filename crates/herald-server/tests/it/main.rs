@@ -9,6 +9,8 @@ mod http_api;
 mod limits;
 mod metrics;
 mod presence;
+mod prop_api;
+mod prop_bus;
 mod signin;
 mod subscribe;
 mod support;
