@@ -39,7 +39,8 @@ impl Scrape {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut parts = rest.split(' ');
                 let (name, kind) = (parts.next().unwrap(), parts.next().unwrap_or_default());
-                scrape.types.insert(name.to_owned(), kind.to_owned());
+                let earlier = scrape.types.insert(name.to_owned(), kind.to_owned());
+                assert!(earlier.is_none(), "{name} is exported twice:\n{text}");
                 continue;
             }
             if line.is_empty() || line.starts_with('#') {
