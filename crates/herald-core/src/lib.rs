@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod presence;
 pub mod rate_limit;
 pub mod session;
+pub mod webhook_store;
 
 pub use app::{App, AppSecret, NodeLimits};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};

@@ -12,6 +12,7 @@ mod commands;
 pub mod conn;
 mod pubsub;
 mod sharded;
+pub mod webhook_store;
 
 pub use herald_cluster::{BrokerStats, NodeGoneHook};
 pub use pubsub::RedisPubSub;

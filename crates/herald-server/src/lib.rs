@@ -229,10 +229,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn render_metrics(State(shared): State<Arc<Shared>>) -> String {
-    if let Some(stats) = &shared.broker_stats {
-        metrics::export_broker(stats);
-    }
-    shared.metrics.render()
+    metrics::render(&shared)
 }
 
 /// Serves until `shutdown` is cancelled, then drains (see [`shutdown`]) and returns.

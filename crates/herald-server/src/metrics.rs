@@ -1,5 +1,10 @@
 //! Every metric name and label herald exports, in one place.
 //!
+//! Every family is described (`# HELP`) and every series a configured app or the node can have is
+//! registered at zero from start-up (an app's when its [`AppMetrics`] is made). The node-wide
+//! gauges and broker counters are read from the node itself at scrape time ([`render`]), so several
+//! servers in one process (the tests) each report their own.
+//!
 //! Invariant: labels are bounded: `app_id` (from configuration) and small fixed enums. Never a
 //! socket id, channel name or user id.
 
@@ -8,6 +13,8 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::Shared;
 
 pub const NODE_CONNECTIONS: &str = "herald_node_connections";
 pub const CONNECTIONS_ACTIVE: &str = "herald_connections_active";
@@ -46,6 +53,19 @@ pub enum Limit {
 }
 
 impl Limit {
+    const ALL: [Limit; 10] = [
+        Limit::NodeConnections,
+        Limit::AppConnections,
+        Limit::Origin,
+        Limit::ChannelsPerConnection,
+        Limit::PresenceMembers,
+        Limit::FrameSize,
+        Limit::ClientEventRate,
+        Limit::ClientEventSize,
+        Limit::MessageRate,
+        Limit::RequestBody,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Limit::NodeConnections => "node_connections",
@@ -76,7 +96,8 @@ impl From<herald_core::SessionLimit> for Limit {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder (once; later calls reuse it).
+/// Installs the process-wide Prometheus recorder (once; later calls reuse it) and describes every
+/// metric, so each family carries `# HELP`.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -86,23 +107,197 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), &buckets)
                 .expect("buckets are not empty")
+                .set_buckets_for_metric(Matcher::Full(WEBHOOK_LATENCY.into()), &buckets)
+                .expect("buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (tests embedding several servers share one).
             let _ = metrics::set_global_recorder(recorder);
+            describe();
+            // Node-wide series without an app, present from start-up.
+            gauge!(WEBHOOK_QUEUE_DEPTH).set(0.0);
+            let _ = histogram!(DELIVERY_LATENCY);
+            let _ = histogram!(WEBHOOK_LATENCY);
+            for endpoint in ENDPOINTS {
+                counter!(HTTP_REQUESTS, "endpoint" => endpoint, "status" => "200").absolute(0);
+            }
+            for limit in Limit::ALL {
+                counter!(LIMIT_REJECTIONS, "app_id" => "", "limit" => limit.as_str()).absolute(0);
+            }
+            for reason in REFUSALS {
+                counter!(DISCONNECTIONS_TOTAL, "app_id" => "", "reason" => reason).absolute(0);
+            }
             handle
         })
         .clone()
 }
 
+/// The HTTP API's endpoints, as the `endpoint` label.
+const ENDPOINTS: [&str; 6] = [
+    "events",
+    "batch_events",
+    "channels",
+    "channel",
+    "channel_users",
+    "terminate_connections",
+];
+/// `reason` of connections refused before they were established.
+const REFUSALS: [&str; 2] = ["limit", "error"];
+/// `reason` of `herald_disconnections_total` (herald-core's `DisconnectReason`).
+const DISCONNECT_REASONS: [&str; 7] = [
+    "client_close",
+    "ping_timeout",
+    "slow_consumer",
+    "drain",
+    "limit",
+    "error",
+    "terminated",
+];
+/// `source` of `herald_broadcasts_total`.
+const BROADCAST_SOURCES: [&str; 2] = ["api", "client_event"];
+/// `reason` of `herald_webhooks_dropped_total`.
+const WEBHOOK_DROP_REASONS: [&str; 4] = [
+    "queue_full",
+    "retries_exhausted",
+    "cancelled",
+    "store_error",
+];
+
+/// Describes what the registry holds; the per-node series of [`render`] carry their own help.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open WebSocket connections per app.");
+    describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections established.");
+    describe_counter!(
+        DISCONNECTIONS_TOTAL,
+        "WebSocket connections ended, by reason (app_id is empty for connections refused before they were established)."
+    );
+    describe_counter!(
+        WS_MESSAGES_RECEIVED,
+        "WebSocket text messages received from clients."
+    );
+    describe_counter!(WS_MESSAGES_SENT, "WebSocket messages sent to clients.");
+    describe_counter!(
+        WS_BYTES_RECEIVED,
+        Unit::Bytes,
+        "WebSocket payload bytes received."
+    );
+    describe_counter!(WS_BYTES_SENT, Unit::Bytes, "WebSocket payload bytes sent.");
+    describe_counter!(HTTP_REQUESTS, "HTTP API requests, by endpoint and status.");
+    describe_counter!(
+        BROADCASTS,
+        "Events broadcast, by source (api, client_event)."
+    );
+    describe_counter!(DELIVERIES, "Event frames queued to local sockets.");
+    describe_counter!(
+        DELIVERIES_DROPPED,
+        "Event frames not delivered, by reason (slow_consumer)."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Publish accepted to frame written, sampled once per write batch."
+    );
+    describe_counter!(
+        LIMIT_REJECTIONS,
+        "Requests refused by a limit, by limit (app_id is empty when no app is known)."
+    );
+    describe_counter!(WEBHOOKS_SENT, "Webhook events delivered (2xx).");
+    describe_counter!(
+        WEBHOOKS_FAILED,
+        "Failed webhook attempts (each may be retried)."
+    );
+    describe_counter!(
+        WEBHOOKS_RETRIED,
+        "Webhook requests scheduled again after a failure."
+    );
+    describe_counter!(
+        WEBHOOKS_DROPPED,
+        "Webhooks given up, by reason (queue_full, retries_exhausted, cancelled, store_error)."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Webhook jobs waiting in the store (due or not)."
+    );
+    describe_histogram!(
+        WEBHOOK_LATENCY,
+        Unit::Seconds,
+        "Duration of successful webhook requests."
+    );
+}
+
+/// What `/metrics` answers: this node's own gauges and broker counters (kept by the node, so
+/// several servers in one process each report their own), then the process-wide registry.
+pub fn render(shared: &Shared) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in series {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+        out.push('\n');
+    };
+    family(
+        NODE_CONNECTIONS,
+        "gauge",
+        "Open WebSocket connections on this node (all apps).",
+        &[("", shared.node.connection_count() as u64)],
+    );
+    family(
+        DRAINING,
+        "gauge",
+        "1 while this node drains (after SIGTERM), else 0.",
+        &[("", u64::from(shared.draining.load(Acquire)))],
+    );
+    let default = herald_redis::BrokerStats::default();
+    let stats = shared.broker_stats.as_deref().unwrap_or(&default);
+    let counters = [
+        (
+            BROKER_PUBLISHES,
+            "Messages this node sent to the cluster bus.",
+            &stats.publishes,
+        ),
+        (
+            BROKER_RECEIVES,
+            "Messages this node received from the cluster bus.",
+            &stats.receives,
+        ),
+        (
+            BROKER_RECONNECTS,
+            "Reconnections to the cluster bus.",
+            &stats.reconnects,
+        ),
+        (BROKER_ERRORS, "Cluster bus errors.", &stats.errors),
+        (
+            CLUSTER_NODES_REAPED,
+            "Nodes declared dead and removed by this node.",
+            &stats.nodes_reaped,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(name, "counter", help, &[("", value.load(Relaxed))]);
+    }
+    family(
+        BROKER_DROPPED,
+        "counter",
+        "Bus messages dropped: unsent (Redis unreachable or queue full) or invalid (received and rejected).",
+        &[
+            ("{reason=\"unsent\"}", stats.dropped_unsent.load(Relaxed)),
+            ("{reason=\"invalid\"}", stats.dropped_invalid.load(Relaxed)),
+        ],
+    );
+    out.push_str(&shared.metrics.render());
+    out
+}
+
 pub fn connection_opened(app_id: &str) {
-    gauge!(NODE_CONNECTIONS).increment(1.0);
     gauge!(CONNECTIONS_ACTIVE, "app_id" => app_id.to_owned()).increment(1.0);
     counter!(CONNECTIONS_TOTAL, "app_id" => app_id.to_owned()).increment(1);
 }
 
 pub fn connection_closed(app_id: &str, reason: &'static str) {
-    gauge!(NODE_CONNECTIONS).decrement(1.0);
     gauge!(CONNECTIONS_ACTIVE, "app_id" => app_id.to_owned()).decrement(1.0);
     counter!(DISCONNECTIONS_TOTAL, "app_id" => app_id.to_owned(), "reason" => reason).increment(1);
 }
@@ -123,7 +318,29 @@ pub struct AppMetrics {
 }
 
 impl AppMetrics {
+    /// Takes the app's handles and registers every series of the app at zero, so each is present
+    /// from start-up.
     pub fn new(app_id: &str) -> AppMetrics {
+        let app = || app_id.to_owned();
+        gauge!(CONNECTIONS_ACTIVE, "app_id" => app()).increment(0.0);
+        counter!(CONNECTIONS_TOTAL, "app_id" => app()).absolute(0);
+        for reason in DISCONNECT_REASONS {
+            counter!(DISCONNECTIONS_TOTAL, "app_id" => app(), "reason" => reason).increment(0);
+        }
+        for source in BROADCAST_SOURCES {
+            counter!(BROADCASTS, "app_id" => app(), "source" => source).increment(0);
+        }
+        counter!(DELIVERIES, "app_id" => app()).increment(0);
+        counter!(DELIVERIES_DROPPED, "app_id" => app(), "reason" => "slow_consumer").increment(0);
+        for limit in Limit::ALL {
+            counter!(LIMIT_REJECTIONS, "app_id" => app(), "limit" => limit.as_str()).increment(0);
+        }
+        counter!(WEBHOOKS_SENT, "app_id" => app()).increment(0);
+        counter!(WEBHOOKS_FAILED, "app_id" => app()).increment(0);
+        counter!(WEBHOOKS_RETRIED, "app_id" => app()).increment(0);
+        for reason in WEBHOOK_DROP_REASONS {
+            counter!(WEBHOOKS_DROPPED, "app_id" => app(), "reason" => reason).increment(0);
+        }
         AppMetrics {
             messages_in: counter!(WS_MESSAGES_RECEIVED, "app_id" => app_id.to_owned()),
             bytes_in: counter!(WS_BYTES_RECEIVED, "app_id" => app_id.to_owned()),
@@ -162,12 +379,15 @@ pub fn broadcast(app_id: &str, source: &'static str, delivered: usize, dropped_s
     }
 }
 
+/// A limit refused something before any app was known.
 pub fn limit_rejected(limit: Limit) {
-    counter!(LIMIT_REJECTIONS, "limit" => limit.as_str()).increment(1);
+    limit_rejected_for("", limit);
 }
 
-pub fn draining(on: bool) {
-    gauge!(DRAINING).set(if on { 1.0 } else { 0.0 });
+/// A limit refused something of `app_id`.
+pub fn limit_rejected_for(app_id: &str, limit: Limit) {
+    counter!(LIMIT_REJECTIONS, "app_id" => app_id.to_owned(), "limit" => limit.as_str())
+        .increment(1);
 }
 
 pub const WEBHOOKS_SENT: &str = "herald_webhooks_sent_total";
@@ -177,24 +397,24 @@ pub const WEBHOOKS_DROPPED: &str = "herald_webhooks_dropped_total";
 pub const WEBHOOK_QUEUE_DEPTH: &str = "herald_webhook_queue_depth";
 pub const WEBHOOK_LATENCY: &str = "herald_webhook_latency_seconds";
 
-/// A webhook request succeeded, carrying `events` events.
-pub fn webhook_sent(events: usize, elapsed: Duration) {
-    counter!(WEBHOOKS_SENT).increment(events as u64);
+/// A webhook request of `app_id` succeeded, carrying `events` events.
+pub fn webhook_sent(app_id: &str, events: usize, elapsed: Duration) {
+    counter!(WEBHOOKS_SENT, "app_id" => app_id.to_owned()).increment(events as u64);
     histogram!(WEBHOOK_LATENCY).record(elapsed.as_secs_f64());
 }
 
 /// One failed attempt (it may be retried).
-pub fn webhook_failed() {
-    counter!(WEBHOOKS_FAILED).increment(1);
+pub fn webhook_failed(app_id: &str) {
+    counter!(WEBHOOKS_FAILED, "app_id" => app_id.to_owned()).increment(1);
 }
 
-pub fn webhook_retried() {
-    counter!(WEBHOOKS_RETRIED).increment(1);
+pub fn webhook_retried(app_id: &str) {
+    counter!(WEBHOOKS_RETRIED, "app_id" => app_id.to_owned()).increment(1);
 }
 
 /// `reason`: queue_full, retries_exhausted, cancelled (a quick return made it moot), store_error.
-pub fn webhook_dropped(reason: &'static str) {
-    counter!(WEBHOOKS_DROPPED, "reason" => reason).increment(1);
+pub fn webhook_dropped(app_id: &str, reason: &'static str) {
+    counter!(WEBHOOKS_DROPPED, "app_id" => app_id.to_owned(), "reason" => reason).increment(1);
 }
 
 pub fn webhook_queue_depth(depth: usize) {
@@ -202,15 +422,3 @@ pub fn webhook_queue_depth(depth: usize) {
 }
 
 pub const CLUSTER_NODES_REAPED: &str = "herald_cluster_nodes_reaped_total";
-
-/// Copies the Redis broker's counters into the registry (called at scrape time).
-pub fn export_broker(stats: &herald_redis::BrokerStats) {
-    use std::sync::atomic::Ordering::Relaxed;
-    counter!(BROKER_PUBLISHES).absolute(stats.publishes.load(Relaxed));
-    counter!(BROKER_RECEIVES).absolute(stats.receives.load(Relaxed));
-    counter!(BROKER_RECONNECTS).absolute(stats.reconnects.load(Relaxed));
-    counter!(BROKER_ERRORS).absolute(stats.errors.load(Relaxed));
-    counter!(BROKER_DROPPED, "reason" => "unsent").absolute(stats.dropped_unsent.load(Relaxed));
-    counter!(BROKER_DROPPED, "reason" => "invalid").absolute(stats.dropped_invalid.load(Relaxed));
-    counter!(CLUSTER_NODES_REAPED).absolute(stats.nodes_reaped.load(Relaxed));
-}

@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics, Shared};
+use crate::Shared;
 
 /// How many close batches per second of drain window, at most.
 const BATCHES_PER_SECOND: u64 = 20;
@@ -50,7 +50,6 @@ pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
     let started = Instant::now();
     let drain = &shared.config.drain;
     shared.draining.store(true, Ordering::Release);
-    metrics::draining(true);
     tokio::time::sleep(drain.delay).await;
 
     stop_accepting.cancel();

@@ -163,7 +163,7 @@ fn admit(
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !app.app.origin_allowed(origin) {
-        metrics::limit_rejected(Limit::Origin);
+        metrics::limit_rejected_for(&app.app.id, Limit::Origin);
         return Err((CloseCode::Unauthorized, "Origin not allowed"));
     }
     Ok(app.clone())
@@ -211,12 +211,12 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         .node
         .try_add_connection(shared.config.max_connections)
     {
-        metrics::limit_rejected(Limit::NodeConnections);
+        metrics::limit_rejected_for(&app.app.id, Limit::NodeConnections);
         return Box::pin(reject(socket, CloseCode::OverCapacity, "Over capacity")).await;
     }
     if !app.try_add_connection() {
         shared.node.remove_connection();
-        metrics::limit_rejected(Limit::AppConnections);
+        metrics::limit_rejected_for(&app.app.id, Limit::AppConnections);
         return reject(
             socket,
             CloseCode::AppOverQuota,
@@ -345,7 +345,9 @@ fn on_incoming(
                     let outcome = session.handle(message);
                     let app_id = &session.app().app.id;
                     match &outcome {
-                        Outcome::LimitReached(limit) => metrics::limit_rejected((*limit).into()),
+                        Outcome::LimitReached(limit) => {
+                            metrics::limit_rejected_for(app_id, (*limit).into());
+                        }
                         Outcome::ClientEvent { delivery, .. } => {
                             metrics::broadcast(
                                 app_id,

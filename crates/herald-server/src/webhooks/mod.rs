@@ -3,7 +3,8 @@
 //! secret, delayed and retried as Pusher does, decided once for the whole cluster.
 //!
 //! Socket tasks only `try_send` a [`Fact`] (what happened on this node); a processor task turns
-//! facts into webhook jobs through the [`Store`], and a sender task delivers due jobs.
+//! facts into webhook jobs through the [`Store`] (any herald-core `WebhookStore`: memory here,
+//! Redis from herald-redis), and a sender task delivers due jobs.
 //!
 //! Invariant: nothing here blocks the fan-out path or a socket task; the fact queue is bounded and
 //! its overflow is counted (`herald_webhooks_dropped_total{reason="queue_full"}`).
@@ -26,7 +27,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{WebhookTarget, WebhooksConfig};
 use crate::metrics;
-pub use store::{Job, Store};
+use store::WebhookStoreResult;
+pub use store::{Job, MemoryStore, Store};
 
 /// Channels with more subscribers than this get `subscription_count` webhooks at most every 5 s.
 const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
@@ -61,6 +63,17 @@ pub enum Fact {
         app: String,
         channel: ChannelName,
     },
+}
+
+impl Fact {
+    fn app(&self) -> &str {
+        match self {
+            Fact::Joined { app, .. }
+            | Fact::Left { app, .. }
+            | Fact::ClientEvent { app, .. }
+            | Fact::CacheMiss { app, .. } => app,
+        }
+    }
 }
 
 /// An app's webhook configuration.
@@ -116,8 +129,8 @@ impl Webhooks {
     }
 
     pub fn record(&self, fact: Fact) {
-        if self.tx.try_send(fact).is_err() {
-            metrics::webhook_dropped("queue_full");
+        if let Err(err) = self.tx.try_send(fact) {
+            metrics::webhook_dropped(err.into_inner().app(), "queue_full");
         }
     }
 
@@ -214,15 +227,16 @@ async fn process(inner: Arc<Inner>, mut rx: mpsc::Receiver<Fact>, stop: Cancella
             fact = rx.recv() => match fact { Some(f) => f, None => return },
             () = stop.cancelled() => return,
         };
+        let app = fact.app().to_owned();
         if let Err(err) = inner.apply(fact).await {
-            metrics::webhook_dropped("store_error");
+            metrics::webhook_dropped(&app, "store_error");
             tracing::warn!(%err, "webhook bookkeeping failed; this event's webhooks are lost");
         }
     }
 }
 
 impl Inner {
-    async fn apply(&self, fact: Fact) -> redis::RedisResult<()> {
+    async fn apply(&self, fact: Fact) -> WebhookStoreResult<()> {
         let delay = self.config.leave_delay;
         match fact {
             Fact::Joined {
@@ -343,7 +357,7 @@ impl Inner {
         app: &str,
         channel: &ChannelName,
         count: usize,
-    ) -> redis::RedisResult<()> {
+    ) -> WebhookStoreResult<()> {
         if channel.kind() == ChannelKind::Presence {
             return Ok(());
         }
@@ -369,7 +383,7 @@ impl Inner {
         event: serde_json::Value,
         pending_key: Option<String>,
         delay_ms: u64,
-    ) -> redis::RedisResult<()> {
+    ) -> WebhookStoreResult<()> {
         let Some(hooks) = self.apps.get(app) else {
             return Ok(());
         };

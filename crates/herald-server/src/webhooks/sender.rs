@@ -112,7 +112,7 @@ async fn claim_groups(inner: &Inner) -> Vec<Vec<(Job, Job)>> {
             match inner.store.take(&key).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    metrics::webhook_dropped("cancelled");
+                    metrics::webhook_dropped(&job.app, "cancelled");
                     let _ = inner.store.complete(&job).await;
                     continue;
                 }
@@ -168,9 +168,9 @@ async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) 
         )
         .await
         {
-            Ok(()) => metrics::webhook_sent(group.len(), started.elapsed()),
+            Ok(()) => metrics::webhook_sent(&first.app, group.len(), started.elapsed()),
             Err(reason) => {
-                metrics::webhook_failed();
+                metrics::webhook_failed(&first.app);
                 tracing::debug!(url = %target.url, %reason, "webhook attempt failed");
                 failed.push(target_idx);
             }
@@ -194,11 +194,11 @@ async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) 
                 .first_due_ms
                 .saturating_add(inner.config.retry_window.as_millis() as u64)
         {
-            metrics::webhook_dropped("retries_exhausted");
+            metrics::webhook_dropped(&job.app, "retries_exhausted");
             tracing::warn!(app = %job.app, attempts, "webhook dropped after its retry window");
             continue;
         }
-        metrics::webhook_retried();
+        metrics::webhook_retried(&job.app);
         let next = Job {
             targets: failed.clone(),
             attempts,

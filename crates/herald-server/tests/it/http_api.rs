@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use crate::metrics::{scrape, server_with_own_app, trigger_app};
 use crate::support::*;
 
 #[tokio::test]
@@ -334,22 +335,29 @@ async fn oversized_request_body_is_413() {
 
 #[tokio::test]
 async fn health_and_metrics() {
-    let server = TestServer::default().await;
+    let (server, app) = server_with_own_app(|_| {}).await;
     assert_eq!(server.get("/up").await.0, 200);
     assert_eq!(server.get("/ready").await.0, 200);
+    let app = [("app_id", app.as_str())];
+    let before = scrape(&server).await;
+    assert_eq!(before.value("herald_node_connections", &[]), 0.0);
+    assert_eq!(before.value("herald_connections_total", &app), 0.0);
+    assert_eq!(before.value("herald_deliveries_total", &app), 0.0);
     let mut client = server.client().await;
     client.subscribe("m").await;
-    server.trigger("m", "e", "d").await;
+    trigger_app(&server, app[0].1, "m", "e", "d").await;
     client.expect_next("e").await;
-    let (status, text) = server.get("/metrics").await;
-    assert_eq!(status, 200);
-    let text = text.as_str().unwrap().to_owned();
-    for name in [
-        "herald_node_connections",
-        "herald_connections_total",
-        "herald_http_requests_total",
-        "herald_deliveries_total",
-    ] {
-        assert!(text.contains(name), "{name} missing from /metrics");
-    }
+    let after = scrape(&server).await;
+    assert_eq!(after.value("herald_node_connections", &[]), 1.0);
+    assert_eq!(after.value("herald_connections_active", &app), 1.0);
+    assert_eq!(after.value("herald_connections_total", &app), 1.0);
+    assert_eq!(after.value("herald_deliveries_total", &app), 1.0);
+    let api = [("app_id", app[0].1), ("source", "api")];
+    assert_eq!(after.value("herald_broadcasts_total", &api), 1.0);
+    // Other servers in this process publish too: the process-wide request counter only grows.
+    let events = [("endpoint", "events"), ("status", "200")];
+    assert!(
+        after.value("herald_http_requests_total", &events)
+            >= before.value("herald_http_requests_total", &events) + 1.0
+    );
 }

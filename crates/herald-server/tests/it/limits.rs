@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::metrics::{scrape, server_with_own_app, trigger_app};
 use crate::support::*;
 
 #[tokio::test]
@@ -80,18 +81,24 @@ async fn origin_allow_list_answers_4009() {
 
 #[tokio::test]
 async fn too_many_channels_on_one_connection() {
-    let server = TestServer::start(|c| c.limits.max_channels_per_connection = 2).await;
+    let (server, app) = server_with_own_app(|c| c.limits.max_channels_per_connection = 2).await;
+    let limit = [
+        ("app_id", app.as_str()),
+        ("limit", "channels_per_connection"),
+    ];
     let mut client = server.client().await;
     client.subscribe("a").await;
     client.subscribe("b").await;
+    let before = scrape(&server)
+        .await
+        .value("herald_limit_rejections_total", &limit);
     let frame = client.subscribe("c").await;
     assert_eq!(frame["event"], "pusher:subscription_error");
     assert_eq!(frame["data"]["type"], "LimitReached");
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(metrics
-        .as_str()
-        .unwrap()
-        .contains("limit=\"channels_per_connection\""));
+    let after = scrape(&server)
+        .await
+        .value("herald_limit_rejections_total", &limit);
+    assert_eq!(after - before, 1.0);
     // Re-subscribing to one it has is still fine.
     assert_eq!(
         client.subscribe("a").await["event"],
@@ -101,7 +108,14 @@ async fn too_many_channels_on_one_connection() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_without_hurting_others() {
-    let server = TestServer::start(|c| c.limits.outbox_max_bytes = 64 * 1024).await;
+    let (server, app) = server_with_own_app(|c| c.limits.outbox_max_bytes = 64 * 1024).await;
+    let dropped = [("app_id", app.as_str()), ("reason", "slow_consumer")];
+    let closed = [("app_id", app.as_str()), ("reason", "slow_consumer")];
+    let before = scrape(&server).await;
+    assert_eq!(
+        before.value("herald_deliveries_dropped_total", &dropped),
+        0.0
+    );
     let mut reader = server.client().await;
     reader.subscribe("firehose").await;
     let mut stalled = server.client().await;
@@ -116,7 +130,7 @@ async fn slow_consumer_is_closed_without_hurting_others() {
             tokio::time::Instant::now() < deadline,
             "stalled client was never closed"
         );
-        server.trigger("firehose", "bulk", &payload).await;
+        trigger_app(&server, &app, "firehose", "bulk", &payload).await;
         n += 1;
         // The healthy reader keeps up.
         reader.expect_next("bulk").await;
@@ -126,9 +140,12 @@ async fn slow_consumer_is_closed_without_hurting_others() {
     // Its buffers were full, so the 4100 close frame may not have fit; the socket must end either way.
     let code = stalled.expect_close_eventually().await;
     assert!(matches!(code, Some(4100) | None), "{code:?}");
-    let (_, text) = server.get("/metrics").await;
-    assert!(text.as_str().unwrap().contains("reason=\"slow_consumer\""));
-    server.trigger("firehose", "after", "1").await;
+    crate::metrics::until_metrics(&server, "the slow consumer is counted", |m| {
+        m.value("herald_disconnections_total", &closed) == 1.0
+            && m.value("herald_deliveries_dropped_total", &dropped) >= 1.0
+    })
+    .await;
+    trigger_app(&server, &app, "firehose", "after", "1").await;
     reader.expect_next("after").await;
     let _ = json!({});
 }

@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use crate::metrics::{scrape, server_with_own_app};
 use crate::support::*;
 
 #[tokio::test]
@@ -110,20 +111,23 @@ async fn presence_needs_signed_channel_data() {
 
 #[tokio::test]
 async fn presence_member_limit_is_enforced() {
-    let server = TestServer::start(|c| c.apps[0].max_presence_members = 2).await;
+    let (server, app) = server_with_own_app(|c| c.apps[0].max_presence_members = 2).await;
+    let limit = [("app_id", app.as_str()), ("limit", "presence_members")];
     let mut a = server.client().await;
     let mut b = server.client().await;
     let mut c = server.client().await;
     a.subscribe_presence("presence-small", "a").await;
     b.subscribe_presence("presence-small", "b").await;
+    let before = scrape(&server)
+        .await
+        .value("herald_limit_rejections_total", &limit);
     let refused = c.subscribe_presence("presence-small", "c").await;
     assert_eq!(refused["event"], "pusher:subscription_error");
     assert_eq!(refused["data"]["type"], "LimitReached");
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(metrics
-        .as_str()
-        .unwrap()
-        .contains("limit=\"presence_members\""));
+    let after = scrape(&server)
+        .await
+        .value("herald_limit_rejections_total", &limit);
+    assert_eq!(after - before, 1.0);
     // Another connection of an existing member still fits.
     let mut a2 = server.client().await;
     assert_eq!(

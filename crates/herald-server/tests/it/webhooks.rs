@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::metrics::{scrape, server_with_own_app, trigger_app, until_metrics};
 use crate::support::*;
 
 /// A webhook receiver: answers with scripted statuses (then 200) and records what it got.
@@ -251,11 +252,12 @@ async fn client_events_and_cache_misses_are_reported() {
 async fn failing_receiver_is_retried_until_it_succeeds() {
     let mut receiver = Receiver::start(vec![500, 503]).await;
     let url = receiver.url();
-    let server = TestServer::start(|c| {
+    let (server, app) = server_with_own_app(|c| {
         hooked(c, url);
         c.apps[0].webhooks[0].event_types = vec!["channel_occupied".into()];
     })
     .await;
+    let app = [("app_id", app.as_str())];
     let mut client = server.client().await;
     client.subscribe("room").await;
     assert_eq!(receiver.next_request().await["_status"], 500);
@@ -263,11 +265,13 @@ async fn failing_receiver_is_retried_until_it_succeeds() {
     let ok = receiver.next_request().await;
     assert_eq!(ok["_status"], 200);
     assert_eq!(ok["events"][0]["name"], "channel_occupied");
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(metrics
-        .as_str()
-        .unwrap()
-        .contains("herald_webhooks_retried_total"));
+    // The success is counted after the receiver answered.
+    let metrics = until_metrics(&server, "the delivery is counted", |m| {
+        m.value("herald_webhooks_sent_total", &app) == 1.0
+    })
+    .await;
+    assert_eq!(metrics.value("herald_webhooks_failed_total", &app), 2.0);
+    assert_eq!(metrics.value("herald_webhooks_retried_total", &app), 2.0);
 }
 
 #[tokio::test]
@@ -277,31 +281,30 @@ async fn unreachable_receiver_costs_nothing_to_sockets_and_is_dropped_after_the_
         .local_addr()
         .unwrap()
         .port();
-    let server = TestServer::start(|c| {
+    let (server, app) = server_with_own_app(|c| {
         hooked(c, format!("http://127.0.0.1:{port}/down"));
         c.webhooks.retry_window = Duration::from_millis(500);
     })
     .await;
+    let exhausted = [("app_id", app.as_str()), ("reason", "retries_exhausted")];
+    assert_eq!(
+        scrape(&server)
+            .await
+            .value("herald_webhooks_dropped_total", &exhausted),
+        0.0
+    );
     let mut client = server.client().await;
     client.subscribe("room").await;
-    server.trigger("room", "still", "fine").await;
+    trigger_app(&server, &app, "room", "still", "fine").await;
     client.expect_next("still").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = server.get("/metrics").await;
-        if metrics
-            .as_str()
-            .unwrap()
-            .contains("herald_webhooks_dropped_total{reason=\"retries_exhausted\"}")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "webhook was never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = until_metrics(&server, "the webhook is dropped", |m| {
+        m.value("herald_webhooks_dropped_total", &exhausted) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.value("herald_webhooks_sent_total", &[("app_id", app.as_str())]),
+        0.0
+    );
 }
 
 #[tokio::test]
