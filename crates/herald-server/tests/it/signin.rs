@@ -123,3 +123,28 @@ async fn terminate_closes_every_connection_of_the_user() {
     assert_eq!(tab2.expect_close().await, Closed::Code(4009));
     other.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn every_signin_refusal_says_why_then_closes_with_4009() {
+    let server = TestServer::default().await;
+    let cases = [
+        (None, "{\"id\":\"x\"}", "Invalid signature"),
+        (Some(()), "not json", "user_data is not valid JSON"),
+        (Some(()), "{\"name\":\"x\"}", "needs a non-empty string id"),
+    ];
+    for (signed, user_data, words) in cases {
+        let mut client = server.client().await;
+        let auth = match signed {
+            Some(()) => signin_auth(&client.socket_id, user_data),
+            None => format!("{KEY}:{}", "0".repeat(64)),
+        };
+        client
+            .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+            .await;
+        let error = client.expect_next("pusher:error").await;
+        assert_eq!(error["data"]["code"], 4009, "{error}");
+        let message = error["data"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{error} should say {words:?}");
+        assert_eq!(client.expect_close().await, Closed::Code(4009));
+    }
+}
