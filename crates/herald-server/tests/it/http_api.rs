@@ -1,6 +1,8 @@
 //! The signed HTTP API over real HTTP: every endpoint and every error status.
 
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::*;
 
@@ -330,6 +332,248 @@ async fn oversized_request_body_is_413() {
     let body = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)});
     let (status, res) = server.api("POST", "/apps/1/events", &[], Some(&body)).await;
     assert_eq!(status, 413, "{res}");
+    assert_eq!(res["error"], "Request body is larger than 1000 bytes");
+}
+
+/// Sends raw bytes on a new connection and reads the answer until the server closes it.
+async fn raw_http(server: &TestServer, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    read_to_close(&mut tcp).await
+}
+
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("the server should close the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A signed publish as an SDK sends it, keep-alive.
+fn publish_request(body: &str) -> String {
+    let uri = signed_uri(
+        "POST",
+        "/apps/1/events",
+        &[],
+        body.as_bytes(),
+        SECRET,
+        now(),
+    );
+    format!(
+        "POST {uri} HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The Node SDK keeps connections alive: after a 413 it must not send its next publish on a
+/// connection the server is about to drop, so the 413 says `Connection: close`.
+#[tokio::test]
+async fn oversized_body_on_keep_alive_says_connection_close() {
+    let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
+    let mut canary = server.client().await;
+    canary.subscribe("c").await;
+    let big = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)}).to_string();
+    let small = json!({"name": "ok", "channel": "c", "data": "{}"}).to_string();
+    // Both requests on one keep-alive connection, as a pipelining client would send them.
+    let request = format!("{}{}", publish_request(&big), publish_request(&small));
+    let answer = raw_http(&server, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let head = answer.to_lowercase();
+    assert!(head.contains("connection: close"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"Request body is larger than 1000 bytes"}"#),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    // The client reconnects; a new connection publishes.
+    let answer = raw_http(
+        &server,
+        publish_request(&small)
+            .replacen("Host: herald", "Host: herald\r\nConnection: close", 1)
+            .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(canary.expect_next("ok").await["channel"], "c");
+}
+
+/// A body that is not JSON by its `Content-Type` is refused before it is read.
+#[tokio::test]
+async fn non_json_content_type_is_415() {
+    let server = TestServer::default().await;
+    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string();
+    let request = publish_request(&body)
+        .replace("application/json", "text/plain")
+        .replacen("Host: herald", "Host: herald\r\nConnection: close", 1);
+    let answer = raw_http(&server, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(
+        answer.contains("Content-Type must be application/json"),
+        "{answer}"
+    );
+    // With a charset, or without a Content-Type at all, the same body is published.
+    let request = publish_request(&body)
+        .replace("application/json", "application/json; charset=utf-8")
+        .replacen("Host: herald", "Host: herald\r\nConnection: close", 1);
+    assert!(raw_http(&server, request.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let request = publish_request(&body).replace(
+        "Content-Type: application/json\r\n",
+        "Connection: close\r\n",
+    );
+    assert!(raw_http(&server, request.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+/// Query strings, signatures, `info`, paths and methods: each refusal is its documented status
+/// with a JSON body naming the problem.
+#[tokio::test]
+async fn every_api_refusal_is_json_naming_the_problem() {
+    let server = TestServer::default().await;
+    let check = |got: (u16, Value), status: u16, words: &str| {
+        assert_eq!(got.0, status, "{}", got.1);
+        let error = got.1["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", got.1));
+        assert!(error.contains(words), "{error:?} should say {words:?}");
+    };
+    let uri = signed_uri("GET", "/apps/1/channels", &[], b"", SECRET, now());
+    check(
+        server
+            .get(&uri.replace("auth_version=1.0", "auth_version=2.0"))
+            .await,
+        400,
+        "auth_version",
+    );
+    check(
+        server.get(&format!("{uri}&auth_key={KEY}")).await,
+        400,
+        "given twice",
+    );
+    check(server.get(&format!("{uri}&x=%ff")).await, 400, "UTF-8");
+    check(
+        server
+            .get(&uri.replace("auth_timestamp=", "auth_timestamp=x"))
+            .await,
+        401,
+        "auth_timestamp",
+    );
+    for param in [
+        "auth_key",
+        "auth_timestamp",
+        "auth_version",
+        "auth_signature",
+    ] {
+        let stripped: Vec<&str> = uri
+            .split(['?', '&'])
+            .skip(1)
+            .filter(|p| !p.starts_with(param))
+            .collect();
+        check(
+            server
+                .get(&format!("/apps/1/channels?{}", stripped.join("&")))
+                .await,
+            401,
+            &format!("Missing {param}"),
+        );
+    }
+    check(
+        server
+            .api("GET", "/apps/1/channels", &[("info", "members")], None)
+            .await,
+        400,
+        "Unknown info attribute \"members\"",
+    );
+    check(
+        server
+            .api("GET", "/apps/1/channels", &[("info", "cache")], None)
+            .await,
+        400,
+        "info=cache",
+    );
+    check(
+        server
+            .api(
+                "GET",
+                "/apps/1/channels/news",
+                &[("info", "user_count")],
+                None,
+            )
+            .await,
+        400,
+        "info=user_count is only valid for presence channels",
+    );
+    check(
+        server
+            .api("GET", "/apps/1/channels/bad%20name", &[], None)
+            .await,
+        400,
+        "Invalid channel name \"bad name\"",
+    );
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/events",
+                &[],
+                Some(&json!({"name": "e", "channel": "c", "data": "d", "info": "cache"})),
+            )
+            .await,
+        400,
+        "info=cache",
+    );
+    let batch: Vec<Value> = (0..11)
+        .map(|_| json!({"name": "e", "channel": "c", "data": "d"}))
+        .collect();
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/batch_events",
+                &[],
+                Some(&json!({ "batch": batch })),
+            )
+            .await,
+        400,
+        "at most 10",
+    );
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/batch_events",
+                &[],
+                Some(&json!({"batch": [{"name": "e", "channel": "c", "data": "d"}, {"name": "e", "channel": "bad name", "data": "d"}]})),
+            )
+            .await,
+        400,
+        "batch[1]: Invalid channel name",
+    );
+    check(
+        server
+            .api("POST", "/apps/1/events", &[], Some(&json!([1, 2])))
+            .await,
+        400,
+        "Invalid JSON body",
+    );
+    // Answers axum and tower make themselves carry the same JSON body.
+    check(
+        server
+            .send_http("GET", "/apps/1/events", String::new())
+            .await,
+        405,
+        "Method not allowed",
+    );
 }
 
 #[tokio::test]
