@@ -19,7 +19,7 @@ use super::info::InfoAttribute;
 /// | 401 | missing auth parameter, unknown key, bad timestamp, `body_md5`, signature |
 /// | 403 | app disabled |
 /// | 404 | unknown app id |
-/// | 413 | body over `limits.max_request_body_bytes` (with `Connection: close`), event data too large |
+/// | 413 | body over `limits.max_request_body_bytes` (`Connection: close` unless it was read to its end), event data too large |
 /// | 415 | a body whose `Content-Type` is not JSON |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -47,8 +47,9 @@ pub enum ApiError {
     BodyMd5Mismatch,
     #[error("Invalid auth_signature")]
     InvalidSignature,
+    /// `drained`: the body was read to its end, so the connection stays usable.
     #[error("Request body is larger than {max} bytes")]
-    BodyTooLarge { max: usize },
+    BodyTooLarge { max: usize, drained: bool },
     #[error("Could not read the request body: {0}")]
     BodyUnreadable(String),
     #[error("Content-Type must be application/json, not {0:?}")]
@@ -130,7 +131,7 @@ impl ApiError {
     fn body_left_unread(&self) -> bool {
         matches!(
             self,
-            ApiError::BodyTooLarge { .. } | ApiError::BodyUnreadable(_)
+            ApiError::BodyTooLarge { drained: false, .. } | ApiError::BodyUnreadable(_)
         )
     }
 
@@ -206,7 +207,10 @@ mod tests {
             ),
             (ApiError::InvalidSignature, "401 Invalid auth_signature"),
             (
-                ApiError::BodyTooLarge { max: 10 },
+                ApiError::BodyTooLarge {
+                    max: 10,
+                    drained: true,
+                },
                 "413 Request body is larger than 10 bytes",
             ),
             (
@@ -271,9 +275,19 @@ mod tests {
     }
 
     #[test]
-    fn only_an_unread_body_closes_the_connection() {
-        let res = ApiError::BodyTooLarge { max: 1 }.into_response();
+    fn only_a_body_left_unread_closes_the_connection() {
+        let res = ApiError::BodyTooLarge {
+            max: 1,
+            drained: false,
+        }
+        .into_response();
         assert_eq!(res.headers()[header::CONNECTION], "close");
+        let res = ApiError::BodyTooLarge {
+            max: 1,
+            drained: true,
+        }
+        .into_response();
+        assert!(res.headers().get(header::CONNECTION).is_none());
         let res = ApiError::InvalidSignature.into_response();
         assert!(res.headers().get(header::CONNECTION).is_none());
     }

@@ -9,17 +9,23 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, Uri};
+use bytes::BytesMut;
 use herald_core::AppState;
 use herald_protocol::signature;
+use http_body_util::BodyExt;
 
 use super::ApiError;
 use crate::{metrics, Shared};
 
 /// The only `auth_version` the Pusher HTTP API has.
 const AUTH_VERSION: &str = "1.0";
+
+/// How much of an oversized body is read and dropped, as a multiple of the limit, so that the 413
+/// goes out on a connection that stays usable.
+const DRAIN_FACTOR: usize = 8;
 
 /// A verified request: its app, its decoded query and path parameters, and its body.
 pub struct SignedRequest {
@@ -76,22 +82,15 @@ impl FromRequest<Arc<Shared>> for SignedRequest {
         }
         .clone();
         check_content_type(&parts.method, &parts.headers)?;
-        let req = Request::from_parts(parts, body);
-        let (method, uri) = (req.method().clone(), req.uri().clone());
-        let body = Bytes::from_request(req, shared)
+        let max = shared.config.limits.max_request_body_bytes;
+        let body = read_body(&parts.headers, body, max)
             .await
-            .map_err(|rejection| {
-                let status = rejection.status();
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
+            .inspect_err(|err| {
+                if matches!(err, ApiError::BodyTooLarge { .. }) {
                     metrics::limit_rejected(metrics::Limit::RequestBody);
-                    ApiError::BodyTooLarge {
-                        max: shared.config.limits.max_request_body_bytes,
-                    }
-                } else {
-                    ApiError::BodyUnreadable(rejection.body_text())
                 }
             })?;
-        verify(shared, &app, &method, &uri, &query, &body)?;
+        verify(shared, &app, &parts.method, &parts.uri, &query, &body)?;
         Ok(SignedRequest {
             app,
             query,
@@ -99,6 +98,65 @@ impl FromRequest<Arc<Shared>> for SignedRequest {
             body,
         })
     }
+}
+
+/// Reads a body of at most `max` bytes.
+///
+/// A larger one is read on and dropped, up to `DRAIN_FACTOR` times `max`: the 413 then goes out
+/// on a connection that stays usable, as keep-alive clients (the Node SDK's agent) send their next
+/// request on it, and no unread input turns the close into a reset that loses the answer. A body
+/// declared or found larger still is not read: its 413 says `Connection: close`. A slow sender is
+/// cut off by the router's request timeout.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let drain_max = max.saturating_mul(DRAIN_FACTOR);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain_max as u64) {
+        return Err(ApiError::BodyTooLarge {
+            max,
+            drained: false,
+        });
+    }
+    let mut body = body;
+    // Most bodies arrive in one frame: keep it without copying.
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| ApiError::BodyUnreadable(err.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // Trailers.
+        };
+        total = total.saturating_add(data.len());
+        if total > drain_max {
+            return Err(ApiError::BodyTooLarge {
+                max,
+                drained: false,
+            });
+        }
+        if total > max {
+            continue;
+        }
+        match &first {
+            None => first = Some(data),
+            Some(_) => rest.extend_from_slice(&data),
+        }
+    }
+    if total > max {
+        return Err(ApiError::BodyTooLarge { max, drained: true });
+    }
+    Ok(match first {
+        None => Bytes::new(),
+        Some(first) if rest.is_empty() => first,
+        Some(first) => {
+            let mut all = BytesMut::with_capacity(total);
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&rest);
+            all.freeze()
+        }
+    })
 }
 
 /// Decodes the query; a parameter given twice or bytes that are not UTF-8 make it ambiguous what

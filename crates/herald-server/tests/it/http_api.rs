@@ -373,27 +373,61 @@ fn publish_request(body: &str) -> String {
     )
 }
 
-/// The Node SDK keeps connections alive: after a 413 it must not send its next publish on a
-/// connection the server is about to drop, so the 413 says `Connection: close`.
+/// The Node SDK keeps connections alive and sends its next publish on the connection that got
+/// the 413, so an oversized body is read to its end and the connection stays usable.
 #[tokio::test]
-async fn oversized_body_on_keep_alive_says_connection_close() {
+async fn oversized_body_leaves_the_keep_alive_connection_usable() {
     let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
     let mut canary = server.client().await;
     canary.subscribe("c").await;
     let big = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)}).to_string();
     let small = json!({"name": "ok", "channel": "c", "data": "{}"}).to_string();
-    // Both requests on one keep-alive connection, as a pipelining client would send them.
-    let request = format!("{}{}", publish_request(&big), publish_request(&small));
+    // Both on one connection; the second asks the server to close after answering.
+    let request = format!(
+        "{}{}",
+        publish_request(&big),
+        publish_request(&small).replacen("Host: herald", "Host: herald\r\nConnection: close", 1)
+    );
     let answer = raw_http(&server, request.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    let head = answer.to_lowercase();
-    assert!(head.contains("connection: close"), "{answer}");
+    let (first, second) = answer
+        .split_once("HTTP/1.1 200")
+        .unwrap_or_else(|| panic!("the second request should be answered: {answer}"));
+    assert!(first.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
-        answer.contains(r#"{"error":"Request body is larger than 1000 bytes"}"#),
+        !first.to_lowercase().contains("connection: close"),
         "{answer}"
     );
-    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
-    // The client reconnects; a new connection publishes.
+    assert!(
+        first.contains(r#"{"error":"Request body is larger than 1000 bytes"}"#),
+        "{answer}"
+    );
+    assert!(second.ends_with("{}"), "{answer}");
+    assert_eq!(canary.expect_next("ok").await["channel"], "c");
+}
+
+/// A body too large to be worth reading is refused from its `Content-Length` with
+/// `Connection: close`, so the client does not reuse the connection; a new one publishes.
+#[tokio::test]
+async fn huge_body_is_refused_with_connection_close() {
+    let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
+    let mut canary = server.client().await;
+    canary.subscribe("c").await;
+    let uri = signed_uri("POST", "/apps/1/events", &[], b"{}", SECRET, now());
+    // Only the head: the answer must not wait for a body it will not read.
+    let head = format!(
+        "POST {uri} HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let answer = raw_http(&server, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Request body is larger than 1000 bytes"),
+        "{answer}"
+    );
+    let small = json!({"name": "ok", "channel": "c", "data": "{}"}).to_string();
     let answer = raw_http(
         &server,
         publish_request(&small)
