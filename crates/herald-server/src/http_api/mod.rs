@@ -14,8 +14,7 @@ mod users;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,37 +42,10 @@ pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
             "/users/{user_id}/terminate_connections",
             post(users::terminate),
         )
-        .layer(DefaultBodyLimit::max(limits.max_request_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(axum::middleware::map_response(json_error_body))
-}
-
-/// Gives the answers axum and tower make themselves (405 with its `Allow` header, 408 on a
-/// timeout) the same `{"error": "..."}` body as every [`ApiError`].
-async fn json_error_body(res: Response) -> Response {
-    let status = res.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || res.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return res;
-    }
-    let message = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed on this route".to_owned(),
-        StatusCode::REQUEST_TIMEOUT => "The request took too long".to_owned(),
-        other => other
-            .canonical_reason()
-            .unwrap_or("Request refused")
-            .to_owned(),
-    };
-    let (mut parts, _) = res.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body = Json(serde_json::json!({ "error": message })).into_response();
-    let (body_parts, body) = body.into_parts();
-    parts.headers.extend(body_parts.headers);
-    Response::from_parts(parts, body)
 }
 
 /// Wraps a handler's result with the request metric.
