@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod error;
 pub mod node;
 pub mod outbox;
 pub mod presence;
@@ -14,6 +15,10 @@ pub mod webhook_store;
 
 pub use app::{App, AppSecret, NodeLimits};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
+pub use error::{
+    ChannelDataError, ClientEventError, ConnectionError, MessageError, SigninError, SubscribeError,
+    SubscriptionRefusal,
+};
 pub use node::{AppState, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry};
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 pub use session::{Session, SessionLimit};

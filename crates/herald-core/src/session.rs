@@ -9,16 +9,14 @@ use std::time::Instant;
 
 use herald_protocol::server_message;
 use herald_protocol::signature;
-use herald_protocol::{
-    ChannelKind, ChannelName, ChannelNameError, ClientMessage, CloseCode, ErrorCode, SocketId,
-    UserId,
-};
+use herald_protocol::{ChannelKind, ChannelName, ClientMessage, ErrorCode, SocketId, UserId};
 use serde_json::value::RawValue;
 
 use crate::app::NodeLimits;
 use crate::broker::{Announcement, Broker, Envelope};
+use crate::error::{ChannelDataError, ClientEventError, MessageError, SigninError, SubscribeError};
 use crate::node::{
-    AppState, Delivery, PresenceMember, SubscribeError, Subscribed, SubscriptionEntry, Unsubscribed,
+    AppState, Delivery, PresenceMember, Subscribed, SubscriptionEntry, Unsubscribed,
 };
 use crate::outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 use crate::rate_limit::TokenBucket;
@@ -138,21 +136,30 @@ impl Session {
             ClientMessage::Pong => Outcome::Nothing,
             ClientMessage::Unknown { event } => {
                 // As Pusher does: say so, keep the socket.
-                self.send_error(None, &format!("Unsupported event received: {event}"));
+                self.refuse_message(&MessageError::UnsupportedEvent(event));
                 Outcome::Nothing
             }
             ClientMessage::Subscribe {
                 channel,
                 auth,
                 channel_data,
-            } => self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()),
+            } => match self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()) {
+                Ok(outcome) => outcome,
+                Err(err) => self.refuse_subscription(&channel, &err),
+            },
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel),
-            ClientMessage::Signin { auth, user_data } => self.sign_in(&auth, &user_data),
+            ClientMessage::Signin { auth, user_data } => match self.sign_in(&auth, &user_data) {
+                Ok(outcome) => outcome,
+                Err(err) => self.refuse_signin(err),
+            },
             ClientMessage::ClientEvent {
                 event,
                 channel,
                 data,
-            } => self.client_event(&event, &channel, &data),
+            } => match self.client_event(&event, &channel, &data) {
+                Ok(outcome) => outcome,
+                Err(err) => self.refuse_client_event(err),
+            },
         }
     }
 
@@ -161,76 +168,83 @@ impl Session {
         self.reply(server_message::error(code.map(ErrorCode::code), message));
     }
 
+    /// Answers a message the session could not act on; the socket stays open.
+    pub fn refuse_message(&self, err: &MessageError) {
+        self.send_error(err.code(), &err.to_string());
+    }
+
     fn reply(&self, text: String) {
         let _ = self.outbox.push(Frame::new(text));
     }
 
-    fn subscription_error(&self, channel: &str, kind: &str, error: &str, status: u16) -> Outcome {
+    fn refuse_subscription(&self, channel: &str, err: &SubscribeError) -> Outcome {
+        let refusal = err.refusal();
         self.reply(server_message::subscription_error(
-            channel, kind, error, status,
+            channel,
+            refusal.kind,
+            &err.to_string(),
+            refusal.status,
         ));
-        Outcome::SubscribeRejected
+        match err {
+            SubscribeError::TooManyChannels { .. } => {
+                Outcome::LimitReached(SessionLimit::ChannelsPerConnection)
+            }
+            SubscribeError::PresenceFull { .. } => {
+                Outcome::LimitReached(SessionLimit::PresenceMembers)
+            }
+            SubscribeError::InvalidChannelName(_)
+            | SubscribeError::ChannelNameTooLong { .. }
+            | SubscribeError::MissingAuth
+            | SubscribeError::InvalidSignature
+            | SubscribeError::MissingChannelData
+            | SubscribeError::MalformedChannelData(_)
+            | SubscribeError::UserIdTooLong { .. }
+            | SubscribeError::UserInfoTooLarge { .. }
+            | SubscribeError::NotSignedInAsUser => Outcome::SubscribeRejected,
+        }
     }
 
-    fn subscribe(&mut self, name: &str, auth: Option<&str>, channel_data: Option<&str>) -> Outcome {
-        let channel = match ChannelName::parse(name, self.limits.max_channel_name_length) {
-            Ok(channel) => channel,
-            Err(err @ ChannelNameError::TooLong { .. }) => {
-                return self.subscription_error(name, "LimitReached", &err.to_string(), 4009)
-            }
-            Err(err) => {
-                return self.subscription_error(name, "InvalidChannel", &err.to_string(), 4009)
-            }
-        };
+    fn subscribe(
+        &mut self,
+        name: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<Outcome, SubscribeError> {
+        let channel = ChannelName::parse(name, self.limits.max_channel_name_length)?;
         if !self.channels.contains_key(&channel)
             && self.channels.len() >= self.limits.max_channels_per_connection
         {
-            let error = format!(
-                "Too many channels on one connection (at most {})",
-                self.limits.max_channels_per_connection
-            );
-            self.subscription_error(name, "LimitReached", &error, 4100);
-            return Outcome::LimitReached(SessionLimit::ChannelsPerConnection);
+            return Err(SubscribeError::TooManyChannels {
+                max: self.limits.max_channels_per_connection,
+            });
         }
         let socket = self.socket_id.to_string();
         let app = &self.app.app;
+        // Empty `auth` is "none": clients may send `"auth":""` on public channels.
+        let auth = auth.filter(|a| !a.is_empty());
+        let verify = |message: &str| {
+            let auth = auth.ok_or(SubscribeError::MissingAuth)?;
+            if signature::verify_auth(&app.key, app.secret.expose(), message, auth) {
+                Ok(())
+            } else {
+                Err(SubscribeError::InvalidSignature)
+            }
+        };
         let member = match channel.kind() {
             ChannelKind::Public => None,
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                let message = signature::channel_auth_message(&socket, name, None);
-                if !auth.is_some_and(|a| {
-                    signature::verify_auth(&app.key, app.secret.expose(), &message, a)
-                }) {
-                    return self.subscription_error(name, "AuthError", "Invalid signature", 401);
-                }
+                verify(&signature::channel_auth_message(&socket, name, None))?;
                 None
             }
             ChannelKind::Presence => {
-                let Some(data) = channel_data else {
-                    return self.subscription_error(name, "AuthError", "Missing channel_data", 401);
-                };
-                let message = signature::channel_auth_message(&socket, name, Some(data));
-                if !auth.is_some_and(|a| {
-                    signature::verify_auth(&app.key, app.secret.expose(), &message, a)
-                }) {
-                    return self.subscription_error(name, "AuthError", "Invalid signature", 401);
-                }
-                match parse_channel_data(data, app.max_presence_user_info_bytes) {
-                    Ok(member) => Some(member),
-                    Err(error) => {
-                        return self.subscription_error(name, "LimitReached", &error, 4009)
-                    }
-                }
+                let data = channel_data.ok_or(SubscribeError::MissingChannelData)?;
+                verify(&signature::channel_auth_message(&socket, name, Some(data)))?;
+                Some(parse_channel_data(data, app.max_presence_user_info_bytes)?)
             }
             ChannelKind::ServerToUser => {
                 let owner = channel.server_to_user();
                 if self.signed_in.as_ref().map(|s| &s.user) != owner.as_ref() {
-                    return self.subscription_error(
-                        name,
-                        "AuthError",
-                        "Only the connection signed in as this user may subscribe",
-                        403,
-                    );
+                    return Err(SubscribeError::NotSignedInAsUser);
                 }
                 None
             }
@@ -239,39 +253,30 @@ impl Session {
         let user_info = member
             .as_ref()
             .and_then(|m| m.user_info.as_ref().map(|i| i.get().to_owned()));
-        match self
+        let res = self
             .app
-            .subscribe(self.socket_id, &self.outbox, &channel, member)
-        {
-            Ok(res) => {
-                self.broker.announce(Announcement::Subscribed {
-                    app_id: self.app.app.id.clone(),
-                    entry: SubscriptionEntry {
-                        channel: channel.clone(),
-                        socket: self.socket_id,
-                        user: user.clone(),
-                        user_info,
-                    },
-                });
-                let previous = self
-                    .channels
-                    .get_key_value(&channel)
-                    .and_then(|(_, u)| u.clone());
-                let replaced = previous.filter(|p| Some(p) != user.as_ref());
-                self.channels.insert(channel.clone(), user.clone());
-                Outcome::Subscribed {
-                    channel,
-                    res,
-                    user,
-                    replaced,
-                }
-            }
-            Err(SubscribeError::PresenceFull { max }) => {
-                let error = format!("The maximum members per presence channel ({max}) was reached");
-                self.subscription_error(name, "LimitReached", &error, 4100);
-                Outcome::LimitReached(SessionLimit::PresenceMembers)
-            }
-        }
+            .subscribe(self.socket_id, &self.outbox, &channel, member)?;
+        self.broker.announce(Announcement::Subscribed {
+            app_id: self.app.app.id.clone(),
+            entry: SubscriptionEntry {
+                channel: channel.clone(),
+                socket: self.socket_id,
+                user: user.clone(),
+                user_info,
+            },
+        });
+        let previous = self
+            .channels
+            .get_key_value(&channel)
+            .and_then(|(_, u)| u.clone());
+        let replaced = previous.filter(|p| Some(p) != user.as_ref());
+        self.channels.insert(channel.clone(), user.clone());
+        Ok(Outcome::Subscribed {
+            channel,
+            res,
+            user,
+            replaced,
+        })
     }
 
     fn unsubscribe(&mut self, name: &str) -> Outcome {
@@ -286,53 +291,51 @@ impl Session {
         Outcome::Unsubscribed(Left { channel, res, user })
     }
 
-    fn reject_client_event(&self, code: ErrorCode, message: &str) -> Outcome {
-        self.send_error(Some(code), message);
-        Outcome::ClientEventRejected
+    fn refuse_client_event(&self, err: ClientEventError) -> Outcome {
+        self.send_error(Some(err.code()), &err.to_string());
+        match err {
+            ClientEventError::DataTooLarge { .. } => {
+                Outcome::LimitReached(SessionLimit::ClientEventSize)
+            }
+            ClientEventError::RateLimited => Outcome::LimitReached(SessionLimit::ClientEventRate),
+            ClientEventError::Disabled
+            | ClientEventError::EventNameTooLong { .. }
+            | ClientEventError::NotSubscribed
+            | ClientEventError::WrongChannelKind => Outcome::ClientEventRejected,
+        }
     }
 
-    fn client_event(&mut self, event: &str, name: &str, data: &RawValue) -> Outcome {
+    fn client_event(
+        &mut self,
+        event: &str,
+        name: &str,
+        data: &RawValue,
+    ) -> Result<Outcome, ClientEventError> {
         let app = &self.app.app;
         if !app.client_events {
-            return self.reject_client_event(
-                ErrorCode::ClientEventRejected,
-                "Client events are disabled for this app",
-            );
+            return Err(ClientEventError::Disabled);
         }
         if event.len() > self.limits.max_event_name_length {
-            return self
-                .reject_client_event(ErrorCode::ClientEventRejected, "Event name is too long");
+            return Err(ClientEventError::EventNameTooLong {
+                max: self.limits.max_event_name_length,
+            });
         }
         let subscribed = ChannelName::parse(name, usize::MAX).ok().and_then(|c| {
             self.channels
                 .get_key_value(&c)
                 .map(|(c, u)| (c.clone(), u.clone()))
         });
-        let Some((channel, user)) = subscribed else {
-            return self.reject_client_event(
-                ErrorCode::Close(CloseCode::Unauthorized),
-                "Client events need a subscription to the channel",
-            );
-        };
+        let (channel, user) = subscribed.ok_or(ClientEventError::NotSubscribed)?;
         if !matches!(channel.kind(), ChannelKind::Private | ChannelKind::Presence) {
-            return self.reject_client_event(
-                ErrorCode::ClientEventRejected,
-                "Client events are only allowed on private and presence channels",
-            );
+            return Err(ClientEventError::WrongChannelKind);
         }
         if data.get().len() > app.max_message_size {
-            self.send_error(
-                Some(ErrorCode::ClientEventRejected),
-                "Client event data is too large",
-            );
-            return Outcome::LimitReached(SessionLimit::ClientEventSize);
+            return Err(ClientEventError::DataTooLarge {
+                max: app.max_message_size,
+            });
         }
         if !self.client_events.try_take(Instant::now()) {
-            self.send_error(
-                Some(ErrorCode::ClientEventRejected),
-                "Client event rejected: rate limit exceeded",
-            );
-            return Outcome::LimitReached(SessionLimit::ClientEventRate);
+            return Err(ClientEventError::RateLimited);
         }
         let frame = Frame::new(server_message::client_event(
             event,
@@ -347,29 +350,29 @@ impl Session {
             except: Some(self.socket_id),
             cache: None,
         });
-        Outcome::ClientEvent {
+        Ok(Outcome::ClientEvent {
             channel,
             delivery,
             event: event.to_owned(),
             data: data.get().to_owned(),
             user,
-        }
+        })
     }
 
-    fn sign_in(&mut self, auth: &str, user_data: &str) -> Outcome {
+    fn sign_in(&mut self, auth: &str, user_data: &str) -> Result<Outcome, SigninError> {
         let app = &self.app.app;
         let message = signature::signin_message(&self.socket_id.to_string(), user_data);
         if !signature::verify_auth(&app.key, app.secret.expose(), &message, auth) {
-            return self.reject_signin("Invalid signature");
+            return Err(SigninError::InvalidSignature);
         }
-        let Ok(parsed) = serde_json::from_str::<serde_json::Value>(user_data) else {
-            return self.reject_signin("user_data is not valid JSON");
-        };
-        let Some(user) = parsed.get("id").and_then(UserId::from_json) else {
-            return self.reject_signin("user_data needs a non-empty string id");
-        };
+        let parsed = serde_json::from_str::<serde_json::Value>(user_data)
+            .map_err(|_| SigninError::UserDataNotJson)?;
+        let user = parsed
+            .get("id")
+            .and_then(UserId::from_json)
+            .ok_or(SigninError::MissingUserId)?;
         if self.signed_in.as_ref().is_some_and(|s| s.user != user) {
-            return self.reject_signin("The connection is already signed in as another user");
+            return Err(SigninError::SignedInAsAnother);
         }
         let mut watchlist: Vec<UserId> = parsed
             .get("watchlist")
@@ -392,10 +395,9 @@ impl Session {
             user: user.clone(),
         });
         if over_limit {
-            self.send_error(
-                Some(ErrorCode::WatchlistLimit),
-                "Watchlist limit exceeded: only the first 100 user ids are watched",
-            );
+            self.refuse_message(&MessageError::WatchlistTooLong {
+                max: self.limits.max_watchlist,
+            });
         }
         if !watchlist.is_empty() {
             let (online, offline) = self.app.watch(self.socket_id, &self.outbox, &watchlist);
@@ -409,13 +411,14 @@ impl Session {
             self.reply(server_message::watchlist_events(&events));
         }
         self.signed_in = Some(SignedIn { user, watchlist });
-        Outcome::SignedIn
+        Ok(Outcome::SignedIn)
     }
 
-    fn reject_signin(&self, message: &str) -> Outcome {
-        self.send_error(Some(ErrorCode::Close(CloseCode::Unauthorized)), message);
+    fn refuse_signin(&self, err: SigninError) -> Outcome {
+        let code = err.close_code();
+        self.send_error(Some(ErrorCode::Close(code)), &err.to_string());
         self.outbox.close(CloseRequest {
-            code: CloseCode::Unauthorized,
+            code,
             message: "Sign-in failed",
             reason: DisconnectReason::Error,
         });
@@ -493,27 +496,30 @@ impl Subscriptions {
 }
 
 /// Validates presence `channel_data`: `{"user_id": string|number, "user_info": any}`.
-fn parse_channel_data(data: &str, max_info_bytes: usize) -> Result<PresenceMember, String> {
+fn parse_channel_data(data: &str, max_info_bytes: usize) -> Result<PresenceMember, SubscribeError> {
     #[derive(serde::Deserialize)]
     struct ChannelData {
         user_id: Option<serde_json::Value>,
         user_info: Option<Box<RawValue>>,
     }
+    let malformed = SubscribeError::MalformedChannelData;
     let parsed: ChannelData =
-        serde_json::from_str(data).map_err(|_| "channel_data is not a JSON object".to_owned())?;
+        serde_json::from_str(data).map_err(|_| malformed(ChannelDataError::NotJsonObject))?;
     let user_id = parsed
         .user_id
         .as_ref()
         .and_then(UserId::from_json)
-        .ok_or_else(|| "channel_data needs a user_id".to_owned())?;
+        .ok_or(malformed(ChannelDataError::MissingUserId))?;
     if user_id.as_str().len() > MAX_USER_ID_LENGTH {
-        return Err(format!(
-            "user_id is longer than {MAX_USER_ID_LENGTH} characters"
-        ));
+        return Err(SubscribeError::UserIdTooLong {
+            max: MAX_USER_ID_LENGTH,
+        });
     }
     if let Some(info) = &parsed.user_info {
         if info.get().len() > max_info_bytes {
-            return Err(format!("user_info is larger than {max_info_bytes} bytes"));
+            return Err(SubscribeError::UserInfoTooLarge {
+                max: max_info_bytes,
+            });
         }
     }
     Ok(PresenceMember {

@@ -1,4 +1,5 @@
-//! Pusher close codes and `pusher:error` codes (protocol doc "Error Codes").
+//! Pusher close codes, `pusher:error` codes (protocol doc "Error Codes") and the `type` of a
+//! `pusher:subscription_error` (protocol doc 1.6, "Failures").
 //!
 //! Invariant: the server never closes with 4000 (pusher-js switches to TLS) nor with anything
 //! >= 4300 (pusher-js gives up for good); those codes exist only as `pusher:error` events.
@@ -65,6 +66,35 @@ impl ErrorCode {
             ErrorCode::Close(close) => close.code(),
             ErrorCode::ClientEventRejected => 4301,
             ErrorCode::WatchlistLimit => 4302,
+        }
+    }
+}
+
+/// The `type` of a channel-scoped `pusher:subscription_error`: what was wrong with the subscribe.
+///
+/// pusher-js itself emits `AuthError` (with the auth endpoint's HTTP status) when authorization
+/// fails, and Laravel Echo's `.error()` receives the event's data as is, so `AuthError` keeps
+/// statuses 401/403. The other types are herald's (Soketi uses `LimitReached` too): a client that
+/// switches on `type` learns whether to fix its auth, its input, or to back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriptionErrorType {
+    /// The signature is missing or wrong, or the connection may not have this channel.
+    AuthError,
+    /// The channel name is malformed.
+    InvalidChannel,
+    /// Presence `channel_data` is malformed (not a JSON object, no `user_id`).
+    InvalidChannelData,
+    /// A size or count limit was reached.
+    LimitReached,
+}
+
+impl SubscriptionErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionErrorType::AuthError => "AuthError",
+            SubscriptionErrorType::InvalidChannel => "InvalidChannel",
+            SubscriptionErrorType::InvalidChannelData => "InvalidChannelData",
+            SubscriptionErrorType::LimitReached => "LimitReached",
         }
     }
 }

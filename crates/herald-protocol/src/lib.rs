@@ -13,5 +13,5 @@ pub mod signature;
 
 pub use channel_name::{ChannelKind, ChannelName, ChannelNameError};
 pub use client_message::{ClientMessage, ParseError};
-pub use close_code::{CloseCode, ErrorCode};
+pub use close_code::{CloseCode, ErrorCode, SubscriptionErrorType};
 pub use ids::{SocketId, UserId};

@@ -6,6 +6,7 @@
 
 use serde_json::value::RawValue;
 
+use crate::close_code::SubscriptionErrorType;
 use crate::ids::{SocketId, UserId};
 
 /// Escapes `s` as a JSON string literal, quotes included.
@@ -82,11 +83,16 @@ pub fn presence_subscription_succeeded<'a>(
 }
 
 /// The channel-scoped error shape Laravel Echo's `.error()` listens for.
-pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> String {
+pub fn subscription_error(
+    channel: &str,
+    kind: SubscriptionErrorType,
+    error: &str,
+    status: u16,
+) -> String {
     format!(
-        r#"{{"event":"pusher:subscription_error","channel":{},"data":{{"type":{},"error":{},"status":{status}}}}}"#,
+        r#"{{"event":"pusher:subscription_error","channel":{},"data":{{"type":"{}","error":{},"status":{status}}}}}"#,
         json_string(channel),
-        json_string(kind),
+        kind.as_str(),
         json_string(error)
     )
 }

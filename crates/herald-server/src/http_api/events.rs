@@ -3,10 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::State;
 use axum::response::Response;
 use herald_core::{AppState, Envelope, Frame};
 use herald_protocol::server_message;
@@ -15,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{auth, info_attributes, parse_channel, respond, ApiError};
+use super::{parse_channel, respond, ApiError, Info, InfoAttribute, SignedRequest};
 use crate::{metrics, Shared};
 
 #[derive(Debug, Deserialize)]
@@ -39,76 +36,51 @@ struct Event {
     data: String,
     channels: Vec<ChannelName>,
     except: Option<SocketId>,
-    info: Vec<String>,
+    info: Info,
 }
 
 pub async fn trigger(
     State(shared): State<Arc<Shared>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<SignedRequest, ApiError>,
 ) -> Response {
-    respond(
-        "events",
-        trigger_inner(&shared, &app_id, &method, &uri, body),
-    )
+    respond("events", req.and_then(|req| trigger_inner(&shared, &req)))
 }
 
-fn trigger_inner(
-    shared: &Shared,
-    app_id: &str,
-    method: &Method,
-    uri: &Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
-    let body = read_body(body)?;
-    let verified = auth::verify_request(shared, app_id, method, uri, &body)?;
-    let parsed: EventBody = parse_json(&body)?;
-    let event = validate(shared, &verified.app, parsed, None)?;
-    publish(shared, &verified.app, &event);
-    Ok(info_response(&verified.app, &event, true))
+fn trigger_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> {
+    let parsed: EventBody = parse_json(&req.body)?;
+    let event = validate(shared, &req.app, parsed)?;
+    publish(shared, &req.app, &event);
+    if event.info.is_empty() {
+        return Ok(json!({}));
+    }
+    Ok(json!({ "channels": info_response(&req.app, &event) }))
 }
 
 pub async fn batch(
     State(shared): State<Arc<Shared>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<SignedRequest, ApiError>,
 ) -> Response {
     respond(
         "batch_events",
-        batch_inner(&shared, &app_id, &method, &uri, body),
+        req.and_then(|req| batch_inner(&shared, &req)),
     )
 }
 
-fn batch_inner(
-    shared: &Shared,
-    app_id: &str,
-    method: &Method,
-    uri: &Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
-    let body = read_body(body)?;
-    let verified = auth::verify_request(shared, app_id, method, uri, &body)?;
-    let parsed: BatchBody = parse_json(&body)?;
-    let items = parsed
-        .batch
-        .ok_or_else(|| ApiError::bad_request("Missing field 'batch'"))?;
-    let app = &verified.app;
+fn batch_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> {
+    let parsed: BatchBody = parse_json(&req.body)?;
+    let items = parsed.batch.ok_or(ApiError::MissingField("batch"))?;
+    let app = &req.app;
     if items.len() > app.app.max_batch_size {
-        return Err(ApiError::bad_request(format!(
-            "Batch has {} events; at most {} are allowed",
-            items.len(),
-            app.app.max_batch_size
-        )));
+        return Err(ApiError::BatchTooLarge {
+            given: items.len(),
+            max: app.app.max_batch_size,
+        });
     }
     // Validate everything first: a batch is published whole or not at all.
     let events = items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| validate(shared, app, item, Some(i)))
+        .map(|(i, item)| validate(shared, app, item).map_err(|e| e.in_batch(Some(i))))
         .collect::<Result<Vec<_>, _>>()?;
     for event in &events {
         publish(shared, app, event);
@@ -119,110 +91,67 @@ fn batch_inner(
     let batch: Vec<Value> = events
         .iter()
         .map(|event| {
-            let attrs = info_response(app, event, false);
-            attrs
-                .get("channels")
-                .and_then(|c| c.as_object())
-                .and_then(|c| c.values().next().cloned())
-                .unwrap_or(json!({}))
+            info_response(app, event)
+                .into_iter()
+                .next()
+                .map_or(json!({}), |(_, attrs)| attrs)
         })
         .collect();
     Ok(json!({ "batch": batch }))
 }
 
-pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            metrics::limit_rejected(metrics::Limit::RequestBody);
-            ApiError::new(status, "Request body is too large")
-        } else {
-            ApiError::new(
-                status,
-                format!("Could not read the request body: {rejection}"),
-            )
-        }
-    })
-}
-
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request(format!("Invalid JSON body: {err}")))
+    serde_json::from_slice(body).map_err(|err| ApiError::InvalidJson(err.to_string()))
 }
 
-fn validate(
-    shared: &Shared,
-    app: &AppState,
-    body: EventBody,
-    index: Option<usize>,
-) -> Result<Event, ApiError> {
-    let at = |msg: String| match index {
-        Some(i) => format!("batch[{i}]: {msg}"),
-        None => msg,
-    };
-    let name = body
-        .name
-        .ok_or_else(|| ApiError::bad_request(at("Missing field 'name'".into())))?;
-    if name.is_empty() || name.len() > shared.limits.max_event_name_length {
-        return Err(ApiError::bad_request(at(format!(
-            "Event name must be 1 to {} characters",
-            shared.limits.max_event_name_length
-        ))));
+fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, ApiError> {
+    let name = body.name.ok_or(ApiError::MissingField("name"))?;
+    let max_name = shared.limits.max_event_name_length;
+    if name.is_empty() || name.len() > max_name {
+        return Err(ApiError::InvalidEventName { max: max_name });
     }
-    let raw = body
-        .data
-        .ok_or_else(|| ApiError::bad_request(at("Missing field 'data'".into())))?;
+    let raw = body.data.ok_or(ApiError::MissingField("data"))?;
     // `data` is a string by the protocol; anything else is relayed as its JSON text.
     let data = serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned());
     if data.len() > app.app.max_message_size {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            at(format!(
-                "Event data is {} bytes; at most {} are allowed",
-                data.len(),
-                app.app.max_message_size
-            )),
-        ));
+        return Err(ApiError::EventDataTooLarge {
+            size: data.len(),
+            max: app.app.max_message_size,
+        });
     }
     let names = match (body.channels, body.channel) {
         (Some(list), _) => list,
         (None, Some(one)) => vec![one],
-        (None, None) => {
-            return Err(ApiError::bad_request(at(
-                "Missing field 'channels' or 'channel'".into(),
-            )))
-        }
+        (None, None) => return Err(ApiError::MissingField("channels' or 'channel")),
     };
     if names.is_empty() {
-        return Err(ApiError::bad_request(at(
-            "'channels' must not be empty".into()
-        )));
+        return Err(ApiError::NoChannels);
     }
     if names.len() > app.app.max_channels_per_publish {
-        return Err(ApiError::bad_request(at(format!(
-            "Too many channels: {} given, at most {} allowed",
-            names.len(),
-            app.app.max_channels_per_publish
-        ))));
+        return Err(ApiError::TooManyChannels {
+            given: names.len(),
+            max: app.app.max_channels_per_publish,
+        });
     }
     let channels = names
         .iter()
-        .map(|n| parse_channel(shared, n).map_err(|e| ApiError::bad_request(at(e))))
+        .map(|n| parse_channel(shared, n))
         .collect::<Result<Vec<_>, _>>()?;
     let except = match body.socket_id {
-        Some(s) => Some(
-            SocketId::parse(&s)
-                .ok_or_else(|| ApiError::bad_request(at(format!("Invalid socket_id {s:?}"))))?,
-        ),
+        Some(s) => Some(SocketId::parse(&s).ok_or(ApiError::InvalidSocketId(s))?),
         None => None,
     };
-    let info: Vec<String> = info_attributes(body.info.as_deref())
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    for attr in &info {
-        check_info_attribute(attr, &channels).map_err(|e| ApiError::bad_request(at(e)))?;
+    let info = Info::parse(body.info.as_deref())?;
+    if channels.iter().any(|c| c.kind() != ChannelKind::Presence) {
+        info.refuse(
+            InfoAttribute::UserCount,
+            "is only valid when every channel is a presence channel",
+        )?;
     }
+    info.refuse(
+        InfoAttribute::Cache,
+        "is not answered by a publish (use GET /channels/{name})",
+    )?;
     Ok(Event {
         name,
         data,
@@ -230,22 +159,6 @@ fn validate(
         except,
         info,
     })
-}
-
-/// `user_count` is for presence channels only; `subscription_count` for any channel.
-fn check_info_attribute(attr: &str, channels: &[ChannelName]) -> Result<(), String> {
-    match attr {
-        "user_count" => match channels.iter().find(|c| c.kind() != ChannelKind::Presence) {
-            Some(c) => Err(format!(
-                "info=user_count is only valid for presence channels, not {c}"
-            )),
-            None => Ok(()),
-        },
-        "subscription_count" => Ok(()),
-        other => Err(format!(
-            "Unknown info attribute {other:?} (use user_count or subscription_count)"
-        )),
-    }
 }
 
 fn publish(shared: &Shared, app: &AppState, event: &Event) {
@@ -274,23 +187,19 @@ fn publish(shared: &Shared, app: &AppState, event: &Event) {
     }
 }
 
-fn info_response(app: &AppState, event: &Event, empty_when_no_info: bool) -> Value {
-    if event.info.is_empty() && empty_when_no_info {
-        return json!({});
-    }
+/// The attributes asked for, per channel, in the order the channels were given.
+fn info_response(app: &AppState, event: &Event) -> Map<String, Value> {
     let mut channels = Map::new();
     for channel in &event.channels {
         let info = app.channel_info(channel);
         let mut attrs = Map::new();
-        for attr in &event.info {
-            match attr.as_str() {
-                "user_count" => {
-                    attrs.insert("user_count".into(), json!(info.user_count.unwrap_or(0)))
-                }
-                _ => attrs.insert("subscription_count".into(), json!(info.subscription_count)),
-            };
+        if event.info.contains(InfoAttribute::UserCount) {
+            attrs.insert("user_count".into(), json!(info.user_count.unwrap_or(0)));
+        }
+        if event.info.contains(InfoAttribute::SubscriptionCount) {
+            attrs.insert("subscription_count".into(), json!(info.subscription_count));
         }
         channels.insert(channel.to_string(), Value::Object(attrs));
     }
-    json!({ "channels": channels })
+    channels
 }

@@ -113,3 +113,38 @@ async fn oversized_client_event_is_refused() {
     );
     alice.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn every_client_event_refusal_says_why_and_keeps_the_socket() {
+    let server = TestServer::default().await;
+    let mut alice = server.client().await;
+    alice.subscribe("public").await;
+    alice.subscribe_private("private-chat").await;
+    let long_name = format!("client-{}", "x".repeat(200));
+    let cases = [
+        (
+            json!({"event": long_name, "channel": "private-chat", "data": {}}),
+            4301,
+            "Event name is longer than 200",
+        ),
+        (
+            json!({"event": "client-x", "channel": "private-other", "data": {}}),
+            4009,
+            "need a subscription",
+        ),
+        (
+            json!({"event": "client-x", "channel": "public", "data": {}}),
+            4301,
+            "only allowed on private and presence",
+        ),
+    ];
+    for (frame, code, words) in cases {
+        alice.send(frame).await;
+        let error = alice.expect_next("pusher:error").await;
+        assert_eq!(error["data"]["code"], code, "{error}");
+        let message = error["data"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{error} should say {words:?}");
+    }
+    server.trigger("public", "still-here", "{}").await;
+    alice.expect_next("still-here").await;
+}

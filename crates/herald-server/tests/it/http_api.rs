@@ -325,6 +325,275 @@ async fn signatures_work_with_and_without_proxy_prefix() {
     );
 }
 
+/// Sends raw bytes on a new connection and reads the answer until the server closes it.
+async fn raw_http(server: &TestServer, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    read_to_close(&mut tcp).await
+}
+
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("the server should close the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A signed publish as an SDK sends it, keep-alive.
+fn publish_request(body: &str) -> String {
+    let uri = signed_uri(
+        "POST",
+        "/apps/1/events",
+        &[],
+        body.as_bytes(),
+        SECRET,
+        now(),
+    );
+    format!(
+        "POST {uri} HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The Node SDK keeps connections alive and sends its next publish on the connection that got
+/// the 413, so an oversized body is read to its end and the connection stays usable.
+#[tokio::test]
+async fn oversized_body_leaves_the_keep_alive_connection_usable() {
+    let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
+    let mut canary = server.client().await;
+    canary.subscribe("c").await;
+    let big = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)}).to_string();
+    let small = json!({"name": "ok", "channel": "c", "data": "{}"}).to_string();
+    // Both on one connection; the second asks the server to close after answering.
+    let request = format!(
+        "{}{}",
+        publish_request(&big),
+        publish_request(&small).replacen("Host: herald", "Host: herald\r\nConnection: close", 1)
+    );
+    let answer = raw_http(&server, request.as_bytes()).await;
+    let (first, second) = answer
+        .split_once("HTTP/1.1 200")
+        .unwrap_or_else(|| panic!("the second request should be answered: {answer}"));
+    assert!(first.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        !first.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        first.contains(r#"{"error":"Request body is larger than 1000 bytes"}"#),
+        "{answer}"
+    );
+    assert!(second.ends_with("{}"), "{answer}");
+    assert_eq!(canary.expect_next("ok").await["channel"], "c");
+}
+
+/// A body too large to be worth reading is refused from its `Content-Length` with
+/// `Connection: close`, so the client does not reuse the connection; a new one publishes.
+#[tokio::test]
+async fn huge_body_is_refused_with_connection_close() {
+    let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;
+    let mut canary = server.client().await;
+    canary.subscribe("c").await;
+    let uri = signed_uri("POST", "/apps/1/events", &[], b"{}", SECRET, now());
+    // Only the head: the answer must not wait for a body it will not read.
+    let head = format!(
+        "POST {uri} HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let answer = raw_http(&server, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Request body is larger than 1000 bytes"),
+        "{answer}"
+    );
+    let small = json!({"name": "ok", "channel": "c", "data": "{}"}).to_string();
+    let answer = raw_http(
+        &server,
+        publish_request(&small)
+            .replacen("Host: herald", "Host: herald\r\nConnection: close", 1)
+            .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(canary.expect_next("ok").await["channel"], "c");
+}
+
+/// A body that is not JSON by its `Content-Type` is refused before it is read.
+#[tokio::test]
+async fn non_json_content_type_is_415() {
+    let server = TestServer::default().await;
+    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string();
+    let request = publish_request(&body)
+        .replace("application/json", "text/plain")
+        .replacen("Host: herald", "Host: herald\r\nConnection: close", 1);
+    let answer = raw_http(&server, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(
+        answer.contains("Content-Type must be application/json"),
+        "{answer}"
+    );
+    // With a charset, or without a Content-Type at all, the same body is published.
+    let request = publish_request(&body)
+        .replace("application/json", "application/json; charset=utf-8")
+        .replacen("Host: herald", "Host: herald\r\nConnection: close", 1);
+    assert!(raw_http(&server, request.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let request = publish_request(&body).replace(
+        "Content-Type: application/json\r\n",
+        "Connection: close\r\n",
+    );
+    assert!(raw_http(&server, request.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+/// Query strings, signatures, `info`, paths and methods: each refusal is its documented status
+/// with a JSON body naming the problem.
+#[tokio::test]
+async fn every_api_refusal_is_json_naming_the_problem() {
+    let server = TestServer::default().await;
+    let check = |got: (u16, serde_json::Value), status: u16, words: &str| {
+        assert_eq!(got.0, status, "{}", got.1);
+        let error = got.1["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", got.1));
+        assert!(error.contains(words), "{error:?} should say {words:?}");
+    };
+    let uri = signed_uri("GET", "/apps/1/channels", &[], b"", SECRET, now());
+    check(
+        server
+            .get(&uri.replace("auth_version=1.0", "auth_version=2.0"))
+            .await,
+        400,
+        "auth_version",
+    );
+    check(
+        server.get(&format!("{uri}&auth_key={KEY}")).await,
+        400,
+        "given twice",
+    );
+    check(server.get(&format!("{uri}&x=%ff")).await, 400, "UTF-8");
+    check(
+        server
+            .get(&uri.replace("auth_timestamp=", "auth_timestamp=x"))
+            .await,
+        401,
+        "auth_timestamp",
+    );
+    for param in [
+        "auth_key",
+        "auth_timestamp",
+        "auth_version",
+        "auth_signature",
+    ] {
+        let stripped: Vec<&str> = uri
+            .split(['?', '&'])
+            .skip(1)
+            .filter(|p| !p.starts_with(param))
+            .collect();
+        check(
+            server
+                .get(&format!("/apps/1/channels?{}", stripped.join("&")))
+                .await,
+            401,
+            &format!("Missing {param}"),
+        );
+    }
+    check(
+        server
+            .api("GET", "/apps/1/channels", &[("info", "members")], None)
+            .await,
+        400,
+        "Unknown info attribute \"members\"",
+    );
+    check(
+        server
+            .api("GET", "/apps/1/channels", &[("info", "cache")], None)
+            .await,
+        400,
+        "info=cache",
+    );
+    check(
+        server
+            .api(
+                "GET",
+                "/apps/1/channels/news",
+                &[("info", "user_count")],
+                None,
+            )
+            .await,
+        400,
+        "info=user_count is only valid for presence channels",
+    );
+    check(
+        server
+            .api("GET", "/apps/1/channels/bad%20name", &[], None)
+            .await,
+        400,
+        "Invalid channel name \"bad name\"",
+    );
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/events",
+                &[],
+                Some(&json!({"name": "e", "channel": "c", "data": "d", "info": "cache"})),
+            )
+            .await,
+        400,
+        "info=cache",
+    );
+    let batch: Vec<serde_json::Value> = (0..11)
+        .map(|_| json!({"name": "e", "channel": "c", "data": "d"}))
+        .collect();
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/batch_events",
+                &[],
+                Some(&json!({ "batch": batch })),
+            )
+            .await,
+        400,
+        "at most 10",
+    );
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/batch_events",
+                &[],
+                Some(&json!({"batch": [{"name": "e", "channel": "c", "data": "d"}, {"name": "e", "channel": "bad name", "data": "d"}]})),
+            )
+            .await,
+        400,
+        "batch[1]: Invalid channel name",
+    );
+    check(
+        server
+            .api("POST", "/apps/1/events", &[], Some(&json!([1, 2])))
+            .await,
+        400,
+        "Invalid JSON body",
+    );
+}
+
 #[tokio::test]
 async fn oversized_request_body_is_413() {
     let server = TestServer::start(|c| c.limits.max_request_body_bytes = 1000).await;

@@ -106,7 +106,10 @@ async fn presence_needs_signed_channel_data() {
     client
         .send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-x", "auth": auth, "channel_data": garbage}}))
         .await;
-    client.expect_next("pusher:subscription_error").await;
+    // Correctly signed but malformed: the type says so (not a limit, not auth).
+    let frame = client.expect_next("pusher:subscription_error").await;
+    assert_eq!(frame["data"]["type"], "InvalidChannelData", "{frame}");
+    assert_eq!(frame["data"]["status"], 400, "{frame}");
 }
 
 #[tokio::test]

@@ -123,3 +123,55 @@ async fn terminate_closes_every_connection_of_the_user() {
     assert_eq!(tab2.expect_close().await, Closed::Code(4009));
     other.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn every_signin_refusal_says_why_then_closes_with_4009() {
+    let server = TestServer::default().await;
+    let cases = [
+        (None, "{\"id\":\"x\"}", "Invalid signature"),
+        (Some(()), "not json", "user_data is not valid JSON"),
+        (Some(()), "{\"name\":\"x\"}", "needs a non-empty string id"),
+    ];
+    for (signed, user_data, words) in cases {
+        let mut client = server.client().await;
+        let auth = match signed {
+            Some(()) => signin_auth(&client.socket_id, user_data),
+            None => format!("{KEY}:{}", "0".repeat(64)),
+        };
+        client
+            .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+            .await;
+        let error = client.expect_next("pusher:error").await;
+        assert_eq!(error["data"]["code"], 4009, "{error}");
+        let message = error["data"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{error} should say {words:?}");
+        assert_eq!(client.expect_close().await, Closed::Code(4009));
+    }
+}
+
+/// The Python SDK's path names no app: the key that signed the request picks it.
+#[tokio::test]
+async fn terminate_without_app_id_finds_the_app_by_its_key() {
+    let server = TestServer::default().await;
+    let mut alice = server.client().await;
+    let mut bob = server.client().await;
+    alice.sign_in(&json!({"id": "alice"})).await;
+    bob.sign_in(&json!({"id": "bob"})).await;
+    let path = "/users/alice/terminate_connections";
+    let body = json!({});
+    let (status, answer) = server.api("POST", path, &[], Some(&body)).await;
+    assert_eq!((status, answer), (200, json!({})));
+    assert_eq!(alice.expect_close().await, Closed::Code(4009));
+    bob.expect_nothing_more().await;
+
+    let uri = signed_uri("POST", path, &[], b"{}", SECRET, now());
+    let (status, answer) = server
+        .send_http("POST", &uri.replace(KEY, "nobodys-key"), "{}".into())
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"], "Unknown auth_key for this app");
+    let (status, answer) = server.send_http("POST", path, "{}".into()).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"], "Missing auth_key");
+    bob.expect_nothing_more().await;
+}

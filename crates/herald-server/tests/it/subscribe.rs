@@ -168,3 +168,111 @@ async fn subscription_count_is_off_by_default() {
     a.subscribe("room").await;
     a.expect_nothing_more().await;
 }
+
+/// Every way a subscribe is refused, over a real socket: the `type` names what was wrong, the
+/// status is the documented one, and the socket goes on working.
+#[tokio::test]
+async fn every_subscription_refusal_names_what_was_wrong() {
+    let server = TestServer::start(|c| {
+        c.limits.max_channels_per_connection = 3;
+        c.apps[0].max_presence_user_info_bytes = 50;
+        c.apps[0].max_presence_members = 1;
+    })
+    .await;
+    let mut member = server.client().await;
+    member.subscribe_presence("presence-full", "m").await;
+    let mut client = server.client().await;
+    let sid = client.socket_id.clone();
+    let presence = |data: &str| json!({"channel": "presence-x", "auth": presence_auth(&sid, "presence-x", data), "channel_data": data});
+    let too_long = "x".repeat(201);
+    let cases = [
+        (
+            json!({"channel": "bad name"}),
+            "InvalidChannel",
+            400,
+            "Invalid channel name",
+        ),
+        (
+            json!({"channel": too_long}),
+            "LimitReached",
+            4009,
+            "longer than 200",
+        ),
+        (
+            json!({"channel": "private-a"}),
+            "AuthError",
+            401,
+            "Missing auth",
+        ),
+        (
+            json!({"channel": "private-a", "auth": format!("{KEY}:{}", "0".repeat(64))}),
+            "AuthError",
+            401,
+            "Invalid signature",
+        ),
+        (
+            json!({"channel": "presence-x", "auth": presence_auth(&sid, "presence-x", "{}")}),
+            "AuthError",
+            401,
+            "Missing channel_data",
+        ),
+        (
+            presence("not json"),
+            "InvalidChannelData",
+            400,
+            "not a JSON object",
+        ),
+        (
+            presence(r#"{"user_info":{}}"#),
+            "InvalidChannelData",
+            400,
+            "needs a user_id",
+        ),
+        (
+            presence(&json!({"user_id": "u".repeat(129)}).to_string()),
+            "LimitReached",
+            4009,
+            "user_id is longer than 128",
+        ),
+        (
+            presence(&json!({"user_id": "u", "user_info": {"bio": "x".repeat(60)}}).to_string()),
+            "LimitReached",
+            4009,
+            "user_info is larger than 50",
+        ),
+        (
+            json!({"channel": "#server-to-user-u"}),
+            "AuthError",
+            403,
+            "signed in as this user",
+        ),
+        (
+            json!({"channel": "presence-full", "auth": presence_auth(&sid, "presence-full", r#"{"user_id":"n"}"#), "channel_data": r#"{"user_id":"n"}"#}),
+            "LimitReached",
+            4100,
+            "maximum members",
+        ),
+    ];
+    for (data, kind, status, words) in cases {
+        let channel = data["channel"].clone();
+        client
+            .send(json!({"event": "pusher:subscribe", "data": data}))
+            .await;
+        let frame = client.expect_next("pusher:subscription_error").await;
+        assert_eq!(frame["channel"], channel, "{frame}");
+        assert_eq!(frame["data"]["type"], kind, "{frame}");
+        assert_eq!(frame["data"]["status"], status, "{frame}");
+        let error = frame["data"]["error"].as_str().unwrap();
+        assert!(error.contains(words), "{frame} should say {words:?}");
+    }
+    // Three channels fill the connection; the fourth is over the limit.
+    for name in ["a", "b", "c"] {
+        client.subscribe(name).await;
+    }
+    let frame = client.subscribe("d").await;
+    assert_eq!(frame["data"]["type"], "LimitReached", "{frame}");
+    assert_eq!(frame["data"]["status"], 4100, "{frame}");
+    // The socket still receives what is published to a channel it has.
+    server.trigger("a", "still-here", "{}").await;
+    assert_eq!(client.expect_next("still-here").await["channel"], "a");
+}
