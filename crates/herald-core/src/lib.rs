@@ -11,7 +11,7 @@ pub mod presence;
 pub mod rate_limit;
 pub mod session;
 
-pub use app::{App, AppSecret, NodeLimits};
+pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
 pub use node::{AppState, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry};
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};

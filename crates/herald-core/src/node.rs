@@ -264,7 +264,7 @@ impl AppState {
             .fold(0usize, |a, n| a.saturating_add(*n));
         let max = self
             .app
-            .max_connections
+            .connection_limit()
             .unwrap_or(usize::MAX)
             .saturating_sub(remote);
         self.connections
