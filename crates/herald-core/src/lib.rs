@@ -9,10 +9,14 @@ pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod rate_limit;
+pub mod registry;
 pub mod session;
 
 pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
-pub use node::{AppState, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry};
+pub use node::{
+    AppState, ConnectionRefused, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry,
+};
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
+pub use registry::{AppRegistry, AppsChanged, RegistryError};
 pub use session::{Session, SessionLimit};

@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use crate::app::{App, NodeLimits};
 use crate::outbox::{CloseRequest, DisconnectReason, Frame, Outbox, PushError};
 use crate::presence::PresenceRoster;
+use crate::registry::AppRegistry;
 
 /// How long a cache channel remembers its last event (Pusher: "up to 30 minutes").
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -27,34 +28,24 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
 const SUBSCRIPTION_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// All apps served by this node.
+/// All apps served by this node, and the node-wide connection count.
 #[derive(Debug)]
 pub struct Node {
     id: u64,
     next_seq: AtomicU64,
-    by_key: HashMap<String, Arc<AppState>>,
-    by_id: HashMap<String, Arc<AppState>>,
+    apps: AppRegistry,
     pub limits: NodeLimits,
     connections: AtomicUsize,
 }
 
 impl Node {
     pub fn new(id: u64, apps: Vec<App>, limits: NodeLimits) -> Node {
-        let states: Vec<Arc<AppState>> = apps
-            .into_iter()
-            .map(|app| Arc::new(AppState::new(app)))
-            .collect();
+        let registry = AppRegistry::default();
+        registry.replace(apps);
         Node {
             id,
             next_seq: AtomicU64::new(1),
-            by_key: states
-                .iter()
-                .map(|s| (s.app.key.clone(), s.clone()))
-                .collect(),
-            by_id: states
-                .iter()
-                .map(|s| (s.app.id.clone(), s.clone()))
-                .collect(),
+            apps: registry,
             limits,
             connections: AtomicUsize::new(0),
         }
@@ -64,16 +55,33 @@ impl Node {
         self.id
     }
 
-    pub fn app_by_key(&self, key: &str) -> Option<&Arc<AppState>> {
-        self.by_key.get(key)
+    /// The app with this key, as it is now: look it up per request, do not keep it.
+    pub fn app_by_key(&self, key: &str) -> Option<Arc<AppState>> {
+        self.apps.by_key(key)
     }
 
-    pub fn app_by_id(&self, id: &str) -> Option<&Arc<AppState>> {
-        self.by_id.get(id)
+    /// The app with this id, as it is now: look it up per request, do not keep it.
+    pub fn app_by_id(&self, id: &str) -> Option<Arc<AppState>> {
+        self.apps.by_id(id)
     }
 
-    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppState>> {
-        self.by_id.values()
+    /// Every app, as of now.
+    pub fn apps(&self) -> Vec<Arc<AppState>> {
+        self.apps.all()
+    }
+
+    /// The app registry, to add, change and remove apps while the node runs.
+    pub fn registry(&self) -> &AppRegistry {
+        &self.apps
+    }
+
+    /// Every open connection's outbox, on every app.
+    pub fn outboxes(&self) -> Vec<Outbox> {
+        self.apps
+            .all()
+            .iter()
+            .flat_map(|app| app.outboxes())
+            .collect()
     }
 
     /// A new cluster-unique socket id.
@@ -227,7 +235,10 @@ pub struct CacheInfo {
 /// One app's state on this node.
 #[derive(Debug)]
 pub struct AppState {
-    pub app: App,
+    /// Invariant: never changes; the registry replaces an app whose id changes.
+    id: String,
+    /// The app's settings, swapped whole when they change (see [`AppRegistry`]).
+    app: RwLock<Arc<App>>,
     channels: RwLock<HashMap<ChannelName, Channel>>,
     /// Signed-in sockets per user.
     users: Mutex<HashMap<UserId, Vec<(SocketId, Outbox)>>>,
@@ -238,48 +249,134 @@ pub struct AppState {
     remote_users: Mutex<HashMap<UserId, Vec<SocketId>>>,
     /// Open connections of this app on other nodes, per node, from their heartbeats.
     remote_connections: Mutex<HashMap<u64, usize>>,
-    connections: AtomicUsize,
+    /// This app's open connections on this node.
+    sockets: Mutex<Sockets>,
+}
+
+#[derive(Debug, Default)]
+struct Sockets {
+    open: HashMap<SocketId, Outbox>,
+    /// Set when the app leaves the registry: no connection may join it any more.
+    retired: bool,
+}
+
+/// Why a connection may not join an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefused {
+    /// The app is at its connection limit (4004).
+    OverQuota,
+    /// The app is disabled or was removed (4003).
+    Disabled,
 }
 
 impl AppState {
-    fn new(app: App) -> AppState {
+    pub(crate) fn new(app: App) -> AppState {
         AppState {
-            app,
+            id: app.id.clone(),
+            app: RwLock::new(Arc::new(app)),
             channels: RwLock::default(),
             users: Mutex::default(),
             watchers: Mutex::default(),
             cache: Mutex::default(),
             remote_users: Mutex::default(),
             remote_connections: Mutex::default(),
-            connections: AtomicUsize::new(0),
+            sockets: Mutex::default(),
         }
     }
 
-    /// Counts a connection against the app's quota; false when the app is full.
-    pub fn try_add_connection(&self) -> bool {
+    /// The app's id; it never changes.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The app's settings as they are now. A changed setting (a rotated secret, a limit) applies
+    /// from the next call, so callers read it per request or message rather than keep it.
+    pub fn app(&self) -> Arc<App> {
+        self.app.read().clone()
+    }
+
+    /// Replaces the settings; a disabled app's sockets are closed with 4003. Returns how many
+    /// sockets were closed.
+    pub(crate) fn set_app(&self, app: App) -> usize {
+        debug_assert_eq!(
+            app.id, self.id,
+            "the registry replaces an app whose id changes"
+        );
+        let enabled = app.enabled;
+        *self.app.write() = Arc::new(app);
+        if enabled {
+            0
+        } else {
+            self.close_all()
+        }
+    }
+
+    /// Registers an open connection, counted against the app's quota (cluster-wide).
+    ///
+    /// # Errors
+    /// `OverQuota` when the app is full, `Disabled` when it is disabled or was removed (checked
+    /// under the same lock as [`AppState::close_all`], so no socket slips past a disable).
+    pub fn add_connection(
+        &self,
+        socket: SocketId,
+        outbox: &Outbox,
+    ) -> Result<(), ConnectionRefused> {
         let remote = self
             .remote_connections
             .lock()
             .values()
             .fold(0usize, |a, n| a.saturating_add(*n));
-        let max = self
-            .app
+        let mut sockets = self.sockets.lock();
+        let app = self.app();
+        if sockets.retired || !app.enabled {
+            return Err(ConnectionRefused::Disabled);
+        }
+        let max = app
             .connection_limit()
             .unwrap_or(usize::MAX)
             .saturating_sub(remote);
-        self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+        if sockets.open.len() >= max {
+            return Err(ConnectionRefused::OverQuota);
+        }
+        sockets.open.insert(socket, outbox.clone());
+        Ok(())
     }
 
-    pub fn remove_connection(&self) {
-        self.connections.fetch_sub(1, Ordering::AcqRel);
+    pub fn remove_connection(&self, socket: SocketId) {
+        self.sockets.lock().open.remove(&socket);
     }
 
     pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
+        self.sockets.lock().open.len()
+    }
+
+    /// The outboxes of this app's open connections on this node.
+    pub fn outboxes(&self) -> Vec<Outbox> {
+        self.sockets.lock().open.values().cloned().collect()
+    }
+
+    /// The app left the registry: closes its connections with 4003 and refuses new ones.
+    pub(crate) fn retire(&self) -> usize {
+        self.sockets.lock().retired = true;
+        self.close_all()
+    }
+
+    /// Closes every connection of this app on this node with 4003 (the app was disabled or
+    /// removed); returns how many.
+    pub fn close_all(&self) -> usize {
+        let sockets = self.sockets.lock();
+        for outbox in sockets.open.values() {
+            let _ = outbox.push(Frame::new(server_message::error(
+                Some(CloseCode::AppDisabled.code()),
+                "Application disabled",
+            )));
+            outbox.close(CloseRequest {
+                code: CloseCode::AppDisabled,
+                message: "Application disabled",
+                reason: DisconnectReason::Terminated,
+            });
+        }
+        sockets.open.len()
     }
 
     /// Adds a socket to a channel and queues its `subscription_succeeded` (and the cached event or
@@ -301,13 +398,13 @@ impl AppState {
             // published meanwhile is either in the cache or delivered after we are subscribed.
             let cached = channel.is_cache().then(|| self.cached(channel));
             let is_presence = channel.kind() == ChannelKind::Presence;
+            let app = self.app();
             if let (Some(member), Some(existing)) = (&member, channels.get(channel)) {
                 let roster = existing.presence.as_ref();
                 let is_new = roster.is_none_or(|r| !r.contains(&member.user_id));
-                if is_new && roster.is_some_and(|r| r.user_count() >= self.app.max_presence_members)
-                {
+                if is_new && roster.is_some_and(|r| r.user_count() >= app.max_presence_members) {
                     return Err(SubscribeError::PresenceFull {
-                        max: self.app.max_presence_members,
+                        max: app.max_presence_members,
                     });
                 }
             }
@@ -362,7 +459,7 @@ impl AppState {
                 }
                 None => {}
             }
-            if self.app.subscription_count && !is_presence {
+            if app.subscription_count && !is_presence {
                 send_subscription_count(channel, entry);
             }
         }
@@ -389,7 +486,7 @@ impl AppState {
         if entry.is_empty() {
             channels.remove(channel);
             res.channel_vacated = true;
-        } else if self.app.subscription_count && entry.presence.is_none() {
+        } else if self.app().subscription_count && entry.presence.is_none() {
             send_subscription_count(channel, entry);
         }
         res
@@ -617,7 +714,7 @@ impl AppState {
                 push_all(&entry.subscribers, &frame, None);
             }
         }
-        if previous.is_none() && self.app.subscription_count && entry.presence.is_none() {
+        if previous.is_none() && self.app().subscription_count && entry.presence.is_none() {
             send_subscription_count(channel, entry);
         }
     }
@@ -625,7 +722,7 @@ impl AppState {
     /// Another node's socket left a channel. Idempotent.
     pub fn remote_unsubscribe(&self, socket: SocketId, channel: &ChannelName) {
         let mut channels = self.channels.write();
-        let _ = Self::remove_remote(&self.app, &mut channels, socket, channel);
+        let _ = Self::remove_remote(&self.app(), &mut channels, socket, channel);
     }
 
     fn remove_remote(
@@ -725,6 +822,7 @@ impl AppState {
             self.remote_subscribe(entry.socket, &entry.channel, member);
         }
         {
+            let app = self.app();
             let mut channels = self.channels.write();
             let stale: Vec<(ChannelName, SocketId)> = channels
                 .iter()
@@ -733,12 +831,7 @@ impl AppState {
                 .map(|(name, s)| (name.clone(), s))
                 .collect();
             for (channel, socket) in stale {
-                removed.extend(Self::remove_remote(
-                    &self.app,
-                    &mut channels,
-                    socket,
-                    &channel,
-                ));
+                removed.extend(Self::remove_remote(&app, &mut channels, socket, &channel));
             }
         }
         let signed_in: std::collections::HashSet<(SocketId, &UserId)> =

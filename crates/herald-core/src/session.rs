@@ -99,7 +99,7 @@ impl Session {
         socket_id: SocketId,
         outbox: Outbox,
     ) -> Session {
-        let client_events = TokenBucket::new(app.app.max_client_events_per_second);
+        let client_events = TokenBucket::new(app.app().max_client_events_per_second);
         Session {
             app,
             broker,
@@ -193,7 +193,7 @@ impl Session {
             return Outcome::LimitReached(SessionLimit::ChannelsPerConnection);
         }
         let socket = self.socket_id.to_string();
-        let app = &self.app.app;
+        let app = self.app.app();
         let member = match channel.kind() {
             ChannelKind::Public => None,
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
@@ -245,7 +245,7 @@ impl Session {
         {
             Ok(res) => {
                 self.broker.announce(Announcement::Subscribed {
-                    app_id: self.app.app.id.clone(),
+                    app_id: self.app.id().to_owned(),
                     entry: SubscriptionEntry {
                         channel: channel.clone(),
                         socket: self.socket_id,
@@ -292,7 +292,7 @@ impl Session {
     }
 
     fn client_event(&mut self, event: &str, name: &str, data: &RawValue) -> Outcome {
-        let app = &self.app.app;
+        let app = self.app.app();
         if !app.client_events {
             return self.reject_client_event(
                 ErrorCode::ClientEventRejected,
@@ -357,7 +357,7 @@ impl Session {
     }
 
     fn sign_in(&mut self, auth: &str, user_data: &str) -> Outcome {
-        let app = &self.app.app;
+        let app = self.app.app();
         let message = signature::signin_message(&self.socket_id.to_string(), user_data);
         if !signature::verify_auth(&app.key, app.secret.expose(), &message, auth) {
             return self.reject_signin("Invalid signature");
@@ -387,7 +387,7 @@ impl Session {
         }
         self.app.sign_in(&user, self.socket_id, &self.outbox);
         self.broker.announce(Announcement::SignedIn {
-            app_id: self.app.app.id.clone(),
+            app_id: self.app.id().to_owned(),
             socket: self.socket_id,
             user: user.clone(),
         });
@@ -437,7 +437,7 @@ impl Session {
             self.app.unwatch(self.socket_id, &signed_in.watchlist);
             self.app.sign_out(&signed_in.user, self.socket_id);
             self.broker.announce(Announcement::SignedOut {
-                app_id: self.app.app.id.clone(),
+                app_id: self.app.id().to_owned(),
                 socket: self.socket_id,
                 user: signed_in.user,
             });
@@ -447,7 +447,7 @@ impl Session {
 
     fn announce_unsubscribed(&self, channel: &ChannelName) {
         self.broker.announce(Announcement::Unsubscribed {
-            app_id: self.app.app.id.clone(),
+            app_id: self.app.id().to_owned(),
             channel: channel.clone(),
             socket: self.socket_id,
         });

@@ -202,7 +202,7 @@ impl Inner {
             self.send(
                 &BusMessage::State {
                     node: me,
-                    app: app.app.id.clone(),
+                    app: app.id().to_owned(),
                     state,
                 },
                 None,
@@ -311,7 +311,7 @@ impl Inner {
             for app in self.node.apps() {
                 let removed = app.forget_node(id);
                 if let (Some(hook), false) = (&self.on_node_gone, removed.is_empty()) {
-                    hook(&app.app.id, removed);
+                    hook(app.id(), removed);
                 }
             }
         }
@@ -597,7 +597,8 @@ async fn heartbeat(inner: Arc<Inner>, stop: CancellationToken) {
         let connections = inner
             .node
             .apps()
-            .map(|app| (app.app.id.clone(), app.connection_count()))
+            .iter()
+            .map(|app| (app.id().to_owned(), app.connection_count()))
             .collect();
         inner.send(
             &BusMessage::Heartbeat {

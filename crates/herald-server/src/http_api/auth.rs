@@ -58,10 +58,10 @@ pub fn verify_request(
     let signature_hex =
         param("auth_signature").ok_or_else(|| ApiError::unauthorized("Missing auth_signature"))?;
     param("auth_version").ok_or_else(|| ApiError::unauthorized("Missing auth_version"))?;
-    if key != app.app.key {
+    if key != app.app().key {
         return Err(ApiError::unauthorized("Unknown auth_key for this app"));
     }
-    if !app.app.enabled {
+    if !app.app().enabled {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "Application disabled"));
     }
     let timestamp: i64 = timestamp
@@ -86,7 +86,8 @@ pub fn verify_request(
         }
     }
     let params = || query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let secret = app.app.secret.expose();
+    let settings = app.app();
+    let secret = settings.secret.expose();
     let valid = signed_paths(uri.path(), &shared.config.path_prefix)
         .iter()
         .any(|path| {

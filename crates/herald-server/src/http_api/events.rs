@@ -97,11 +97,11 @@ fn batch_inner(
         .batch
         .ok_or_else(|| ApiError::bad_request("Missing field 'batch'"))?;
     let app = &verified.app;
-    if items.len() > app.app.max_batch_size {
+    if items.len() > app.app().max_batch_size {
         return Err(ApiError::bad_request(format!(
             "Batch has {} events; at most {} are allowed",
             items.len(),
-            app.app.max_batch_size
+            app.app().max_batch_size
         )));
     }
     // Validate everything first: a batch is published whole or not at all.
@@ -174,13 +174,13 @@ fn validate(
         .ok_or_else(|| ApiError::bad_request(at("Missing field 'data'".into())))?;
     // `data` is a string by the protocol; anything else is relayed as its JSON text.
     let data = serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned());
-    if data.len() > app.app.max_message_size {
+    if data.len() > app.app().max_message_size {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             at(format!(
                 "Event data is {} bytes; at most {} are allowed",
                 data.len(),
-                app.app.max_message_size
+                app.app().max_message_size
             )),
         ));
     }
@@ -198,11 +198,11 @@ fn validate(
             "'channels' must not be empty".into()
         )));
     }
-    if names.len() > app.app.max_channels_per_publish {
+    if names.len() > app.app().max_channels_per_publish {
         return Err(ApiError::bad_request(at(format!(
             "Too many channels: {} given, at most {} allowed",
             names.len(),
-            app.app.max_channels_per_publish
+            app.app().max_channels_per_publish
         ))));
     }
     let channels = names
@@ -259,18 +259,13 @@ fn publish(shared: &Shared, app: &AppState, event: &Event) {
             .is_cache()
             .then(|| (event.name.clone(), event.data.clone()));
         let delivery = shared.broker.publish(Envelope {
-            app_id: app.app.id.clone(),
+            app_id: app.id().to_owned(),
             channel: channel.clone(),
             frame,
             except: event.except,
             cache,
         });
-        metrics::broadcast(
-            &app.app.id,
-            "api",
-            delivery.delivered,
-            delivery.dropped_slow,
-        );
+        metrics::broadcast(app.id(), "api", delivery.delivered, delivery.dropped_slow);
     }
 }
 

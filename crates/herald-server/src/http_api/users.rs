@@ -78,7 +78,7 @@ fn terminate_inner(
     }
     let closed = shared
         .broker
-        .terminate_user(&verified.app.app.id, &UserId(user_id.to_owned()));
+        .terminate_user(verified.app.id(), &UserId(user_id.to_owned()));
     tracing::info!(app_id, user_id, closed, "terminated user connections");
     Ok(json!({}))
 }
@@ -95,7 +95,7 @@ pub async fn terminate_by_key(
     let key = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "auth_key")
         .map(|(_, v)| v.into_owned());
-    let app_id = key.and_then(|k| shared.node.app_by_key(&k).map(|a| a.app.id.clone()));
+    let app_id = key.and_then(|k| shared.node.app_by_key(&k).map(|a| a.id().to_owned()));
     let res = match app_id {
         Some(app_id) => terminate_inner(&shared, &app_id, &user_id, &method, &uri, body),
         None => Err(ApiError::unauthorized("Unknown or missing auth_key")),

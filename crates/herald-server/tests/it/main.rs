@@ -8,6 +8,7 @@ mod drain;
 mod http_api;
 mod limits;
 mod presence;
+mod reload;
 mod signin;
 mod subscribe;
 mod support;
