@@ -5,12 +5,18 @@
 
 pub mod app;
 pub mod broker;
+mod cache;
+mod channels;
+mod connections;
+mod lock_order;
 pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod rate_limit;
 pub mod registry;
 pub mod session;
+mod users;
+mod watchlist;
 
 pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
