@@ -241,3 +241,18 @@ async fn sighup_reloads_apps_adds_rotates_and_disables() {
     assert_eq!(herald.publish(SECRET).await, 401);
     assert_eq!(herald.publish("rotated-secret").await, 200);
 }
+
+#[tokio::test]
+async fn an_unknown_herald_environment_variable_stops_start_up_naming_it() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .env("HERALD_MAX_CONECTIONS", "10")
+        .output();
+    let output = tokio::time::timeout(WAIT, output)
+        .await
+        .expect("herald did not exit")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HERALD_MAX_CONECTIONS"), "{stderr}");
+}
