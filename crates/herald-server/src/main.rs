@@ -88,9 +88,7 @@ fn main() -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         herald_server::shutdown::spawn_signal_handler(shutdown.clone());
         let shared = herald_server::Shared::new(config)?;
-        if let Some(file) = args.config {
-            herald_server::reload::spawn_on_hangup(shared.clone(), file, overrides);
-        }
+        herald_server::reload::spawn_on_hangup(shared.clone(), args.config, overrides);
         herald_server::serve(shared, listener, shutdown).await
     })?;
     tracing::info!("herald stopped");

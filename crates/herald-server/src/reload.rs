@@ -19,19 +19,22 @@ use crate::webhooks::AppHooks;
 use crate::Shared;
 
 /// Reloads the apps from `file` on every SIGHUP until the broker's background tasks stop.
-pub fn spawn_on_hangup(shared: Arc<Shared>, file: PathBuf, overrides: Overrides) {
+/// Without a file there is nothing to reload: SIGHUP is logged and otherwise ignored (rather
+/// than ending the process, its default). Call it from within the runtime, before serving: the
+/// handler is in place when this returns.
+pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Overrides) {
     use tokio::signal::unix::{signal, SignalKind};
+    // SIGHUP: the conventional "reread your configuration" signal (nginx, HAProxy...).
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP: no configuration reloads");
+            return;
+        }
+    };
     let stop = shared.background.clone();
     let tasks = shared.background_tasks.clone();
     tasks.spawn(async move {
-        // SIGHUP: the conventional "reread your configuration" signal (nginx, HAProxy...).
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => hangup,
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGHUP: no configuration reloads");
-                return;
-            }
-        };
         loop {
             tokio::select! {
                 received = hangup.recv() => {
@@ -39,7 +42,12 @@ pub fn spawn_on_hangup(shared: Arc<Shared>, file: PathBuf, overrides: Overrides)
                         return;
                     }
                     // Logged either way: the log is how an operator (and a test) sees the result.
-                    let _ = reload(&shared, &file, &overrides);
+                    match &file {
+                        Some(file) => {
+                            let _ = reload(&shared, file, &overrides);
+                        }
+                        None => tracing::warn!("SIGHUP ignored: herald runs without a configuration file (--config)"),
+                    }
                 }
                 () = stop.cancelled() => return,
             }
