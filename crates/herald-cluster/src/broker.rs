@@ -186,7 +186,7 @@ impl<T: Transport> Inner<T> {
             self.send(
                 &BusMessage::State {
                     node: me,
-                    app: app.app.id.clone(),
+                    app: app.id().to_owned(),
                     state,
                 },
                 None,
@@ -295,7 +295,7 @@ impl<T: Transport> Inner<T> {
             for app in self.node.apps() {
                 let removed = app.forget_node(id);
                 if let (Some(hook), false) = (&self.on_node_gone, removed.is_empty()) {
-                    hook(&app.app.id, removed);
+                    hook(app.id(), removed);
                 }
             }
         }
@@ -487,7 +487,8 @@ async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) 
         let connections = inner
             .node
             .apps()
-            .map(|app| (app.app.id.clone(), app.connection_count()))
+            .iter()
+            .map(|app| (app.id().to_owned(), app.connection_count()))
             .collect();
         inner.send(
             &BusMessage::Heartbeat {

@@ -1,11 +1,19 @@
-//! Apps and their limits, as validated from configuration.
+//! Apps, their settings and limits: the one declaration of every per-app setting and its default.
+//!
+//! `App` is what the configuration file's `[[apps]]` tables, the `HERALD_APPS` environment
+//! variable and the app registry hold: each setting is one field here, with its default in the
+//! field's serde attribute, so a new setting is added in one place and is settable everywhere.
 //!
 //! Invariant: a secret never appears in `Debug` output or logs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// An app secret; `Debug` prints `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct AppSecret(String);
 
 impl AppSecret {
@@ -24,48 +32,114 @@ impl fmt::Debug for AppSecret {
     }
 }
 
-/// One Pusher app: credentials plus per-app limits.
-#[derive(Debug, Clone)]
+impl From<&str> for AppSecret {
+    fn from(secret: &str) -> AppSecret {
+        AppSecret::new(secret)
+    }
+}
+
+/// One Pusher app: credentials, per-app limits and webhook targets.
+///
+/// Every field without a default is required; every other default is written once, here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct App {
     pub id: String,
     pub key: String,
     pub secret: AppSecret,
+    /// A disabled app refuses new connections (4003) and API requests; its sockets are closed.
+    #[serde(default = "defaults::yes")]
     pub enabled: bool,
+    #[serde(default = "defaults::yes")]
     pub client_events: bool,
-    /// Maximum open connections for this app; `None` is unlimited.
-    pub max_connections: Option<usize>,
+    /// Maximum open connections for this app across the cluster; 0 is unlimited.
+    #[serde(default)]
+    pub max_connections: usize,
     /// Allowed `Origin` values; empty allows any. Entries may be `*` or `*.example.com` patterns.
+    #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Maximum size in bytes of an event's `data` (client events and HTTP publishes).
+    #[serde(default = "defaults::max_message_size")]
     pub max_message_size: usize,
+    #[serde(default = "defaults::max_presence_members")]
     pub max_presence_members: usize,
+    #[serde(default = "defaults::max_presence_user_info_bytes")]
     pub max_presence_user_info_bytes: usize,
+    #[serde(default = "defaults::max_client_events_per_second")]
     pub max_client_events_per_second: u32,
     /// Send `pusher_internal:subscription_count` to non-presence channels.
+    #[serde(default)]
     pub subscription_count: bool,
+    #[serde(default = "defaults::max_channels_per_publish")]
     pub max_channels_per_publish: usize,
+    #[serde(default = "defaults::max_batch_size")]
     pub max_batch_size: usize,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+mod defaults {
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_message_size() -> usize {
+        10 * 1024
+    }
+    pub fn max_presence_members() -> usize {
+        100
+    }
+    pub fn max_presence_user_info_bytes() -> usize {
+        1024
+    }
+    pub fn max_client_events_per_second() -> u32 {
+        10
+    }
+    pub fn max_channels_per_publish() -> usize {
+        100
+    }
+    pub fn max_batch_size() -> usize {
+        10
+    }
+}
+
+/// One webhook target of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// Event types to send (`channel_occupied`, `member_added`, ...); empty sends all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub channel_prefix: Option<String>,
+    #[serde(default)]
+    pub channel_suffix: Option<String>,
+    /// Extra request headers, e.g. an authorization token for the receiver.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 impl App {
+    /// An app with these credentials and every other setting at its default.
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> App {
+        // Built through serde so that the defaults are exactly the ones declared on the fields.
+        let credentials = serde_json::json!({
+            "id": id.into(),
+            "key": key.into(),
+            "secret": secret.into(),
+        });
+        serde_json::from_value(credentials)
+            .expect("id, key and secret are the only required fields")
+    }
+
     /// The demo app a node runs with when no apps are configured (Soketi's convention).
     pub fn demo() -> App {
-        App {
-            id: "1".into(),
-            key: "app-key".into(),
-            secret: AppSecret::new("app-secret"),
-            enabled: true,
-            client_events: true,
-            max_connections: None,
-            allowed_origins: Vec::new(),
-            max_message_size: 10 * 1024,
-            max_presence_members: 100,
-            max_presence_user_info_bytes: 1024,
-            max_client_events_per_second: 10,
-            subscription_count: false,
-            max_channels_per_publish: 100,
-            max_batch_size: 10,
-        }
+        App::new("1", "app-key", "app-secret")
+    }
+
+    /// The connection limit, `None` when unlimited.
+    pub fn connection_limit(&self) -> Option<usize> {
+        (self.max_connections > 0).then_some(self.max_connections)
     }
 
     /// Whether a browser `Origin` header may open a connection to this app.

@@ -5,20 +5,30 @@
 
 pub mod app;
 pub mod broker;
+mod cache;
+mod channels;
+mod connections;
 pub mod error;
+mod lock_order;
 pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod rate_limit;
+pub mod registry;
 pub mod session;
+mod users;
+mod watchlist;
 pub mod webhook_store;
 
-pub use app::{App, AppSecret, NodeLimits};
+pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
 pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
 pub use error::{
     ChannelDataError, ClientEventError, ConnectionError, MessageError, SigninError, SubscribeError,
     SubscriptionRefusal,
 };
-pub use node::{AppState, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry};
+pub use node::{
+    AppState, ConnectionRefused, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry,
+};
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
+pub use registry::{AppRegistry, AppsChanged, RegistryError};
 pub use session::{Session, SessionLimit};

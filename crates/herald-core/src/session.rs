@@ -97,7 +97,7 @@ impl Session {
         socket_id: SocketId,
         outbox: Outbox,
     ) -> Session {
-        let client_events = TokenBucket::new(app.app.max_client_events_per_second);
+        let client_events = TokenBucket::new(app.app().max_client_events_per_second);
         Session {
             app,
             broker,
@@ -219,7 +219,7 @@ impl Session {
             });
         }
         let socket = self.socket_id.to_string();
-        let app = &self.app.app;
+        let app = self.app.app();
         // Empty `auth` is "none": clients may send `"auth":""` on public channels.
         let auth = auth.filter(|a| !a.is_empty());
         let verify = |message: &str| {
@@ -257,7 +257,7 @@ impl Session {
             .app
             .subscribe(self.socket_id, &self.outbox, &channel, member)?;
         self.broker.announce(Announcement::Subscribed {
-            app_id: self.app.app.id.clone(),
+            app_id: self.app.id().to_owned(),
             entry: SubscriptionEntry {
                 channel: channel.clone(),
                 socket: self.socket_id,
@@ -311,7 +311,7 @@ impl Session {
         name: &str,
         data: &RawValue,
     ) -> Result<Outcome, ClientEventError> {
-        let app = &self.app.app;
+        let app = self.app.app();
         if !app.client_events {
             return Err(ClientEventError::Disabled);
         }
@@ -360,7 +360,7 @@ impl Session {
     }
 
     fn sign_in(&mut self, auth: &str, user_data: &str) -> Result<Outcome, SigninError> {
-        let app = &self.app.app;
+        let app = self.app.app();
         let message = signature::signin_message(&self.socket_id.to_string(), user_data);
         if !signature::verify_auth(&app.key, app.secret.expose(), &message, auth) {
             return Err(SigninError::InvalidSignature);
@@ -390,7 +390,7 @@ impl Session {
         }
         self.app.sign_in(&user, self.socket_id, &self.outbox);
         self.broker.announce(Announcement::SignedIn {
-            app_id: self.app.app.id.clone(),
+            app_id: self.app.id().to_owned(),
             socket: self.socket_id,
             user: user.clone(),
         });
@@ -440,7 +440,7 @@ impl Session {
             self.app.unwatch(self.socket_id, &signed_in.watchlist);
             self.app.sign_out(&signed_in.user, self.socket_id);
             self.broker.announce(Announcement::SignedOut {
-                app_id: self.app.app.id.clone(),
+                app_id: self.app.id().to_owned(),
                 socket: self.socket_id,
                 user: signed_in.user,
             });
@@ -450,7 +450,7 @@ impl Session {
 
     fn announce_unsubscribed(&self, channel: &ChannelName) {
         self.broker.announce(Announcement::Unsubscribed {
-            app_id: self.app.app.id.clone(),
+            app_id: self.app.id().to_owned(),
             channel: channel.clone(),
             socket: self.socket_id,
         });

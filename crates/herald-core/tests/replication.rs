@@ -1,8 +1,6 @@
 //! Node state without sockets: presence across local and replicated remote sockets, and the
 //! diff semantics of `replace_node`.
 
-use std::sync::Arc;
-
 use herald_core::{App, LocalState, Node, NodeLimits, Outbox, PresenceMember, SubscriptionEntry};
 use herald_protocol::{ChannelName, SocketId, UserId};
 
@@ -133,7 +131,7 @@ fn replace_node_applies_only_the_difference() {
 #[test]
 fn remote_sign_ins_drive_the_watchlist() {
     let node = node();
-    let app = Arc::clone(node.app_by_id("1").unwrap());
+    let app = node.app_by_id("1").unwrap();
     let alice = UserId("alice".into());
     let watcher = Outbox::new(1 << 20);
     let (online, offline) = app.watch(

@@ -8,30 +8,21 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
-use herald_core::{App, AppSecret, NodeLimits};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+pub use herald_core::app::WebhookTarget;
+use herald_core::{App, NodeLimits};
 use serde::{Deserialize, Serialize};
 
-/// Top-level keys an environment variable may set; anything else under `HERALD_` is ignored so
-/// that unrelated variables (`HERALD_BIN` in a test script, say) cannot break start-up.
-const ENV_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "path_prefix",
-    "node_id",
-    "log_format",
-    "debug",
-    "redis_url",
-    "activity_timeout",
-    "pong_timeout",
-    "max_connections",
-    "limits",
-    "drain",
-    "cluster",
-    "webhooks",
-    "webhook_url",
-];
+/// The prefix of every configuration environment variable.
+const ENV_PREFIX: &str = "HERALD_";
+
+/// `HERALD_*` variables that are not configuration: the log filter, and those of the test and
+/// benchmark scripts (`HERALD_BIN`, `HERALD_TEST_REDIS_URL`, `HERALD_BENCH_*`). Any other
+/// `HERALD_*` variable must name a configuration key, or start-up fails.
+const ENV_NOT_CONFIG: &[&str] = &["LOG", "BIN"];
+const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["TEST_", "BENCH"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,7 +55,8 @@ pub struct Config {
     /// A webhook target receiving every event type for the first app (`HERALD_WEBHOOK_URL`), so a
     /// single-app deployment needs no file.
     pub webhook_url: Option<String>,
-    pub apps: Vec<AppConfig>,
+    /// Every per-app setting and its default is declared once, on [`App`].
+    pub apps: Vec<App>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,23 +92,6 @@ impl Default for WebhooksConfig {
             max_batch: 1,
         }
     }
-}
-
-/// One webhook target of an app.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookTarget {
-    pub url: String,
-    /// Event types to send (`channel_occupied`, `member_added`, ...); empty sends all.
-    #[serde(default)]
-    pub event_types: Vec<String>,
-    #[serde(default)]
-    pub channel_prefix: Option<String>,
-    #[serde(default)]
-    pub channel_suffix: Option<String>,
-    /// Extra request headers, e.g. an authorization token for the receiver.
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// The webhook event types Pusher defines.
@@ -214,64 +189,6 @@ pub struct DrainConfig {
     pub deadline: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppConfig {
-    pub id: String,
-    pub key: String,
-    pub secret: String,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default = "yes")]
-    pub client_events: bool,
-    /// 0 is unlimited.
-    #[serde(default)]
-    pub max_connections: usize,
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    #[serde(default = "defaults::max_message_size")]
-    pub max_message_size: usize,
-    #[serde(default = "defaults::max_presence_members")]
-    pub max_presence_members: usize,
-    #[serde(default = "defaults::max_presence_user_info_bytes")]
-    pub max_presence_user_info_bytes: usize,
-    #[serde(default = "defaults::max_client_events_per_second")]
-    pub max_client_events_per_second: u32,
-    #[serde(default)]
-    pub subscription_count: bool,
-    #[serde(default = "defaults::max_channels_per_publish")]
-    pub max_channels_per_publish: usize,
-    #[serde(default = "defaults::max_batch_size")]
-    pub max_batch_size: usize,
-    #[serde(default)]
-    pub webhooks: Vec<WebhookTarget>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-mod defaults {
-    pub fn max_message_size() -> usize {
-        10 * 1024
-    }
-    pub fn max_presence_members() -> usize {
-        100
-    }
-    pub fn max_presence_user_info_bytes() -> usize {
-        1024
-    }
-    pub fn max_client_events_per_second() -> u32 {
-        10
-    }
-    pub fn max_channels_per_publish() -> usize {
-        100
-    }
-    pub fn max_batch_size() -> usize {
-        10
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -290,7 +207,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             webhooks: WebhooksConfig::default(),
             webhook_url: None,
-            apps: vec![AppConfig::from_app(&App::demo())],
+            apps: vec![App::demo()],
         }
     }
 }
@@ -324,49 +241,8 @@ impl Default for DrainConfig {
     }
 }
 
-impl AppConfig {
-    fn from_app(app: &App) -> AppConfig {
-        AppConfig {
-            id: app.id.clone(),
-            key: app.key.clone(),
-            secret: app.secret.expose().to_owned(),
-            enabled: app.enabled,
-            client_events: app.client_events,
-            max_connections: app.max_connections.unwrap_or(0),
-            allowed_origins: app.allowed_origins.clone(),
-            max_message_size: app.max_message_size,
-            max_presence_members: app.max_presence_members,
-            max_presence_user_info_bytes: app.max_presence_user_info_bytes,
-            max_client_events_per_second: app.max_client_events_per_second,
-            subscription_count: app.subscription_count,
-            max_channels_per_publish: app.max_channels_per_publish,
-            max_batch_size: app.max_batch_size,
-            webhooks: Vec::new(),
-        }
-    }
-
-    pub fn to_app(&self) -> App {
-        App {
-            id: self.id.clone(),
-            key: self.key.clone(),
-            secret: AppSecret::new(self.secret.clone()),
-            enabled: self.enabled,
-            client_events: self.client_events,
-            max_connections: (self.max_connections > 0).then_some(self.max_connections),
-            allowed_origins: self.allowed_origins.clone(),
-            max_message_size: self.max_message_size,
-            max_presence_members: self.max_presence_members,
-            max_presence_user_info_bytes: self.max_presence_user_info_bytes,
-            max_client_events_per_second: self.max_client_events_per_second,
-            subscription_count: self.subscription_count,
-            max_channels_per_publish: self.max_channels_per_publish,
-            max_batch_size: self.max_batch_size,
-        }
-    }
-}
-
 /// Values given on the command line; only those present override the other layers.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -388,6 +264,18 @@ impl Config {
     /// # Errors
     /// A message naming the offending key and what is wrong with it.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        Config::load_from(file, std::env::vars(), overrides)
+    }
+
+    /// [`Config::load`] with the environment given, so tests need not change the process's.
+    ///
+    /// # Errors
+    /// A message naming the offending key (or environment variable) and what is wrong with it.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -395,17 +283,24 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let env = Env::prefixed("HERALD_").split("__").filter(|key| {
-            let top = key.as_str().split('.').next().unwrap_or_default();
-            ENV_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
-        });
-        figment = figment.merge(env).merge(Serialized::defaults(overrides));
+        figment = figment
+            .merge(EnvLayer::parse(env)?)
+            .merge(Serialized::defaults(overrides));
         let config: Config = figment.extract().map_err(|err| {
             let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid configuration: {}", messages.join("; "))
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The top-level keys, as the environment spells them: derived from the tree itself, so a
+    /// new setting is settable through the environment without a list to maintain.
+    fn keys() -> Vec<String> {
+        match Value::serialize(Config::default()) {
+            Ok(Value::Dict(_, dict)) => dict.into_keys().collect(),
+            _ => unreachable!("Config serializes to a table"),
+        }
     }
 
     /// # Errors
@@ -417,7 +312,7 @@ impl Config {
         }
         let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
         for (i, app) in self.apps.iter().enumerate() {
-            if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
+            if app.id.is_empty() || app.key.is_empty() || app.secret.expose().is_empty() {
                 bail!("apps[{i}]: id, key and secret must not be empty");
             }
             if !ids.insert(&app.id) {
@@ -500,7 +395,7 @@ impl Config {
     }
 
     pub fn apps(&self) -> Vec<App> {
-        self.apps.iter().map(AppConfig::to_app).collect()
+        self.apps.clone()
     }
 
     pub fn node_limits(&self) -> NodeLimits {
@@ -511,6 +406,76 @@ impl Config {
             outbox_max_bytes: self.limits.outbox_max_bytes,
             ..NodeLimits::default()
         }
+    }
+}
+
+/// The `HERALD_*` environment as a figment layer: `HERALD_DRAIN__WINDOW=10s` sets
+/// `drain.window`, and values are parsed like TOML values (`HERALD_APPS=[{id = "1", ...}]`).
+struct EnvLayer(Dict);
+
+impl EnvLayer {
+    /// # Errors
+    /// A `HERALD_*` variable that names no configuration key: a typo would otherwise be ignored.
+    fn parse(env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<EnvLayer> {
+        let keys = Config::keys();
+        let mut dict = Dict::new();
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (name, value) in vars {
+            let rest = &name[ENV_PREFIX.len()..];
+            if ENV_NOT_CONFIG.contains(&rest)
+                || ENV_NOT_CONFIG_PREFIXES.iter().any(|p| rest.starts_with(p))
+            {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if !keys.contains(&path[0]) {
+                anyhow::bail!(
+                    "unknown environment variable {name}: {:?} is not a configuration key (known: {})",
+                    path[0],
+                    keys.iter()
+                        .map(|k| format!("{ENV_PREFIX}{}", k.to_ascii_uppercase()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let value: Value = value.parse().unwrap_or_else(|never| match never {});
+            insert_path(&mut dict, &path, value);
+        }
+        Ok(EnvLayer(dict))
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [key] => {
+            dict.insert(key.clone(), value);
+        }
+        [key, rest @ ..] => {
+            let entry = dict
+                .entry(key.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`HERALD_` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.0.clone()))
     }
 }
 
@@ -559,5 +524,101 @@ mod tests {
         assert_eq!(config.apps.len(), 1);
         assert_eq!(config.apps[0].max_presence_members, 100);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every per-app setting, each away from its default.
+    const EVERY_APP_SETTING: &str = r#"{id = "7", key = "k7", secret = "s7", enabled = false, client_events = false, max_connections = 5, allowed_origins = ["https://a.test", "*.b.test"], max_message_size = 2048, max_presence_members = 7, max_presence_user_info_bytes = 99, max_client_events_per_second = 3, subscription_count = true, max_channels_per_publish = 4, max_batch_size = 2, webhooks = [{url = "http://127.0.0.1:9/hook", event_types = ["member_added"], channel_prefix = "presence-", headers = {Authorization = "Bearer t"}}]}"#;
+
+    fn dict(app: &App) -> Dict {
+        match Value::serialize(app).unwrap() {
+            Value::Dict(_, dict) => dict,
+            other => panic!("an app serializes to a table, not {other:?}"),
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_app_setting_is_settable_through_the_file_and_the_environment_alike() {
+        let dir = std::env::temp_dir().join(format!("herald-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("apps.toml");
+        std::fs::write(&path, format!("apps = [{EVERY_APP_SETTING}]\n")).unwrap();
+        let from_file = Config::load_from(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let from_env = Config::load_from(
+            None,
+            env(&[("HERALD_APPS", &format!("[{EVERY_APP_SETTING}]"))]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(from_file.apps, from_env.apps);
+        let set = dict(&from_env.apps[0]);
+        let default = dict(&App::new("7", "k7", "s7"));
+        assert_eq!(
+            set.keys().collect::<Vec<_>>(),
+            default.keys().collect::<Vec<_>>(),
+            "the test sets every per-app setting"
+        );
+        for (key, value) in &default {
+            if !["id", "key", "secret"].contains(&key.as_str()) {
+                assert_ne!(&set[key], value, "{key} was set away from its default");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_environment_variable_stops_start_up_naming_it() {
+        let err = Config::load_from(None, env(&[("HERALD_PROT", "7000")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HERALD_PROT"), "{err}");
+        assert!(err.contains("HERALD_PORT"), "lists the known keys: {err}");
+        let err = Config::load_from(
+            None,
+            env(&[("HERALD_LIMITS__MAX_FRAMES", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_frames"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[(
+                "HERALD_APPS",
+                r#"[{id = "1", key = "k", secret = "s", bogus = 1}]"#,
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn environment_sets_nested_keys_and_ignores_the_scripts_variables() {
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("HERALD_PORT", "7000"),
+                ("HERALD_DRAIN__WINDOW", "2s"),
+                ("HERALD_REDIS_URL", "redis://a:1,redis://b:2"),
+                ("HERALD_LOG", "debug"),
+                ("HERALD_BIN", "/bin/herald"),
+                ("HERALD_TEST_REDIS_URL", "redis://x"),
+                ("HERALD_BENCH", "1"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.port, 7000);
+        assert_eq!(config.drain.window, Duration::from_secs(2));
+        assert_eq!(config.redis_url.as_deref(), Some("redis://a:1,redis://b:2"));
+        assert_eq!(config.apps, vec![App::demo()]);
     }
 }

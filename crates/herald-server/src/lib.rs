@@ -7,6 +7,7 @@
 pub mod config;
 pub mod http_api;
 pub mod metrics;
+pub mod reload;
 pub mod shutdown;
 pub mod webhooks;
 pub mod ws;
@@ -22,17 +23,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_cluster::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, Transport};
-use herald_core::{Broker, MemoryBroker, Node, NodeLimits, Outbox};
-use herald_protocol::SocketId;
+use herald_core::{Broker, MemoryBroker, Node, NodeLimits};
 use herald_redis::{RedisPubSub, RedisSharded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use webhooks::{AppHooks, Store, Webhooks};
+use webhooks::{Store, Webhooks};
 
 pub use config::Config;
 
@@ -47,8 +46,6 @@ pub struct Shared {
     /// Set when some app has a webhook target.
     pub webhooks: Option<Webhooks>,
     pub limits: Arc<NodeLimits>,
-    /// Every open WebSocket's outbox, so the drain can ask each to reconnect elsewhere.
-    pub sockets: Mutex<HashMap<SocketId, Outbox>>,
     pub tracker: TaskTracker,
     /// Stops the broker's background tasks once the drain is over.
     pub background: CancellationToken,
@@ -91,7 +88,6 @@ impl Shared {
             broker_stats,
             webhooks,
             limits,
-            sockets: Mutex::new(HashMap::new()),
             tracker,
             background,
             background_tasks,
@@ -154,25 +150,10 @@ fn start_webhooks(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<Webhooks>> {
-    let targets = config.webhook_targets();
-    if targets.is_empty() {
+    let apps = reload::webhook_apps(config);
+    if apps.is_empty() {
         return Ok(None);
     }
-    let apps = config
-        .apps()
-        .into_iter()
-        .filter_map(|app| {
-            let targets = targets.get(&app.id)?.clone();
-            Some((
-                app.id.clone(),
-                AppHooks {
-                    key: app.key,
-                    secret: app.secret,
-                    targets,
-                },
-            ))
-        })
-        .collect();
     let store = match &config.redis_url {
         Some(url) => Store::in_redis(
             herald_redis::conn::Target::parse(url, config.cluster.sharded)?,

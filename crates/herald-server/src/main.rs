@@ -87,7 +87,9 @@ fn main() -> anyhow::Result<()> {
         let listener = listen(&config).await?;
         let shutdown = CancellationToken::new();
         herald_server::shutdown::spawn_signal_handler(shutdown.clone());
-        herald_server::run(config, listener, shutdown).await
+        let shared = herald_server::Shared::new(config)?;
+        herald_server::reload::spawn_on_hangup(shared.clone(), args.config, overrides);
+        herald_server::serve(shared, listener, shutdown).await
     })?;
     tracing::info!("herald stopped");
     Ok(())

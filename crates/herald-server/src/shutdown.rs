@@ -53,7 +53,7 @@ pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
     tokio::time::sleep(drain.delay).await;
 
     stop_accepting.cancel();
-    let mut sockets: Vec<Outbox> = shared.sockets.lock().values().cloned().collect();
+    let mut sockets: Vec<Outbox> = shared.node.outboxes();
     tracing::info!(sockets = sockets.len(), window = ?drain.window, "closing sockets with 4200");
     sockets.shuffle(&mut rand::thread_rng());
     close_paced(sockets, drain.window).await;

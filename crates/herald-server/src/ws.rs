@@ -16,7 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use herald_core::outbox::Batch;
 use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
-use herald_core::{AppState, CloseRequest, DisconnectReason, Frame, Outbox, Session};
+use herald_core::{
+    AppState, CloseRequest, ConnectionRefused, DisconnectReason, Frame, Outbox, Session,
+};
 use herald_protocol::server_message;
 use herald_protocol::{ClientMessage, CloseCode, ErrorCode};
 use hyper_util::rt::TokioIo;
@@ -148,7 +150,7 @@ fn admit(
         .node
         .app_by_key(key)
         .ok_or((CloseCode::AppNotFound, "Application does not exist"))?;
-    if !app.app.enabled {
+    if !app.app().enabled {
         return Err((CloseCode::AppDisabled, "Application disabled"));
     }
     let protocol = protocol.ok_or((CloseCode::NoProtocol, "No protocol version supplied"))?;
@@ -162,8 +164,8 @@ fn admit(
         }
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    if !app.app.origin_allowed(origin) {
-        metrics::limit_rejected_for(&app.app.id, Limit::Origin);
+    if !app.app().origin_allowed(origin) {
+        metrics::limit_rejected_for(app.id(), Limit::Origin);
         return Err((CloseCode::Unauthorized, "Origin not allowed"));
     }
     Ok(app.clone())
@@ -211,23 +213,26 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         .node
         .try_add_connection(shared.config.max_connections)
     {
-        metrics::limit_rejected_for(&app.app.id, Limit::NodeConnections);
+        metrics::limit_rejected_for(app.id(), Limit::NodeConnections);
         return Box::pin(reject(socket, CloseCode::OverCapacity, "Over capacity")).await;
-    }
-    if !app.try_add_connection() {
-        shared.node.remove_connection();
-        metrics::limit_rejected_for(&app.app.id, Limit::AppConnections);
-        return reject(
-            socket,
-            CloseCode::AppOverQuota,
-            "Application is over connection quota",
-        )
-        .await;
     }
     let socket_id = shared.node.next_socket_id();
     let outbox = Outbox::new(shared.limits.outbox_max_bytes);
-    shared.sockets.lock().insert(socket_id, outbox.clone());
-    metrics::connection_opened(&app.app.id);
+    if let Err(refused) = app.add_connection(socket_id, &outbox) {
+        shared.node.remove_connection();
+        let (code, message) = match refused {
+            ConnectionRefused::OverQuota => {
+                metrics::limit_rejected_for(app.id(), Limit::AppConnections);
+                (
+                    CloseCode::AppOverQuota,
+                    "Application is over connection quota",
+                )
+            }
+            ConnectionRefused::Disabled => (CloseCode::AppDisabled, "Application disabled"),
+        };
+        return reject(socket, code, message).await;
+    }
+    metrics::connection_opened(app.id());
     let _ = outbox.push(Frame::new(server_message::connection_established(
         socket_id,
         shared.config.activity_timeout.as_secs(),
@@ -240,21 +245,20 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         outbox,
     );
     // Only what is needed after the loop is kept across it (memory per connection).
-    let span = tracing::debug_span!("socket", app_id = %app.app.id, socket_id = %socket_id);
+    let span = tracing::debug_span!("socket", app_id = %app.id(), socket_id = %socket_id);
     let reason = connection_loop(&shared, &mut session, &mut socket)
         .instrument(span)
         .await;
 
     let socket_id = session.socket_id();
     let left = session.close();
-    let app_id = &app.app.id;
+    let app_id = app.id();
     if let Some(webhooks) = &shared.webhooks {
         for left in &left {
             webhooks.record_left(app_id, socket_id, left);
         }
     }
-    shared.sockets.lock().remove(&socket_id);
-    app.remove_connection();
+    app.remove_connection(socket_id);
     shared.node.remove_connection();
     metrics::connection_closed(app_id, reason.as_str());
     tracing::debug!(reason = reason.as_str(), "socket closed");
@@ -267,9 +271,9 @@ async fn connection_loop(
 ) -> DisconnectReason {
     let app_metrics = shared
         .app_metrics
-        .get(&session.app().app.id)
+        .get(session.app().id())
         .cloned()
-        .unwrap_or_else(|| Arc::new(AppMetrics::new(&session.app().app.id)));
+        .unwrap_or_else(|| Arc::new(AppMetrics::new(session.app().id())));
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
 
     // Only the select! is awaited in place; every other await is a boxed future, and nothing
@@ -343,7 +347,7 @@ fn on_incoming(
             match ClientMessage::parse(text.as_str()) {
                 Ok(message) => {
                     let outcome = session.handle(message);
-                    let app_id = &session.app().app.id;
+                    let app_id = session.app().id();
                     match &outcome {
                         Outcome::LimitReached(limit) => {
                             metrics::limit_rejected_for(app_id, (*limit).into());
@@ -449,7 +453,7 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         // Copied out so that connects and disconnects never wait for a whole pass.
-        outboxes.extend(shared.sockets.lock().values().cloned());
+        outboxes.extend(shared.node.outboxes());
         let now = herald_core::outbox::clock_ms();
         for outbox in outboxes.drain(..) {
             outbox.check_liveness(now, activity, pong);

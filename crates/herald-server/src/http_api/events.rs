@@ -70,10 +70,10 @@ fn batch_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> 
     let parsed: BatchBody = parse_json(&req.body)?;
     let items = parsed.batch.ok_or(ApiError::MissingField("batch"))?;
     let app = &req.app;
-    if items.len() > app.app.max_batch_size {
+    if items.len() > app.app().max_batch_size {
         return Err(ApiError::BatchTooLarge {
             given: items.len(),
-            max: app.app.max_batch_size,
+            max: app.app().max_batch_size,
         });
     }
     // Validate everything first: a batch is published whole or not at all.
@@ -113,10 +113,10 @@ fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, A
     let raw = body.data.ok_or(ApiError::MissingField("data"))?;
     // `data` is a string by the protocol; anything else is relayed as its JSON text.
     let data = serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned());
-    if data.len() > app.app.max_message_size {
+    if data.len() > app.app().max_message_size {
         return Err(ApiError::EventDataTooLarge {
             size: data.len(),
-            max: app.app.max_message_size,
+            max: app.app().max_message_size,
         });
     }
     let names = match (body.channels, body.channel) {
@@ -127,10 +127,10 @@ fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, A
     if names.is_empty() {
         return Err(ApiError::NoChannels);
     }
-    if names.len() > app.app.max_channels_per_publish {
+    if names.len() > app.app().max_channels_per_publish {
         return Err(ApiError::TooManyChannels {
             given: names.len(),
-            max: app.app.max_channels_per_publish,
+            max: app.app().max_channels_per_publish,
         });
     }
     let channels = names
@@ -172,18 +172,13 @@ fn publish(shared: &Shared, app: &AppState, event: &Event) {
             .is_cache()
             .then(|| (event.name.clone(), event.data.clone()));
         let delivery = shared.broker.publish(Envelope {
-            app_id: app.app.id.clone(),
+            app_id: app.id().to_owned(),
             channel: channel.clone(),
             frame,
             except: event.except,
             cache,
         });
-        metrics::broadcast(
-            &app.app.id,
-            "api",
-            delivery.delivered,
-            delivery.dropped_slow,
-        );
+        metrics::broadcast(app.id(), "api", delivery.delivered, delivery.dropped_slow);
     }
 }
 

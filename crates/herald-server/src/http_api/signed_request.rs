@@ -207,10 +207,12 @@ fn verify(
     let timestamp = param("auth_timestamp")?;
     let signature_hex = param("auth_signature")?;
     let version = param("auth_version")?;
-    if key != app.app.key {
+    // The settings as they are now: a rotated secret applies from the next request.
+    let settings = app.app();
+    if key != settings.key {
         return Err(ApiError::UnknownAuthKey);
     }
-    if !app.app.enabled {
+    if !settings.enabled {
         return Err(ApiError::AppDisabled);
     }
     if version != AUTH_VERSION {
@@ -232,7 +234,7 @@ fn verify(
         }
     }
     let params = || query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let secret = app.app.secret.expose();
+    let secret = settings.secret.expose();
     let valid = signed_paths(uri.path(), &shared.config.path_prefix)
         .iter()
         .any(|path| {

@@ -51,7 +51,7 @@ fn terminate_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiErr
     if user_id.is_empty() {
         return Err(ApiError::EmptyUserId);
     }
-    let app_id = &req.app.app.id;
+    let app_id = req.app.id();
     let closed = shared
         .broker
         .terminate_user(app_id, &UserId(user_id.to_owned()));

@@ -87,7 +87,8 @@ pub struct AppHooks {
 #[derive(Debug)]
 struct Inner {
     config: WebhooksConfig,
-    apps: HashMap<String, AppHooks>,
+    /// Replaced whole when the apps change at runtime ([`Webhooks::set_apps`]).
+    apps: parking_lot::RwLock<HashMap<String, AppHooks>>,
     store: Store,
     next_id: AtomicU64,
 }
@@ -114,7 +115,7 @@ impl Webhooks {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let inner = Arc::new(Inner {
             config,
-            apps,
+            apps: parking_lot::RwLock::new(apps),
             store,
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
         });
@@ -125,7 +126,12 @@ impl Webhooks {
 
     /// Whether `app` has any webhook target (so callers can skip building facts).
     pub fn wants(&self, app: &str) -> bool {
-        self.inner.apps.contains_key(app)
+        self.inner.apps.read().contains_key(app)
+    }
+
+    /// Replaces every app's webhook settings (the apps changed at runtime).
+    pub fn set_apps(&self, apps: HashMap<String, AppHooks>) {
+        *self.inner.apps.write() = apps;
     }
 
     pub fn record(&self, fact: Fact) {
@@ -384,7 +390,7 @@ impl Inner {
         pending_key: Option<String>,
         delay_ms: u64,
     ) -> WebhookStoreResult<()> {
-        let Some(hooks) = self.apps.get(app) else {
+        let Some(hooks) = self.apps.read().get(app).cloned() else {
             return Ok(());
         };
         let name = event["name"].as_str().unwrap_or_default();

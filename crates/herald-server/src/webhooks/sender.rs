@@ -90,6 +90,7 @@ async fn claim_groups(inner: &Inner) -> Vec<Vec<(Job, Job)>> {
     // the job again (a duplicate, never a loss).
     let most_targets = inner
         .apps
+        .read()
         .values()
         .map(|a| a.targets.len())
         .max()
@@ -143,7 +144,7 @@ async fn claim_groups(inner: &Inner) -> Vec<Vec<(Job, Job)>> {
 
 async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) {
     let first = &group[0].1;
-    let Some(hooks) = inner.apps.get(&first.app) else {
+    let Some(hooks) = inner.apps.read().get(&first.app).cloned() else {
         for (claimed, _) in &group {
             let _ = inner.store.complete(claimed).await;
         }

@@ -11,6 +11,7 @@ mod metrics;
 mod presence;
 mod prop_api;
 mod prop_bus;
+mod reload;
 mod signin;
 mod subscribe;
 mod support;

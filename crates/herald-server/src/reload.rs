@@ -1,0 +1,133 @@
+//! Reloading the configuration file's apps on SIGHUP.
+//!
+//! Only the `apps` section (and what derives from it: the apps' webhook targets) is applied to
+//! the running node, through the app registry: apps are added, changed in place or removed, and
+//! a disabled or removed app's sockets are closed with 4003. Every other setting needs a
+//! restart; a change to one is logged as a warning and ignored. In a cluster each node reloads
+//! its own file.
+//!
+//! Invariant: a file that does not load or validate changes nothing; the running apps stay.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use herald_core::AppsChanged;
+
+use crate::config::{Config, Overrides};
+use crate::webhooks::AppHooks;
+use crate::Shared;
+
+/// Reloads the apps from `file` on every SIGHUP until the broker's background tasks stop.
+/// Without a file there is nothing to reload: SIGHUP is logged and otherwise ignored (rather
+/// than ending the process, its default). Call it from within the runtime, before serving: the
+/// handler is in place when this returns.
+pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Overrides) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // SIGHUP: the conventional "reread your configuration" signal (nginx, HAProxy...).
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP: no configuration reloads");
+            return;
+        }
+    };
+    let stop = shared.background.clone();
+    let tasks = shared.background_tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    // Logged either way: the log is how an operator (and a test) sees the result.
+                    match &file {
+                        Some(file) => {
+                            let _ = reload(&shared, file, &overrides);
+                        }
+                        None => tracing::warn!("SIGHUP ignored: herald runs without a configuration file (--config)"),
+                    }
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Loads `file` (with the environment and flags layered as at start-up) and applies its apps.
+///
+/// # Errors
+/// The file does not load or validate; nothing was changed, and the error was logged.
+pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Result<AppsChanged> {
+    let mut config = match Config::load(Some(file), overrides) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!(
+                file = %file.display(),
+                error = %format!("{err:#}"),
+                "configuration reload refused; the running apps stay"
+            );
+            return Err(err);
+        }
+    };
+    let restart_needed = settings_needing_restart(&shared.config, &config);
+    if !restart_needed.is_empty() {
+        tracing::warn!(
+            keys = %restart_needed.join(", "),
+            "configuration reload: only apps are reloaded; these settings need a restart"
+        );
+    }
+    // `webhook_url` is not an apps setting: it stays as it was (and was warned about above).
+    config.webhook_url.clone_from(&shared.config.webhook_url);
+    let changed = shared.node.registry().replace(config.apps());
+    match &shared.webhooks {
+        Some(webhooks) => webhooks.set_apps(webhook_apps(&config)),
+        None if !config.webhook_targets().is_empty() => tracing::warn!(
+            "configuration reload: webhook targets need a restart when no app had one at start-up"
+        ),
+        None => {}
+    }
+    tracing::info!(
+        added = ?changed.added,
+        changed = ?changed.changed,
+        removed = ?changed.removed,
+        closed_sockets = changed.closed_sockets,
+        "configuration reloaded: apps applied"
+    );
+    Ok(changed)
+}
+
+/// Top-level keys, other than `apps`, whose value differs between two configurations.
+fn settings_needing_restart(running: &Config, loaded: &Config) -> Vec<String> {
+    let table = |config: &Config| match serde_json::to_value(config) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (running, loaded) = (table(running), table(loaded));
+    loaded
+        .iter()
+        .filter(|(key, value)| key.as_str() != "apps" && running.get(key.as_str()) != Some(value))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// Every app with a webhook target, with what signing and sending its webhooks takes.
+pub fn webhook_apps(config: &Config) -> HashMap<String, AppHooks> {
+    let targets = config.webhook_targets();
+    config
+        .apps
+        .iter()
+        .filter_map(|app| {
+            let targets = targets.get(&app.id)?.clone();
+            Some((
+                app.id.clone(),
+                AppHooks {
+                    key: app.key.clone(),
+                    secret: app.secret.clone(),
+                    targets,
+                },
+            ))
+        })
+        .collect()
+}
