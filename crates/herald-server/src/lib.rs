@@ -190,7 +190,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(render_metrics))
         .merge(pusher)
         .fallback(ws::fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
+}
+
+/// An error the router itself answers (no route, wrong method, a refused upgrade): the status and
+/// `{"error": "..."}`, the same shape as the HTTP API's errors.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({"error": message}))).into_response()
+}
+
+/// A known path with a method it does not serve; axum adds the `Allow` header.
+async fn method_not_allowed() -> Response {
+    json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
