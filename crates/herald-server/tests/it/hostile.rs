@@ -32,11 +32,12 @@ async fn hostile_server() -> TestServer {
         c.limits.max_frame_bytes = MAX_FRAME_BYTES;
         c.limits.handshake_timeout = HANDSHAKE_TIMEOUT;
         c.limits.max_header_bytes = 8192;
+        c.limits.request_timeout = HANDSHAKE_TIMEOUT;
     })
     .await
 }
 
-const HOSTILE_TOML: &str = "[limits]\nmax_frame_bytes = 16384\nhandshake_timeout = \"1s\"\nmax_header_bytes = 8192\n";
+const HOSTILE_TOML: &str = "[limits]\nmax_frame_bytes = 16384\nhandshake_timeout = \"1s\"\nmax_header_bytes = 8192\nrequest_timeout = \"1s\"\n";
 
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP.
@@ -459,6 +460,16 @@ fn head_cases() -> Vec<(&'static str, Vec<u8>, HeadAnswer)> {
             HeadAnswer::Json(400),
         ),
         (
+            "a path parameter that is not UTF-8",
+            b"GET /apps/%FF/channels HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            HeadAnswer::Json(400),
+        ),
+        (
+            "an app key that is not UTF-8",
+            upgrade_head("GET /app/%FF%FE?protocol=7 HTTP/1.1", ""),
+            HeadAnswer::Json(400),
+        ),
+        (
             "an unknown path",
             b"GET /wp-login.php HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
             HeadAnswer::Json(404),
@@ -569,8 +580,19 @@ async fn run_stalled_heads(addr: SocketAddr) {
         assert_eq!(answer.status, 200);
         until_closed(&mut stream, within).await
     };
-    let (silent, half_upgrade, slowloris, idle_keep_alive) =
-        tokio::join!(silent, half_upgrade, slowloris, idle_keep_alive);
+    let half_body = async {
+        // A complete head, then a body that never comes: the request timeout answers.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream).await.expect("an answer");
+        assert_eq!(answer.status, 408, "a half-sent body: {answer:?}");
+        assert!(answer.json()["error"].is_string(), "a half-sent body: {answer:?}");
+    };
+    let (silent, half_upgrade, slowloris, idle_keep_alive, ()) =
+        tokio::join!(silent, half_upgrade, slowloris, idle_keep_alive, half_body);
     for (name, got) in [
         ("a silent connection", silent),
         ("a half-sent upgrade", half_upgrade),
