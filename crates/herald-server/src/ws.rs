@@ -97,7 +97,7 @@ where
 {
     let key = match check_handshake(&req) {
         Ok(key) => key,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -128,54 +128,81 @@ where
 /// The version of the WebSocket protocol herald speaks (RFC 6455 §4.1, `Sec-WebSocket-Version`).
 const WEBSOCKET_VERSION: &str = "13";
 
-/// Checks an upgrade request against RFC 6455 §4.2.1 and returns its `Sec-WebSocket-Key`, or the
-/// JSON refusal to send instead of a 101. A refusal never switches protocols: hyper can upgrade
-/// only an HTTP/1.1 GET, and a 101 it cannot honour leaves the client with a dead socket.
-fn check_handshake(req: &Request<Body>) -> Result<HeaderValue, Response> {
+/// Why an upgrade request gets no 101 (RFC 6455 §4.2.1). A refusal never switches protocols:
+/// hyper can upgrade only an HTTP/1.1 GET, and a 101 it cannot honour leaves the client with a
+/// dead socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NotGet,
+    /// Typically a reverse proxy speaking HTTP/1.0 to its upstream (nginx's default).
+    NotHttp11,
+    NotUpgrade,
+    /// A missing or other `Sec-WebSocket-Version`.
+    WebSocketVersion,
+    NoKey,
+}
+
+impl Refusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Refusal::NotGet => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "A WebSocket upgrade must be a GET request",
+            ),
+            Refusal::NotHttp11 => (
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "A WebSocket upgrade needs HTTP/1.1 (a proxy in front of herald may be speaking HTTP/1.0 to it)",
+            ),
+            Refusal::NotUpgrade => (
+                StatusCode::BAD_REQUEST,
+                "Expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+            ),
+            Refusal::WebSocketVersion => (
+                StatusCode::UPGRADE_REQUIRED,
+                "Unsupported WebSocket version: send Sec-WebSocket-Version: 13",
+            ),
+            Refusal::NoKey => (StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key header"),
+        };
+        let mut res = crate::json_error(status, message);
+        match self {
+            Refusal::NotGet => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            // RFC 6455 §4.4: name the versions this server speaks.
+            Refusal::WebSocketVersion => {
+                res.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(WEBSOCKET_VERSION),
+                );
+            }
+            Refusal::NotHttp11 | Refusal::NotUpgrade | Refusal::NoKey => {}
+        }
+        res
+    }
+}
+
+/// Checks an upgrade request and returns its `Sec-WebSocket-Key`.
+fn check_handshake(req: &Request<Body>) -> Result<HeaderValue, Refusal> {
     if req.method() != Method::GET {
-        let mut res = crate::json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "A WebSocket upgrade must be a GET request",
-        );
-        res.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return Err(res);
+        return Err(Refusal::NotGet);
     }
     if req.version() != Version::HTTP_11 {
-        // Typically a reverse proxy speaking HTTP/1.0 to its upstream (nginx's default).
-        return Err(crate::json_error(
-            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            "A WebSocket upgrade needs HTTP/1.1 (a proxy in front of herald may be speaking HTTP/1.0 to it)",
-        ));
+        return Err(Refusal::NotHttp11);
     }
     let headers = req.headers();
     if !is_upgrade(headers) {
-        return Err(crate::json_error(
-            StatusCode::BAD_REQUEST,
-            "Expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
-        ));
+        return Err(Refusal::NotUpgrade);
     }
-    if !headers
+    if headers
         .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == WEBSOCKET_VERSION)
+        .is_none_or(|v| v != WEBSOCKET_VERSION)
     {
-        // RFC 6455 §4.4: name the versions this server speaks.
-        let mut res = crate::json_error(
-            StatusCode::UPGRADE_REQUIRED,
-            "Unsupported WebSocket version: send Sec-WebSocket-Version: 13",
-        );
-        res.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static(WEBSOCKET_VERSION),
-        );
-        return Err(res);
+        return Err(Refusal::WebSocketVersion);
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
         Some(key) if !key.is_empty() => Ok(key.clone()),
-        _ => Err(crate::json_error(
-            StatusCode::BAD_REQUEST,
-            "Missing Sec-WebSocket-Key header",
-        )),
+        _ => Err(Refusal::NoKey),
     }
 }
 

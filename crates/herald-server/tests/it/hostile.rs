@@ -123,7 +123,14 @@ async fn http_raw(addr: SocketAddr, request: &[u8]) -> Option<HttpAnswer> {
 /// Publishes through the signed HTTP API on a fresh connection.
 async fn publish(addr: SocketAddr, channel: &str, event: &str, payload: &str) {
     let body = json!({"name": event, "channel": channel, "data": payload}).to_string();
-    let uri = signed_uri("POST", "/apps/1/events", &[], body.as_bytes(), SECRET, now());
+    let uri = signed_uri(
+        "POST",
+        "/apps/1/events",
+        &[],
+        body.as_bytes(),
+        SECRET,
+        now(),
+    );
     let request = format!(
         "POST {uri} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -250,9 +257,10 @@ impl RawWs {
                 let opcode = self.buf[0] & 0x0f;
                 assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
                 let (len, at) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4)
-                    }
+                    126 if self.buf.len() >= 4 => (
+                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+                        4,
+                    ),
                     127 if self.buf.len() >= 10 => (
                         u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
                         10,
@@ -589,7 +597,10 @@ async fn run_stalled_heads(addr: SocketAddr) {
             .unwrap();
         let answer = read_answer(&mut stream).await.expect("an answer");
         assert_eq!(answer.status, 408, "a half-sent body: {answer:?}");
-        assert!(answer.json()["error"].is_string(), "a half-sent body: {answer:?}");
+        assert!(
+            answer.json()["error"].is_string(),
+            "a half-sent body: {answer:?}"
+        );
     };
     let (silent, half_upgrade, slowloris, idle_keep_alive, ()) =
         tokio::join!(silent, half_upgrade, slowloris, idle_keep_alive, half_body);
@@ -615,27 +626,70 @@ fn framing_cases() -> Vec<(&'static str, Vec<Vec<u8>>, u16)> {
     let ping_126 = vec![b'p'; 126];
     let fragment = vec![b' '; 4000];
     vec![
-        ("an unmasked frame", vec![frame(true, 0, 1, false, b"{}")], 1002),
-        ("RSV1 without an extension", vec![frame(true, 4, 1, true, b"{}")], 1002),
-        ("RSV3", vec![frame(true, 1, 1, true, b"{}")], 1002),
-        ("reserved data opcode 3", vec![frame(true, 0, 3, true, b"{}")], 1002),
-        ("reserved control opcode 0xB", vec![frame(true, 0, 0xB, true, b"")], 1002),
-        ("a fragmented ping", vec![frame(false, 0, 9, true, b"")], 1002),
-        ("a 126-byte ping", vec![frame(true, 0, 9, true, &ping_126)], 1002),
-        ("a 126-byte close", vec![frame(true, 0, 8, true, &ping_126)], 1002),
-        ("an orphan continuation", vec![frame(true, 0, 0, true, b"{}")], 1002),
         (
-            "a new message inside a fragmented one",
-            vec![frame(false, 0, 1, true, b"{"), frame(true, 0, 1, true, b"}")],
+            "an unmasked frame",
+            vec![frame(true, 0, 1, false, b"{}")],
             1002,
         ),
-        ("a close with a 1-byte payload", vec![frame(true, 0, 8, true, b"\x03")], 1002),
+        (
+            "RSV1 without an extension",
+            vec![frame(true, 4, 1, true, b"{}")],
+            1002,
+        ),
+        ("RSV3", vec![frame(true, 1, 1, true, b"{}")], 1002),
+        (
+            "reserved data opcode 3",
+            vec![frame(true, 0, 3, true, b"{}")],
+            1002,
+        ),
+        (
+            "reserved control opcode 0xB",
+            vec![frame(true, 0, 0xB, true, b"")],
+            1002,
+        ),
+        (
+            "a fragmented ping",
+            vec![frame(false, 0, 9, true, b"")],
+            1002,
+        ),
+        (
+            "a 126-byte ping",
+            vec![frame(true, 0, 9, true, &ping_126)],
+            1002,
+        ),
+        (
+            "a 126-byte close",
+            vec![frame(true, 0, 8, true, &ping_126)],
+            1002,
+        ),
+        (
+            "an orphan continuation",
+            vec![frame(true, 0, 0, true, b"{}")],
+            1002,
+        ),
+        (
+            "a new message inside a fragmented one",
+            vec![
+                frame(false, 0, 1, true, b"{"),
+                frame(true, 0, 1, true, b"}"),
+            ],
+            1002,
+        ),
+        (
+            "a close with a 1-byte payload",
+            vec![frame(true, 0, 8, true, b"\x03")],
+            1002,
+        ),
         (
             "a close with code 999",
             vec![frame(true, 0, 8, true, &close_payload(999, b""))],
             1002,
         ),
-        ("invalid UTF-8 in a text frame", vec![text(b"\xff\xfe")], 1007),
+        (
+            "invalid UTF-8 in a text frame",
+            vec![text(b"\xff\xfe")],
+            1007,
+        ),
         (
             "invalid UTF-8 across fragments",
             vec![
@@ -705,7 +759,8 @@ async fn run_legal_odd_frames(addr: SocketAddr) {
         "ping payload is echoed"
     );
     // A message in three fragments with a ping between them.
-    ws.send(&frame(false, 0, 1, true, br#"{"event":"pus"#)).await;
+    ws.send(&frame(false, 0, 1, true, br#"{"event":"pus"#))
+        .await;
     ws.send(&frame(true, 0, 9, true, b"")).await;
     ws.send(&frame(false, 0, 0, true, br#"her:ping","#)).await;
     ws.send(&frame(true, 0, 0, true, br#""data":{}}"#)).await;
@@ -744,8 +799,7 @@ fn pusher_cases() -> Vec<(&'static str, Build, PusherAnswer)> {
         json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string()
     }
     fn with_auth(channel: &str, auth: &str) -> String {
-        json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}})
-            .to_string()
+        json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}).to_string()
     }
     fn presence(socket_id: &str, channel_data: &str) -> String {
         let channel = "presence-room";
@@ -765,7 +819,12 @@ fn pusher_cases() -> Vec<(&'static str, Build, PusherAnswer)> {
         ("10,000 nested [", |_| "[".repeat(10_000), Error(None)),
         (
             "10,000 nested [ inside data",
-            |_| format!(r#"{{"event":"pusher:subscribe","data":{}"#, "[".repeat(10_000)),
+            |_| {
+                format!(
+                    r#"{{"event":"pusher:subscribe","data":{}"#,
+                    "[".repeat(10_000)
+                )
+            },
             Error(None),
         ),
         (
@@ -782,52 +841,259 @@ fn pusher_cases() -> Vec<(&'static str, Build, PusherAnswer)> {
         ),
         ("no event", |_| r#"{"data":{}}"#.into(), Error(None)),
         ("a numeric event", |_| r#"{"event":7}"#.into(), Error(None)),
-        ("an unknown pusher: event", |_| r#"{"event":"pusher:nope","data":{}}"#.into(), Error(None)),
-        ("an event without a prefix", |_| r#"{"event":"hello","data":{}}"#.into(), Error(None)),
-        ("subscribe without data", |_| r#"{"event":"pusher:subscribe"}"#.into(), Error(None)),
-        ("subscribe without a channel", |_| r#"{"event":"pusher:subscribe","data":{}}"#.into(), Error(None)),
-        ("subscribe with a numeric channel", |_| subscribe(json!(7)), Error(None)),
-        ("subscribe with a null channel", |_| subscribe(Value::Null), Error(None)),
-        ("subscribe with an object channel", |_| subscribe(json!({"a": 1})), Error(None)),
-        ("subscribe with data as a number", |_| r#"{"event":"pusher:subscribe","data":5}"#.into(), Error(None)),
-        ("subscribe to an empty channel name", |_| subscribe(json!("")), SubscriptionError(4009)),
-        ("a channel name with a space", |_| subscribe(json!("a b")), SubscriptionError(4009)),
-        ("a channel name with a quote", |_| subscribe(json!("a\"b")), SubscriptionError(4009)),
-        ("a channel name with a NUL", |_| subscribe(json!("a\u{0}b")), SubscriptionError(4009)),
-        ("a non-ASCII channel name", |_| subscribe(json!("caf\u{e9}")), SubscriptionError(4009)),
-        ("a 10,000-byte channel name", |_| subscribe(json!("a".repeat(10_000))), SubscriptionError(4009)),
-        ("private without auth", |_| subscribe(json!("private-a")), SubscriptionError(401)),
-        ("auth that is not key:signature", |_| with_auth("private-a", "garbage"), SubscriptionError(401)),
-        ("auth with another key", |s| with_auth("private-a", &private_auth(s, "private-a").replacen(KEY, "other-key", 1)), SubscriptionError(401)),
-        ("auth with a non-hex signature", |_| with_auth("private-a", &format!("{KEY}:zzzz")), SubscriptionError(401)),
-        ("auth of 12,000 bytes", |_| with_auth("private-a", &format!("{KEY}:{}", "a".repeat(12_000))), SubscriptionError(401)),
-        ("auth for another socket", |_| with_auth("private-a", &private_auth("1.1", "private-a")), SubscriptionError(401)),
-        ("auth for another channel", |s| with_auth("private-a", &private_auth(s, "private-b")), SubscriptionError(401)),
-        ("a numeric auth", |_| json!({"event": "pusher:subscribe", "data": {"channel": "private-a", "auth": 5}}).to_string(), Error(None)),
-        ("presence without channel_data", |s| with_auth("presence-room", &private_auth(s, "presence-room")), SubscriptionError(401)),
-        ("presence channel_data that is not JSON (signed)", |s| presence(s, "not json"), SubscriptionError(4009)),
-        ("presence channel_data without user_id (signed)", |s| presence(s, r#"{"user_info":{}}"#), SubscriptionError(4009)),
-        ("presence channel_data with an empty user_id (signed)", |s| presence(s, r#"{"user_id":""}"#), SubscriptionError(4009)),
-        ("presence channel_data with an object user_id (signed)", |s| presence(s, r#"{"user_id":{"a":1}}"#), SubscriptionError(4009)),
-        ("presence channel_data as a JSON array (signed)", |s| presence(s, "[1]"), SubscriptionError(4009)),
-        ("presence user_info over the limit (signed)", |s| presence(s, &json!({"user_id": "u", "user_info": {"x": "y".repeat(2000)}}).to_string()), SubscriptionError(4009)),
-        ("presence with a 300-byte user_id (signed)", |s| presence(s, &json!({"user_id": "u".repeat(300)}).to_string()), SubscriptionError(4009)),
-        ("a server-to-user channel without sign-in", |_| subscribe(json!("#server-to-user-alice")), SubscriptionError(403)),
-        ("data as a JSON string", |_| r#"{"event":"pusher:subscribe","data":"{\"channel\":\"str-data\"}"}"#.into(), Events(&["pusher_internal:subscription_succeeded"])),
-        ("a client event on a public channel", |_| r#"{"event":"client-x","channel":"public-joined","data":{}}"#.into(), Error(Some(4301))),
-        ("a client event on an unsubscribed private channel", |_| r#"{"event":"client-x","channel":"private-a","data":{}}"#.into(), Error(Some(4009))),
-        ("a client event without a channel", |_| r#"{"event":"client-x","data":{}}"#.into(), Error(None)),
-        ("a client event with a numeric channel", |_| r#"{"event":"client-x","channel":5,"data":{}}"#.into(), Error(None)),
-        ("a client event on an invalid channel name", |_| r#"{"event":"client-x","channel":"a b","data":{}}"#.into(), Error(Some(4009))),
-        ("a 201-byte client event name", |_| json!({"event": format!("client-{}", "x".repeat(194)), "channel": "private-joined", "data": {}}).to_string(), Error(Some(4301))),
-        ("unsubscribe from a channel never joined", |_| r#"{"event":"pusher:unsubscribe","data":{"channel":"never"}}"#.into(), Nothing),
-        ("signin without user_data", |_| r#"{"event":"pusher:signin","data":{"auth":"x"}}"#.into(), Error(None)),
-        ("signin with a bad signature", |_| json!({"event": "pusher:signin", "data": {"auth": format!("{KEY}:00"), "user_data": "{\"id\":\"a\"}"}}).to_string(), Close(4009)),
-        ("signin with user_data that is not JSON (signed)", |s| signin(s, "not json"), Close(4009)),
-        ("signin with user_data without id (signed)", |s| signin(s, r#"{"name":"a"}"#), Close(4009)),
-        ("signin with a numeric id (signed)", |s| signin(s, r#"{"id":5}"#), Events(&["pusher:signin_success"])),
-        ("signin with an empty id (signed)", |s| signin(s, r#"{"id":""}"#), Close(4009)),
-        ("signin with a watchlist of 1,000 ids (signed)", |s| signin(s, &json!({"id": "w", "watchlist": (0..1000).map(|i| i.to_string()).collect::<Vec<_>>()}).to_string()), Events(&["pusher:signin_success", "pusher:error", "pusher_internal:watchlist_events"])),
+        (
+            "an unknown pusher: event",
+            |_| r#"{"event":"pusher:nope","data":{}}"#.into(),
+            Error(None),
+        ),
+        (
+            "an event without a prefix",
+            |_| r#"{"event":"hello","data":{}}"#.into(),
+            Error(None),
+        ),
+        (
+            "subscribe without data",
+            |_| r#"{"event":"pusher:subscribe"}"#.into(),
+            Error(None),
+        ),
+        (
+            "subscribe without a channel",
+            |_| r#"{"event":"pusher:subscribe","data":{}}"#.into(),
+            Error(None),
+        ),
+        (
+            "subscribe with a numeric channel",
+            |_| subscribe(json!(7)),
+            Error(None),
+        ),
+        (
+            "subscribe with a null channel",
+            |_| subscribe(Value::Null),
+            Error(None),
+        ),
+        (
+            "subscribe with an object channel",
+            |_| subscribe(json!({"a": 1})),
+            Error(None),
+        ),
+        (
+            "subscribe with data as a number",
+            |_| r#"{"event":"pusher:subscribe","data":5}"#.into(),
+            Error(None),
+        ),
+        (
+            "subscribe to an empty channel name",
+            |_| subscribe(json!("")),
+            SubscriptionError(4009),
+        ),
+        (
+            "a channel name with a space",
+            |_| subscribe(json!("a b")),
+            SubscriptionError(4009),
+        ),
+        (
+            "a channel name with a quote",
+            |_| subscribe(json!("a\"b")),
+            SubscriptionError(4009),
+        ),
+        (
+            "a channel name with a NUL",
+            |_| subscribe(json!("a\u{0}b")),
+            SubscriptionError(4009),
+        ),
+        (
+            "a non-ASCII channel name",
+            |_| subscribe(json!("caf\u{e9}")),
+            SubscriptionError(4009),
+        ),
+        (
+            "a 10,000-byte channel name",
+            |_| subscribe(json!("a".repeat(10_000))),
+            SubscriptionError(4009),
+        ),
+        (
+            "private without auth",
+            |_| subscribe(json!("private-a")),
+            SubscriptionError(401),
+        ),
+        (
+            "auth that is not key:signature",
+            |_| with_auth("private-a", "garbage"),
+            SubscriptionError(401),
+        ),
+        (
+            "auth with another key",
+            |s| {
+                with_auth(
+                    "private-a",
+                    &private_auth(s, "private-a").replacen(KEY, "other-key", 1),
+                )
+            },
+            SubscriptionError(401),
+        ),
+        (
+            "auth with a non-hex signature",
+            |_| with_auth("private-a", &format!("{KEY}:zzzz")),
+            SubscriptionError(401),
+        ),
+        (
+            "auth of 12,000 bytes",
+            |_| with_auth("private-a", &format!("{KEY}:{}", "a".repeat(12_000))),
+            SubscriptionError(401),
+        ),
+        (
+            "auth for another socket",
+            |_| with_auth("private-a", &private_auth("1.1", "private-a")),
+            SubscriptionError(401),
+        ),
+        (
+            "auth for another channel",
+            |s| with_auth("private-a", &private_auth(s, "private-b")),
+            SubscriptionError(401),
+        ),
+        (
+            "a numeric auth",
+            |_| {
+                json!({"event": "pusher:subscribe", "data": {"channel": "private-a", "auth": 5}})
+                    .to_string()
+            },
+            Error(None),
+        ),
+        (
+            "presence without channel_data",
+            |s| with_auth("presence-room", &private_auth(s, "presence-room")),
+            SubscriptionError(401),
+        ),
+        (
+            "presence channel_data that is not JSON (signed)",
+            |s| presence(s, "not json"),
+            SubscriptionError(4009),
+        ),
+        (
+            "presence channel_data without user_id (signed)",
+            |s| presence(s, r#"{"user_info":{}}"#),
+            SubscriptionError(4009),
+        ),
+        (
+            "presence channel_data with an empty user_id (signed)",
+            |s| presence(s, r#"{"user_id":""}"#),
+            SubscriptionError(4009),
+        ),
+        (
+            "presence channel_data with an object user_id (signed)",
+            |s| presence(s, r#"{"user_id":{"a":1}}"#),
+            SubscriptionError(4009),
+        ),
+        (
+            "presence channel_data as a JSON array (signed)",
+            |s| presence(s, "[1]"),
+            SubscriptionError(4009),
+        ),
+        (
+            "presence user_info over the limit (signed)",
+            |s| {
+                presence(
+                    s,
+                    &json!({"user_id": "u", "user_info": {"x": "y".repeat(2000)}}).to_string(),
+                )
+            },
+            SubscriptionError(4009),
+        ),
+        (
+            "presence with a 300-byte user_id (signed)",
+            |s| presence(s, &json!({"user_id": "u".repeat(300)}).to_string()),
+            SubscriptionError(4009),
+        ),
+        (
+            "a server-to-user channel without sign-in",
+            |_| subscribe(json!("#server-to-user-alice")),
+            SubscriptionError(403),
+        ),
+        (
+            "data as a JSON string",
+            |_| r#"{"event":"pusher:subscribe","data":"{\"channel\":\"str-data\"}"}"#.into(),
+            Events(&["pusher_internal:subscription_succeeded"]),
+        ),
+        (
+            "a client event on a public channel",
+            |_| r#"{"event":"client-x","channel":"public-joined","data":{}}"#.into(),
+            Error(Some(4301)),
+        ),
+        (
+            "a client event on an unsubscribed private channel",
+            |_| r#"{"event":"client-x","channel":"private-a","data":{}}"#.into(),
+            Error(Some(4009)),
+        ),
+        (
+            "a client event without a channel",
+            |_| r#"{"event":"client-x","data":{}}"#.into(),
+            Error(None),
+        ),
+        (
+            "a client event with a numeric channel",
+            |_| r#"{"event":"client-x","channel":5,"data":{}}"#.into(),
+            Error(None),
+        ),
+        (
+            "a client event on an invalid channel name",
+            |_| r#"{"event":"client-x","channel":"a b","data":{}}"#.into(),
+            Error(Some(4009)),
+        ),
+        (
+            "a 201-byte client event name",
+            |_| {
+                json!({"event": format!("client-{}", "x".repeat(194)), "channel": "private-joined", "data": {}}).to_string()
+            },
+            Error(Some(4301)),
+        ),
+        (
+            "unsubscribe from a channel never joined",
+            |_| r#"{"event":"pusher:unsubscribe","data":{"channel":"never"}}"#.into(),
+            Nothing,
+        ),
+        (
+            "signin without user_data",
+            |_| r#"{"event":"pusher:signin","data":{"auth":"x"}}"#.into(),
+            Error(None),
+        ),
+        (
+            "signin with a bad signature",
+            |_| {
+                json!({"event": "pusher:signin", "data": {"auth": format!("{KEY}:00"), "user_data": "{\"id\":\"a\"}"}}).to_string()
+            },
+            Close(4009),
+        ),
+        (
+            "signin with user_data that is not JSON (signed)",
+            |s| signin(s, "not json"),
+            Close(4009),
+        ),
+        (
+            "signin with user_data without id (signed)",
+            |s| signin(s, r#"{"name":"a"}"#),
+            Close(4009),
+        ),
+        (
+            "signin with a numeric id (signed)",
+            |s| signin(s, r#"{"id":5}"#),
+            Events(&["pusher:signin_success"]),
+        ),
+        (
+            "signin with an empty id (signed)",
+            |s| signin(s, r#"{"id":""}"#),
+            Close(4009),
+        ),
+        (
+            "signin with a watchlist of 1,000 ids (signed)",
+            |s| {
+                signin(s, &json!({"id": "w", "watchlist": (0..1000).map(|i| i.to_string()).collect::<Vec<_>>()}).to_string())
+            },
+            Events(&[
+                "pusher:signin_success",
+                "pusher:error",
+                "pusher_internal:watchlist_events",
+            ]),
+        ),
     ]
 }
 
@@ -851,7 +1117,10 @@ async fn run_pusher_case(addr: SocketAddr, name: &str, build: Build, expected: P
             assert_eq!(frame["data"]["code"], expected, "{name}: {frame}");
         }
         PusherAnswer::SubscriptionError(status) => {
-            assert_eq!(frame["event"], "pusher:subscription_error", "{name}: {frame}");
+            assert_eq!(
+                frame["event"], "pusher:subscription_error",
+                "{name}: {frame}"
+            );
             assert_eq!(data(&frame)["status"], status, "{name}: {frame}");
         }
         PusherAnswer::Events(events) => {
@@ -897,7 +1166,10 @@ async fn run_floods(addr: SocketAddr) {
             _ => panic!("ping flood: unexpected {frame}"),
         }
     }
-    assert!(refused > 0 && pongs >= 200, "{pongs} pongs, {refused} refused");
+    assert!(
+        refused > 0 && pongs >= 200,
+        "{pongs} pongs, {refused} refused"
+    );
 
     // Client events over the app's per-second rate (10 by default).
     let mut client = client_on_private(addr).await;
@@ -918,7 +1190,10 @@ async fn run_floods(addr: SocketAddr) {
             _ => panic!("client event flood: unexpected {frame}"),
         }
     }
-    assert!((15..=20).contains(&refused), "{refused} client events refused");
+    assert!(
+        (15..=20).contains(&refused),
+        "{refused} client events refused"
+    );
 }
 
 async fn client_on_private(addr: SocketAddr) -> TestClient {
@@ -1003,7 +1278,15 @@ async fn memory_stays_bounded_through_the_corpus() {
 async fn text_logs_to_a_pipe_have_no_color_codes() {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["start", "--host", "127.0.0.1", "--port", "0", "--log-format", "text"])
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-format",
+            "text",
+        ])
         .env_remove("HERALD_LOG")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
