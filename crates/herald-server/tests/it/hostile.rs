@@ -602,8 +602,25 @@ async fn run_stalled_heads(addr: SocketAddr) {
             "a half-sent body: {answer:?}"
         );
     };
-    let (silent, half_upgrade, slowloris, idle_keep_alive, ()) =
-        tokio::join!(silent, half_upgrade, slowloris, idle_keep_alive, half_body);
+    let many_silent = async {
+        // A crowd of abandoned connections is closed as one.
+        let mut crowd = Vec::new();
+        for _ in 0..200 {
+            crowd.push(TcpStream::connect(addr).await.unwrap());
+        }
+        for stream in &mut crowd {
+            let got = until_closed(stream, within).await;
+            assert!(got.is_empty(), "200 silent connections: {got:?}");
+        }
+    };
+    let (silent, half_upgrade, slowloris, idle_keep_alive, (), ()) = tokio::join!(
+        silent,
+        half_upgrade,
+        slowloris,
+        idle_keep_alive,
+        half_body,
+        many_silent
+    );
     for (name, got) in [
         ("a silent connection", silent),
         ("a half-sent upgrade", half_upgrade),
@@ -770,6 +787,23 @@ async fn run_legal_odd_frames(addr: SocketAddr) {
     ws.send(&frame(true, 0, 8, true, &close_payload(1000, b"bye")))
         .await;
     assert_eq!(ws.expect_close().await, 1000);
+}
+
+/// Half a frame after the upgrade, then silence: the liveness sweep pings, then closes with 4201
+/// (there is no per-socket timer to spend on it).
+#[tokio::test]
+async fn half_a_frame_then_silence_is_closed_by_the_liveness_sweep() {
+    let server = TestServer::start(|c| {
+        c.activity_timeout = Duration::from_secs(1);
+        c.pong_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut ws = RawWs::connect(server.addr).await;
+    ws.send(&text(br#"{"event":"pusher:ping","data":{}}"#)[..3])
+        .await;
+    let ping = ws.expect_text().await;
+    assert_eq!(ping["event"], "pusher:ping", "{ping}");
+    assert_eq!(ws.expect_close().await, 4201);
 }
 
 // ---------------------------------------------------------------------------------------------
