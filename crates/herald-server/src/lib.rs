@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -189,7 +189,53 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(render_metrics))
         .merge(pusher)
         .fallback(ws::fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
+}
+
+/// The largest error body [`json_errors`] carries over into its message.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Gives the errors that axum and the layers produce (an extractor's rejection, the body
+/// limit's 413, the timeout's 408) the JSON body every other error has; the rest of the
+/// response (status, `Connection: close`, `Allow`) is kept. Successes pass untouched.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("Error"),
+        text => text,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::json!({ "error": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// An error the router itself answers (no route, wrong method, a refused upgrade): the status and
+/// `{"error": "..."}`, the same shape as the HTTP API's errors.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({"error": message}))).into_response()
+}
+
+/// A known path with a method it does not serve; axum adds the `Allow` header.
+async fn method_not_allowed() -> Response {
+    json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {

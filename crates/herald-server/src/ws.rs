@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::outbox::Batch;
 use herald_core::rate_limit::TokenBucket;
@@ -80,11 +79,7 @@ pub async fn fallback(State(shared): State<Arc<Shared>>, req: Request<Body>) -> 
             reject(socket, CloseCode::PathNotFound, "Path not found").await;
         });
     }
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "Not found"})),
-    )
-        .into_response()
+    crate::json_error(StatusCode::NOT_FOUND, "Not found")
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -102,16 +97,9 @@ where
     F: FnOnce(Arc<Shared>, Socket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let headers = req.headers();
-    let version_ok = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| is_upgrade(headers) && version_ok)
-    else {
-        let body = serde_json::json!({"error": "Expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)"});
-        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    let key = match check_handshake(&req) {
+        Ok(key) => key,
+        Err(refusal) => return refusal.into_response(),
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -137,6 +125,87 @@ where
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// The version of the WebSocket protocol herald speaks (RFC 6455 §4.1, `Sec-WebSocket-Version`).
+const WEBSOCKET_VERSION: &str = "13";
+
+/// Why an upgrade request gets no 101 (RFC 6455 §4.2.1). A refusal never switches protocols:
+/// hyper can upgrade only an HTTP/1.1 GET, and a 101 it cannot honour leaves the client with a
+/// dead socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NotGet,
+    /// Typically a reverse proxy speaking HTTP/1.0 to its upstream (nginx's default).
+    NotHttp11,
+    NotUpgrade,
+    /// A missing or other `Sec-WebSocket-Version`.
+    WebSocketVersion,
+    NoKey,
+}
+
+impl Refusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Refusal::NotGet => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "A WebSocket upgrade must be a GET request",
+            ),
+            Refusal::NotHttp11 => (
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "A WebSocket upgrade needs HTTP/1.1 (a proxy in front of herald may be speaking HTTP/1.0 to it)",
+            ),
+            Refusal::NotUpgrade => (
+                StatusCode::BAD_REQUEST,
+                "Expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+            ),
+            Refusal::WebSocketVersion => (
+                StatusCode::UPGRADE_REQUIRED,
+                "Unsupported WebSocket version: send Sec-WebSocket-Version: 13",
+            ),
+            Refusal::NoKey => (StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key header"),
+        };
+        let mut res = crate::json_error(status, message);
+        match self {
+            Refusal::NotGet => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            // RFC 6455 §4.4: name the versions this server speaks.
+            Refusal::WebSocketVersion => {
+                res.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(WEBSOCKET_VERSION),
+                );
+            }
+            Refusal::NotHttp11 | Refusal::NotUpgrade | Refusal::NoKey => {}
+        }
+        res
+    }
+}
+
+/// Checks an upgrade request and returns its `Sec-WebSocket-Key`.
+fn check_handshake(req: &Request<Body>) -> Result<HeaderValue, Refusal> {
+    if req.method() != Method::GET {
+        return Err(Refusal::NotGet);
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(Refusal::NotHttp11);
+    }
+    let headers = req.headers();
+    if !is_upgrade(headers) {
+        return Err(Refusal::NotUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != WEBSOCKET_VERSION)
+    {
+        return Err(Refusal::WebSocketVersion);
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !key.is_empty() => Ok(key.clone()),
+        _ => Err(Refusal::NoKey),
+    }
 }
 
 /// Decides, before the upgrade completes, whether this socket may join the app.
@@ -297,9 +366,13 @@ async fn connection_loop(
                 Box::pin(drain_until_closed(socket)).await;
                 return DisconnectReason::ClientClose;
             }
-            Step::TooLarge(text) => {
-                Box::pin(close_too_large(socket, text)).await;
-                return DisconnectReason::Limit;
+            Step::Fail(failure) => {
+                let max_frame_bytes = shared.config.limits.max_frame_bytes;
+                Box::pin(fail(socket, failure, max_frame_bytes)).await;
+                return match failure {
+                    Failure::TooLarge => DisconnectReason::Limit,
+                    Failure::Protocol | Failure::InvalidUtf8 => DisconnectReason::Error,
+                };
             }
             Step::End(reason) => return reason,
         }
@@ -313,9 +386,22 @@ enum Step {
     Flush,
     /// The client sent a close frame.
     PeerClosed,
-    /// The client's frame was over the size limit: send this error, then close with 1009.
-    TooLarge(String),
+    /// The client broke the WebSocket protocol: fail the connection with a close frame.
+    Fail(Failure),
     End(DisconnectReason),
+}
+
+/// How a client broke the WebSocket protocol, each with its RFC 6455 §7.4.1 close code. Kept a
+/// fieldless enum so that [`Step`] stays small (it shares the socket task's state).
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// A message or frame over `limits.max_frame_bytes`: 1009, after a `pusher:error` naming it.
+    TooLarge,
+    /// Framing the RFC forbids (unmasked, reserved bits or opcodes, a fragmented or oversized
+    /// control frame, an orphan continuation): 1002.
+    Protocol,
+    /// A text message that is not UTF-8: 1007.
+    InvalidUtf8,
 }
 
 /// Handles one read from the socket, without awaiting: replies go through the outbox.
@@ -380,14 +466,24 @@ fn on_incoming(
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Step::Continue,
         Ok(Message::Close(_)) => Step::PeerClosed,
         Err(tungstenite::Error::Capacity(err)) => {
+            tracing::debug!(%err, "message too large");
             metrics::limit_rejected(Limit::FrameSize);
-            Step::TooLarge(server_message::error(
-                None,
-                &format!("Message too large: {err}"),
-            ))
+            Step::Fail(Failure::TooLarge)
         }
         Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
             Step::End(DisconnectReason::ClientClose)
+        }
+        // The peer hung up without a close frame: there is nobody to tell.
+        Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Step::End(DisconnectReason::Error),
+        Err(tungstenite::Error::Protocol(err)) => {
+            tracing::debug!(%err, "websocket protocol error");
+            Step::Fail(Failure::Protocol)
+        }
+        Err(tungstenite::Error::Utf8(err)) => {
+            tracing::debug!(%err, "invalid UTF-8 in a text message");
+            Step::Fail(Failure::InvalidUtf8)
         }
         Err(err) => {
             tracing::debug!(%err, "socket read failed");
@@ -431,13 +527,57 @@ async fn flush(
     Some(reason)
 }
 
-async fn close_too_large(socket: &mut Socket, text: String) {
-    let _ = socket.send(Message::Text(text.into())).await;
-    let frame = CloseFrame {
-        code: WsCloseCode::Size,
-        reason: "Message too large".into(),
+/// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, then lingers: our
+/// write side is shut and the peer's input discarded for a bounded time, because closing a TCP
+/// socket with unread input sends a reset, and a reset can make the peer drop our close frame
+/// unread (the 1006 it would then see tells it nothing).
+async fn fail(socket: &mut Socket, failure: Failure, max_frame_bytes: usize) {
+    let (code, reason) = match failure {
+        Failure::TooLarge => (WsCloseCode::Size, "Message too large"),
+        Failure::Protocol => (WsCloseCode::Protocol, "WebSocket protocol error"),
+        Failure::InvalidUtf8 => (WsCloseCode::Invalid, "Text message is not valid UTF-8"),
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.as_mut().close(Some(frame))).await;
+    let close = async {
+        if let Failure::TooLarge = failure {
+            let text = server_message::error(
+                None,
+                &format!("Message too large: the limit is {max_frame_bytes} bytes"),
+            );
+            socket.feed(Message::Text(text.into())).await?;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        socket.as_mut().close(Some(frame)).await
+    };
+    if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, close).await {
+        linger(socket.get_mut()).await;
+    }
+}
+
+/// How long, and how much, a failed connection's input is read and discarded after its close.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Shuts the write side (the peer reads our close frame, then EOF) and discards what the peer
+/// still sends until it hangs up, for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
+async fn linger(io: &mut TokioIo<hyper::upgrade::Upgraded>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut buf = [0u8; 1024];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Pings every connection that has been silent for `activity_timeout` and closes those that
