@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 
+use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Envelope, Frame, LocalState, Node, PresenceMember, SubscriptionEntry,
+    Announcement, Durability, Envelope, Frame, LocalState, Node, Position, PresenceMember,
+    SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,9 @@ pub enum BusMessage {
         except: Option<String>,
         /// `(event, data)` for cache channels.
         cache: Option<(String, String)>,
+        /// A client event: delivered in order, never logged (absent means logged).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     Subscribed {
         node: u64,
@@ -82,6 +87,26 @@ pub enum BusMessage {
     },
     /// Asks `target` (or every node) to publish its `State`.
     SyncRequest { node: u64, target: Option<u64> },
+    /// A socket of `node` that may resume left `channel` at log position `after`.
+    Departed {
+        node: u64,
+        app: String,
+        channel: String,
+        /// `("c", cookie token)` or `("u", user id)`.
+        identities: Vec<(String, String)>,
+        after: String,
+        socket: String,
+        left_ms: u64,
+    },
+}
+
+/// Where an event read from the bus sits in the cluster's log, and what to do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Read live: deliver it (unless it is a duplicate).
+    Live(Position),
+    /// Read back at start-up: keep it for replay only.
+    Backfill(Position),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -153,7 +178,8 @@ impl BusMessage {
             | BusMessage::Terminate { node, .. }
             | BusMessage::Heartbeat { node, .. }
             | BusMessage::State { node, .. }
-            | BusMessage::SyncRequest { node, .. } => *node,
+            | BusMessage::SyncRequest { node, .. }
+            | BusMessage::Departed { node, .. } => *node,
         }
     }
 
@@ -165,6 +191,7 @@ impl BusMessage {
             frame: String::from_utf8_lossy(&envelope.frame.text).into_owned(),
             except: envelope.except.map(|s| s.to_string()),
             cache: envelope.cache.clone(),
+            ephemeral: envelope.durability == Durability::Ephemeral,
         }
     }
 
@@ -208,6 +235,26 @@ impl BusMessage {
                 socket: socket.to_string(),
                 user: user.0,
             },
+            Announcement::Departed {
+                app_id,
+                channel,
+                identities,
+                departure,
+            } => BusMessage::Departed {
+                node,
+                app: app_id,
+                channel: channel.to_string(),
+                identities: identities
+                    .into_iter()
+                    .map(|identity| match identity {
+                        Identity::Cookie(token) => ("c".to_owned(), token),
+                        Identity::User(user) => ("u".to_owned(), user.0),
+                    })
+                    .collect(),
+                after: departure.after.to_string(),
+                socket: departure.socket.to_string(),
+                left_ms: departure.left_ms,
+            },
         }
     }
 }
@@ -232,7 +279,11 @@ fn user_info(info: &str) -> Result<Box<RawValue>, WireError> {
 /// # Errors
 /// Whatever failed validation; nothing was applied then.
 /// Returns the subscriptions a `State` removed (for webhooks); empty for other messages.
-pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>, WireError> {
+pub fn apply(
+    node: &Node,
+    message: BusMessage,
+    placement: Placement,
+) -> Result<Vec<SubscriptionEntry>, WireError> {
     let app_state = |app: &str| {
         node.app_by_id(app)
             .ok_or_else(|| WireError::UnknownApp(app.to_owned()))
@@ -244,6 +295,7 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
             frame,
             except,
             cache,
+            ephemeral,
             ..
         } => {
             let app = app_state(&app)?;
@@ -260,7 +312,12 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
             if let Some((event, data)) = &cache {
                 app.store_cache(&channel, event, data, &frame);
             }
-            app.deliver(&channel, &frame, except);
+            let durability = match (ephemeral, placement) {
+                (true, _) => Durability::Ephemeral,
+                (false, Placement::Live(position)) => Durability::At(position),
+                (false, Placement::Backfill(position)) => Durability::Backfill(position),
+            };
+            app.deliver(&channel, &frame, except, durability);
         }
         BusMessage::Subscribed {
             node: from,
@@ -306,6 +363,36 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
             user,
         } => {
             app_state(&app)?.remote_sign_out(socket_of(from, &socket)?, &user_id(user)?);
+        }
+        BusMessage::Departed {
+            node: from,
+            app,
+            channel,
+            identities,
+            after,
+            socket,
+            left_ms,
+        } => {
+            let app = app_state(&app)?;
+            let identities = identities
+                .into_iter()
+                .map(|(kind, value)| match kind.as_str() {
+                    "c" if !value.is_empty() && value.len() <= 128 => Ok(Identity::Cookie(value)),
+                    "u" => Ok(Identity::User(user_id(value)?)),
+                    _ => Err(WireError::Invalid("identity")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if identities.len() > 3 {
+                return Err(WireError::Invalid("identities"));
+            }
+            let departure = Departure {
+                after: after
+                    .parse()
+                    .map_err(|_| WireError::Invalid("log position"))?,
+                socket: socket_of(from, &socket)?,
+                left_ms,
+            };
+            app.record_departure(&identities, &channel_name(&channel)?, departure);
         }
         BusMessage::Terminate { app, user, .. } => {
             app_state(&app)?.terminate_user(&user_id(user)?);
@@ -393,7 +480,9 @@ mod tests {
 
     fn decode_and_apply(node: &Node, text: &str) -> Result<(), String> {
         let message: BusMessage = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        apply(node, message).map(drop).map_err(|e| e.to_string())
+        apply(node, message, Placement::Live(Position { ms: 1, seq: 0 }))
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     #[test]

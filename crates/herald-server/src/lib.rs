@@ -8,6 +8,7 @@ pub mod config;
 pub mod http_api;
 pub mod metrics;
 pub mod reload;
+pub mod resume_cookie;
 pub mod shutdown;
 pub mod webhooks;
 pub mod ws;
@@ -131,6 +132,8 @@ fn start_broker(
         heartbeat_interval: config.cluster.heartbeat_interval,
         node_timeout: config.cluster.node_timeout,
         queue_capacity: config.cluster.queue_capacity,
+        shards: config.cluster.shards.max(1),
+        shard_by: config.cluster.shard_by,
     };
     let broker = ClusterBroker::start(
         node.clone(),
