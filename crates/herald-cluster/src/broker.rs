@@ -108,6 +108,10 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// Called with an app id and the subscriptions a dead node held in it.
 pub type NodeGoneHook = Arc<dyn Fn(&str, Vec<SubscriptionEntry>) + Send + Sync>;
 
+/// Called with an app id and what delivering one event read from the bus did on this node (for
+/// metrics: in a cluster an HTTP publish is answered before any node delivers it).
+pub type DeliveryHook = Arc<dyn Fn(&str, Delivery) + Send + Sync>;
+
 struct Inner<T> {
     node: Arc<Node>,
     config: ClusterConfig,
@@ -131,6 +135,7 @@ struct Inner<T> {
     state_dirty: AtomicBool,
     /// The last batch handed to the transport failed.
     publish_failing: AtomicBool,
+    on_delivery: std::sync::OnceLock<DeliveryHook>,
 }
 
 impl<T: Transport> std::fmt::Debug for Inner<T> {
@@ -180,6 +185,7 @@ impl<T: Transport> ClusterBroker<T> {
             order: Mutex::new(()),
             state_dirty: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
+            on_delivery: std::sync::OnceLock::new(),
         });
         tracker.spawn(publisher(inner.clone(), rx, stop.clone()));
         for shard in 0..shards {
@@ -187,6 +193,11 @@ impl<T: Transport> ClusterBroker<T> {
         }
         tracker.spawn(heartbeat(inner.clone(), stop));
         ClusterBroker(inner)
+    }
+
+    /// Sets what is told of every delivery of an event read from the bus (once).
+    pub fn on_delivery(&self, hook: DeliveryHook) {
+        let _ = self.0.on_delivery.set(hook);
     }
 
     pub fn stats(&self) -> Arc<BrokerStats> {
@@ -345,9 +356,12 @@ impl<T: Transport> Inner<T> {
                 }
             );
             if ours {
-                if let Err(err) = wire::apply(&self.node, message, Placement::Live(position)) {
-                    bump(&self.stats.dropped_invalid, 1);
-                    tracing::warn!(%err, "dropping an invalid bus message");
+                match wire::apply(&self.node, message, Placement::Live(position)) {
+                    Ok(applied) => self.delivered(applied),
+                    Err(err) => {
+                        bump(&self.stats.dropped_invalid, 1);
+                        tracing::warn!(%err, "dropping an invalid bus message");
+                    }
                 }
             }
             return;
@@ -381,17 +395,25 @@ impl<T: Transport> Inner<T> {
             _ => None,
         };
         match wire::apply(&self.node, message, Placement::Live(position)) {
-            Ok(removed) => {
+            Ok(applied) => {
                 if let (Some(app), Some(hook), false) =
-                    (state_of, &self.on_node_gone, removed.is_empty())
+                    (state_of, &self.on_node_gone, applied.removed.is_empty())
                 {
-                    hook(&app, removed);
+                    hook(&app, applied.removed);
+                } else {
+                    self.delivered(applied);
                 }
             }
             Err(err) => {
                 bump(&self.stats.dropped_invalid, 1);
                 tracing::warn!(node = from, %err, "dropping an invalid bus message");
             }
+        }
+    }
+
+    fn delivered(&self, applied: wire::Applied) {
+        if let (Some((app, delivery)), Some(hook)) = (applied.delivered, self.on_delivery.get()) {
+            hook(&app, delivery);
         }
     }
 

@@ -10,6 +10,6 @@ pub mod memory;
 pub mod transport;
 pub mod wire;
 
-pub use broker::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, ShardBy};
+pub use broker::{BrokerStats, ClusterBroker, ClusterConfig, DeliveryHook, NodeGoneHook, ShardBy};
 pub use memory::{MemoryHub, MemoryTransport};
 pub use transport::{BusItem, Kept, Outgoing, Position, Subscription, Transport, TransportError};

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Durability, Envelope, Frame, LocalState, Node, Position, PresenceMember,
-    SubscriptionEntry,
+    Announcement, Delivery, Durability, Envelope, Frame, LocalState, Node, Position,
+    PresenceMember, SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,15 @@ pub enum BusMessage {
         socket: String,
         left_ms: u64,
     },
+}
+
+/// What applying a bus message did, for webhooks and metrics.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The subscriptions a `State` removed.
+    pub removed: Vec<SubscriptionEntry>,
+    /// What an event's delivery on this node did, with its app.
+    pub delivered: Option<(String, Delivery)>,
 }
 
 /// Where an event read from the bus sits in the cluster's log, and what to do with it.
@@ -279,11 +288,7 @@ fn user_info(info: &str) -> Result<Box<RawValue>, WireError> {
 /// # Errors
 /// Whatever failed validation; nothing was applied then.
 /// Returns the subscriptions a `State` removed (for webhooks); empty for other messages.
-pub fn apply(
-    node: &Node,
-    message: BusMessage,
-    placement: Placement,
-) -> Result<Vec<SubscriptionEntry>, WireError> {
+pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<Applied, WireError> {
     let app_state = |app: &str| {
         node.app_by_id(app)
             .ok_or_else(|| WireError::UnknownApp(app.to_owned()))
@@ -317,7 +322,11 @@ pub fn apply(
                 (false, Placement::Live(position)) => Durability::At(position),
                 (false, Placement::Backfill(position)) => Durability::Backfill(position),
             };
-            app.deliver(&channel, &frame, except, durability);
+            let delivery = app.deliver(&channel, &frame, except, durability);
+            return Ok(Applied {
+                removed: Vec::new(),
+                delivered: Some((app.id().to_owned(), delivery)),
+            });
         }
         BusMessage::Subscribed {
             node: from,
@@ -413,12 +422,15 @@ pub fn apply(
             state,
         } => {
             let app = app_state(&app)?;
-            return Ok(app.replace_node(from, &state.into_local(from)?));
+            return Ok(Applied {
+                removed: app.replace_node(from, &state.into_local(from)?),
+                delivered: None,
+            });
         }
         // Answered by the broker, which owns the publisher.
         BusMessage::SyncRequest { .. } => {}
     }
-    Ok(Vec::new())
+    Ok(Applied::default())
 }
 
 pub fn now_ms() -> u64 {

@@ -179,6 +179,9 @@ fn start_broker(
         stop.clone(),
         on_node_gone,
     );
+    broker.on_delivery(Arc::new(|app: &str, delivery: herald_core::Delivery| {
+        metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
+    }));
     let stats = broker.stats();
     Ok((Arc::new(broker), Some(stats)))
 }

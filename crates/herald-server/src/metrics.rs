@@ -372,6 +372,11 @@ pub fn http_request(endpoint: &'static str, status: u16) {
 
 pub fn broadcast(app_id: &str, source: &'static str, delivered: usize, dropped_slow: usize) {
     counter!(BROADCASTS, "app_id" => app_id.to_owned(), "source" => source).increment(1);
+    deliveries(app_id, delivered, dropped_slow);
+}
+
+/// Deliveries of one event on this node (in a cluster, counted where it is read from the bus).
+pub fn deliveries(app_id: &str, delivered: usize, dropped_slow: usize) {
     counter!(DELIVERIES, "app_id" => app_id.to_owned()).increment(delivered as u64);
     if dropped_slow > 0 {
         counter!(DELIVERIES_DROPPED, "app_id" => app_id.to_owned(), "reason" => "slow_consumer")

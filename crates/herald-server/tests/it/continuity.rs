@@ -409,3 +409,89 @@ async fn publish(node: &TestServer, n: usize) -> (u16, Option<String>) {
     let body = json!({"name": "e", "channel": "feed", "data": n.to_string()});
     node.publish(&body).await
 }
+
+/// A browser-like client: it sends an `Origin` (and `cookie`, if any) on the handshake; returns
+/// the client, after `connection_established`, and the cookie the 101 set (`name=value`).
+async fn browser(server: &TestServer, cookie: Option<&str>) -> (TestClient, Option<String>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = server.ws_url("/app/app-key?protocol=7&client=js&version=8.4.0&flash=false");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://app.test".parse().unwrap());
+    if let Some(cookie) = cookie {
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    }
+    let (ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    let set_cookie = res
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if let Some(set_cookie) = &set_cookie {
+        for attribute in ["HttpOnly", "SameSite=Lax", "Max-Age=600", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie}");
+        }
+    }
+    let mut client = TestClient {
+        ws,
+        socket_id: String::new(),
+    };
+    let established = client.expect("pusher:connection_established").await;
+    client.socket_id = data(&established)["socket_id"].as_str().unwrap().to_owned();
+    let pair = set_cookie.map(|c| c.split(';').next().unwrap().to_owned());
+    (client, pair)
+}
+
+#[tokio::test]
+async fn a_drained_browser_resumes_a_public_channel_with_its_cookie() {
+    let server = TestServer::default().await;
+    let (mut tab, cookie) = browser(&server, None).await;
+    let cookie = cookie.expect("a browser gets a resume cookie");
+    tab.subscribe("news").await;
+    server.trigger("news", "headline", "seen").await;
+    assert_eq!(
+        expect_events(&mut tab, "news", "headline", 1).await,
+        ["seen"]
+    );
+    drain_sockets(&server, vec![tab]).await;
+    server.trigger("news", "headline", "missed").await;
+
+    let (mut again, renewed) = browser(&server, Some(&cookie)).await;
+    assert_eq!(
+        renewed.as_deref(),
+        Some(cookie.as_str()),
+        "same token, renewed"
+    );
+    again.subscribe("news").await;
+    assert_eq!(
+        expect_events(&mut again, "news", "headline", 1).await,
+        ["missed"]
+    );
+    again.expect_nothing_more().await;
+
+    // A forged cookie is not recognised; the app can turn cookies off.
+    let (mut stranger, _) = browser(&server, Some("herald_resume_app-key=0.0")).await;
+    stranger.subscribe("news").await;
+    stranger.expect_nothing_more().await;
+    let off = TestServer::start(|c| c.apps[0].resume_cookie = false).await;
+    assert_eq!(browser(&off, None).await.1, None);
+}
+
+#[tokio::test]
+async fn a_client_that_closes_on_purpose_gets_no_replay() {
+    let server = TestServer::default().await;
+    let mut alice = server.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    alice.ws.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.shared.node.connection_count() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.trigger("presence-room", "msg", "after").await;
+    let mut again = server.client().await;
+    again.subscribe_presence("presence-room", "alice").await;
+    again.expect_nothing_more().await;
+}
