@@ -88,6 +88,11 @@ async fn a_drained_presence_member_gets_what_it_missed_exactly_once_in_order() {
         ["4"]
     );
     again.expect_nothing_more().await;
+    let metrics = crate::metrics::scrape(&server).await;
+    let app = [("app_id", "1")];
+    assert_eq!(metrics.value("herald_events_replayed_total", &app), 2.0);
+    let replayed = [("app_id", "1"), ("result", "replayed")];
+    assert_eq!(metrics.value("herald_resumes_total", &replayed), 1.0);
 
     // A second socket of the same user later gets no replay: the departure was taken once.
     let mut other = server.client().await;
@@ -151,6 +156,9 @@ async fn a_client_that_missed_more_than_the_history_hears_resume_failed() {
     again.subscribe_presence("presence-room", "alice").await;
     let failed = again.expect_next("herald:resume_failed").await;
     assert_eq!(data(&failed), json!({"reason": "history_trimmed"}));
+    let metrics = crate::metrics::scrape(&server).await;
+    let trimmed = [("app_id", "1"), ("result", "history_trimmed")];
+    assert_eq!(metrics.value("herald_resumes_total", &trimmed), 1.0);
 }
 
 #[tokio::test]
@@ -526,13 +534,22 @@ async fn a_member_drained_from_one_node_resumes_on_another() {
     bob.subscribe_presence("presence-room", "bob").await;
     alice.expect("pusher_internal:member_added").await;
     b.trigger("presence-room", "msg", "1").await;
-    assert_eq!(expect_events(&mut alice, "presence-room", "msg", 1).await, ["1"]);
-    assert_eq!(expect_events(&mut bob, "presence-room", "msg", 1).await, ["1"]);
+    assert_eq!(
+        expect_events(&mut alice, "presence-room", "msg", 1).await,
+        ["1"]
+    );
+    assert_eq!(
+        expect_events(&mut bob, "presence-room", "msg", 1).await,
+        ["1"]
+    );
 
     drain_sockets(&a, vec![alice]).await;
     b.trigger("presence-room", "msg", "2").await;
     a.trigger("presence-room", "msg", "3").await;
-    assert_eq!(expect_events(&mut bob, "presence-room", "msg", 2).await, ["2", "3"]);
+    assert_eq!(
+        expect_events(&mut bob, "presence-room", "msg", 2).await,
+        ["2", "3"]
+    );
 
     // Alice comes back through the balancer, on B: her departure travelled the bus.
     let mut again = b.client().await;
