@@ -255,7 +255,8 @@ impl<T: Transport> Inner<T> {
             | BusMessage::SignedOut { app, .. }
             | BusMessage::Terminate { app, .. }
             | BusMessage::State { app, .. }
-            | BusMessage::Departed { app, .. } => self.shard(app, None),
+            | BusMessage::Departed { app, .. }
+            | BusMessage::Resumed { app, .. } => self.shard(app, None),
             BusMessage::Heartbeat { .. } | BusMessage::SyncRequest { .. } => 0,
         }
     }
@@ -336,7 +337,7 @@ impl<T: Transport> Inner<T> {
             // of other nodes comes from the resync.
             if matches!(
                 message,
-                BusMessage::Event { .. } | BusMessage::Departed { .. }
+                BusMessage::Event { .. } | BusMessage::Departed { .. } | BusMessage::Resumed { .. }
             ) {
                 if let Err(err) = wire::apply(&self.node, message, Placement::Backfill(position)) {
                     bump(&self.stats.dropped_invalid, 1);

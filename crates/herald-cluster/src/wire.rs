@@ -98,6 +98,38 @@ pub enum BusMessage {
         socket: String,
         left_ms: u64,
     },
+    /// A socket of `node` with these identities resumed on `channel`.
+    Resumed {
+        node: u64,
+        app: String,
+        channel: String,
+        identities: Vec<(String, String)>,
+    },
+}
+
+/// `("c", cookie token)` or `("u", user id)`, as identities travel on the bus.
+fn identities_to_wire(identities: Vec<Identity>) -> Vec<(String, String)> {
+    identities
+        .into_iter()
+        .map(|identity| match identity {
+            Identity::Cookie(token) => ("c".to_owned(), token),
+            Identity::User(user) => ("u".to_owned(), user.0),
+        })
+        .collect()
+}
+
+fn identities_from_wire(identities: Vec<(String, String)>) -> Result<Vec<Identity>, WireError> {
+    if identities.len() > 3 {
+        return Err(WireError::Invalid("identities"));
+    }
+    identities
+        .into_iter()
+        .map(|(kind, value)| match kind.as_str() {
+            "c" if !value.is_empty() && value.len() <= 128 => Ok(Identity::Cookie(value)),
+            "u" => Ok(Identity::User(user_id(value)?)),
+            _ => Err(WireError::Invalid("identity")),
+        })
+        .collect()
 }
 
 /// What applying a bus message did, for webhooks and metrics.
@@ -188,7 +220,8 @@ impl BusMessage {
             | BusMessage::Heartbeat { node, .. }
             | BusMessage::State { node, .. }
             | BusMessage::SyncRequest { node, .. }
-            | BusMessage::Departed { node, .. } => *node,
+            | BusMessage::Departed { node, .. }
+            | BusMessage::Resumed { node, .. } => *node,
         }
     }
 
@@ -253,16 +286,20 @@ impl BusMessage {
                 node,
                 app: app_id,
                 channel: channel.to_string(),
-                identities: identities
-                    .into_iter()
-                    .map(|identity| match identity {
-                        Identity::Cookie(token) => ("c".to_owned(), token),
-                        Identity::User(user) => ("u".to_owned(), user.0),
-                    })
-                    .collect(),
+                identities: identities_to_wire(identities),
                 after: departure.after.to_string(),
                 socket: departure.socket.to_string(),
                 left_ms: departure.left_ms,
+            },
+            Announcement::Resumed {
+                app_id,
+                channel,
+                identities,
+            } => BusMessage::Resumed {
+                node,
+                app: app_id,
+                channel: channel.to_string(),
+                identities: identities_to_wire(identities),
             },
         }
     }
@@ -383,17 +420,7 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             left_ms,
         } => {
             let app = app_state(&app)?;
-            let identities = identities
-                .into_iter()
-                .map(|(kind, value)| match kind.as_str() {
-                    "c" if !value.is_empty() && value.len() <= 128 => Ok(Identity::Cookie(value)),
-                    "u" => Ok(Identity::User(user_id(value)?)),
-                    _ => Err(WireError::Invalid("identity")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if identities.len() > 3 {
-                return Err(WireError::Invalid("identities"));
-            }
+            let identities = identities_from_wire(identities)?;
             let departure = Departure {
                 after: after
                     .parse()
@@ -402,6 +429,16 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
                 left_ms,
             };
             app.record_departure(&identities, &channel_name(&channel)?, departure);
+        }
+        BusMessage::Resumed {
+            app,
+            channel,
+            identities,
+            ..
+        } => {
+            let app = app_state(&app)?;
+            let identities = identities_from_wire(identities)?;
+            let _ = app.take_resume(&identities, &channel_name(&channel)?);
         }
         BusMessage::Terminate { app, user, .. } => {
             app_state(&app)?.terminate_user(&user_id(user)?);

@@ -63,6 +63,13 @@ pub enum Announcement {
         identities: Vec<Identity>,
         departure: Departure,
     },
+    /// A socket with these identities resumed on `channel`: every node consumes the same
+    /// departure, so that it is taken once in the whole cluster.
+    Resumed {
+        app_id: String,
+        channel: ChannelName,
+        identities: Vec<Identity>,
+    },
 }
 
 /// The event could not be put on the cluster's log (the transport is down or its queue is

@@ -320,8 +320,16 @@ impl Session {
         let resume = if self.channels.contains_key(&channel) {
             None
         } else {
-            self.app
-                .take_resume(&self.identities(user.as_ref()), &channel)
+            let identities = self.identities(user.as_ref());
+            let resume = self.app.take_resume(&identities, &channel);
+            if resume.is_some() {
+                self.broker.announce(Announcement::Resumed {
+                    app_id: self.app.id().to_owned(),
+                    channel: channel.clone(),
+                    identities,
+                });
+            }
+            resume
         };
         let res =
             self.app
