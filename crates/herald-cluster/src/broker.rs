@@ -1,15 +1,20 @@
 //! The cluster protocol: many herald nodes act as one over any [`Transport`].
 //!
-//! Every node publishes to, and subscribes to, one bus. The bus carries events (delivered by every
-//! node to its local subscribers) and each node's announcements of its own state (subscriptions,
-//! presence identities, sign-ins, connection counts), which every other node replicates into
-//! `herald-core`'s remote view. The transport delivers the bus in one order to every node, so
-//! every node reaches the same presence decisions on its own. Heartbeats find dead nodes; every
-//! (re)subscription resyncs state both ways.
+//! Every node appends to, and reads, one bus: ordered logs (shards; an app's announcements all go
+//! to one shard, its events to the app's or the channel's shard). The bus carries events
+//! (delivered by every node to its local subscribers, in the log's order, the publishing node
+//! included) and each node's announcements of its own state (subscriptions, presence
+//! identities, sign-ins, connection counts, departures for replay), which every other node
+//! replicates into `herald-core`'s remote view. Every node reads each shard in one order, so
+//! every node reaches the same presence decisions on its own. A reader that was disconnected
+//! resumes where it stopped and gets what it missed from the log; what the log no longer holds is
+//! a gap, which the node's subscribers hear about (`herald:resume_failed`, reason `log_lost`).
+//! Heartbeats find dead nodes; every (re)connection resyncs state both ways.
 //!
 //! Invariants:
-//! - Nothing here blocks a socket task or an HTTP handler: `publish` and `announce` deliver
-//!   locally and enqueue for the transport without waiting; a full queue drops and counts.
+//! - Nothing here blocks a socket task: `publish` and `announce` enqueue for the transport without
+//!   waiting; a full queue drops and counts. `accept` (HTTP publishes) resolves when the event is
+//!   on the log, or refuses at once when the bus is down.
 //! - Everything read from the transport is untrusted: decoded with validation, and what does not
 //!   parse is dropped and counted, never a panic.
 //! - A node's own view of itself never depends on the transport: local delivery goes on during
@@ -22,16 +27,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_core::{Announcement, Broker, Delivery, Envelope, Node, SubscriptionEntry};
+use herald_core::{
+    Acceptance, Announcement, Broker, Delivery, Durability, Envelope, Node, Position,
+    SubscriptionEntry, Unavailable,
+};
 use herald_protocol::UserId;
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::transport::{Kept, Outgoing, Transport};
-use crate::wire::{self, BusMessage};
+use crate::transport::{BusItem, Kept, Outgoing, Transport};
+use crate::wire::{self, BusMessage, Placement};
 
 /// Largest bus message accepted from the transport.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -41,9 +49,23 @@ const MAX_BATCH: usize = 512;
 const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
 /// How long a subscription attempt may take before it counts as failed.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Reconnect backoff bounds; each wait adds up to 30% jitter.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Reconnect backoff bounds; each wait adds up to 30% jitter. The maximum keeps cross-node
+/// delivery back within a second of the transport's return.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// How far back a starting node reads the bus, to fill its channels' histories for replay.
+const BACKFILL: Duration = Duration::from_secs(120);
+
+/// Which shard of the bus carries an app's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardBy {
+    /// Every event of an app in the app's shard (with its announcements): one order per app.
+    App,
+    /// Each channel's events in the channel's shard: one app's traffic spreads over every shard;
+    /// order is kept per channel, which is all a subscriber can see.
+    Channel,
+}
 
 /// The protocol's timing and queue settings (the transport has its own).
 #[derive(Debug, Clone)]
@@ -53,6 +75,9 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
     /// Messages waiting for the transport before new ones are dropped (and counted).
     pub queue_capacity: usize,
+    /// Logs the bus is spread over (each on its own Redis hash slot); at least 1.
+    pub shards: usize,
+    pub shard_by: ShardBy,
 }
 
 /// Counters the server exports as metrics.
@@ -68,6 +93,12 @@ pub struct BrokerStats {
     pub dropped_invalid: AtomicU64,
     /// Nodes declared dead and removed.
     pub nodes_reaped: AtomicU64,
+    /// Publishes refused (503) because the bus was down or its queue full.
+    pub publishes_refused: AtomicU64,
+    /// Entries read from the log after a reconnect (what pub/sub would have lost).
+    pub gap_entries_filled: AtomicU64,
+    /// Gaps the log could not fill (trimmed, or the engine lost its data).
+    pub gaps_lost: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -77,16 +108,24 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// Called with an app id and the subscriptions a dead node held in it.
 pub type NodeGoneHook = Arc<dyn Fn(&str, Vec<SubscriptionEntry>) + Send + Sync>;
 
+/// Called with an app id and what delivering one event read from the bus did on this node (for
+/// metrics: in a cluster an HTTP publish is answered before any node delivers it).
+pub type DeliveryHook = Arc<dyn Fn(&str, Delivery) + Send + Sync>;
+
 struct Inner<T> {
     node: Arc<Node>,
     config: ClusterConfig,
     transport: T,
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<BrokerStats>,
     /// Other nodes and when we last heard from them.
     peers: Mutex<HashMap<u64, Instant>>,
-    /// Set while subscribed to the bus.
+    /// Set while every shard of the bus is being read.
     connected_since: Mutex<Option<Instant>>,
+    /// Shards currently being read.
+    shards_up: std::sync::atomic::AtomicUsize,
+    /// Wall-clock ms when the node started: entries older than this are backfill.
+    started_ms: u64,
     /// Told about the subscriptions of a node declared dead (for webhooks).
     on_node_gone: Option<NodeGoneHook>,
     /// Held while announcing and while snapshotting state, so a `State` never overtakes, or is
@@ -94,6 +133,9 @@ struct Inner<T> {
     order: Mutex<()>,
     /// Some announcement was lost (queue full, transport error): republish the full state.
     state_dirty: AtomicBool,
+    /// The last batch handed to the transport failed.
+    publish_failing: AtomicBool,
+    on_delivery: std::sync::OnceLock<DeliveryHook>,
 }
 
 impl<T: Transport> std::fmt::Debug for Inner<T> {
@@ -128,6 +170,7 @@ impl<T: Transport> ClusterBroker<T> {
         on_node_gone: Option<NodeGoneHook>,
     ) -> ClusterBroker<T> {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let shards = config.shards.max(1);
         let inner = Arc::new(Inner {
             node,
             config,
@@ -136,14 +179,25 @@ impl<T: Transport> ClusterBroker<T> {
             stats: Arc::default(),
             peers: Mutex::default(),
             connected_since: Mutex::default(),
+            shards_up: std::sync::atomic::AtomicUsize::new(0),
+            started_ms: wire::now_ms(),
             on_node_gone,
             order: Mutex::new(()),
             state_dirty: AtomicBool::new(false),
+            publish_failing: AtomicBool::new(false),
+            on_delivery: std::sync::OnceLock::new(),
         });
         tracker.spawn(publisher(inner.clone(), rx, stop.clone()));
-        tracker.spawn(subscriber(inner.clone(), stop.clone()));
+        for shard in 0..shards {
+            tracker.spawn(subscriber(inner.clone(), shard, stop.clone()));
+        }
         tracker.spawn(heartbeat(inner.clone(), stop));
         ClusterBroker(inner)
+    }
+
+    /// Sets what is told of every delivery of an event read from the bus (once).
+    pub fn on_delivery(&self, hook: DeliveryHook) {
+        let _ = self.0.on_delivery.set(hook);
     }
 
     pub fn stats(&self) -> Arc<BrokerStats> {
@@ -161,16 +215,71 @@ impl<T: Transport> ClusterBroker<T> {
     }
 }
 
+/// A message waiting for the transport, and who waits for it to be on the log.
+struct Queued {
+    out: Outgoing,
+    ack: Option<oneshot::Sender<bool>>,
+}
+
+/// A stable hash (FNV-1a), so that every node maps a key to the same shard.
+fn shard_of(key: &str, shards: usize) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % shards.max(1) as u64) as usize
+}
+
 impl<T: Transport> Inner<T> {
-    fn send(&self, message: &BusMessage, keep: Option<Kept>) {
-        let message = match serde_json::to_vec(message) {
-            Ok(bytes) => Bytes::from(bytes),
+    fn shards(&self) -> usize {
+        self.config.shards.max(1)
+    }
+
+    /// The shard of a message about `app` (and, for events, `channel`).
+    fn shard(&self, app: &str, channel: Option<&str>) -> usize {
+        match (self.config.shard_by, channel) {
+            (ShardBy::Channel, Some(channel)) => {
+                shard_of(&format!("{app}\u{0}{channel}"), self.shards())
+            }
+            _ => shard_of(app, self.shards()),
+        }
+    }
+
+    /// The shard a message goes to: its app's (or its event's channel's); node-wide messages
+    /// (heartbeats, sync requests) go to shard 0.
+    fn shard_for(&self, message: &BusMessage) -> usize {
+        match message {
+            BusMessage::Event { app, channel, .. } => self.shard(app, Some(channel)),
+            BusMessage::Subscribed { app, .. }
+            | BusMessage::Unsubscribed { app, .. }
+            | BusMessage::SignedIn { app, .. }
+            | BusMessage::SignedOut { app, .. }
+            | BusMessage::Terminate { app, .. }
+            | BusMessage::State { app, .. }
+            | BusMessage::Departed { app, .. }
+            | BusMessage::Resumed { app, .. } => self.shard(app, None),
+            BusMessage::Heartbeat { .. } | BusMessage::SyncRequest { .. } => 0,
+        }
+    }
+
+    fn encode(&self, message: &BusMessage, keep: Option<Kept>) -> Option<Outgoing> {
+        match serde_json::to_vec(message) {
+            Ok(bytes) => Some(Outgoing {
+                shard: self.shard_for(message),
+                message: Bytes::from(bytes),
+                keep,
+            }),
             Err(err) => {
                 tracing::error!(%err, "could not encode a bus message");
-                return;
+                None
             }
+        }
+    }
+
+    fn send(&self, message: &BusMessage, keep: Option<Kept>) {
+        let Some(out) = self.encode(message, keep) else {
+            return;
         };
-        if self.tx.try_send(Outgoing { message, keep }).is_err() {
+        if self.tx.try_send(Queued { out, ack: None }).is_err() {
             bump(&self.stats.dropped_unsent, 1);
             self.state_dirty.store(true, Ordering::Relaxed);
         }
@@ -206,8 +315,9 @@ impl<T: Transport> Inner<T> {
         );
     }
 
-    fn handle(&self, payload: &[u8]) {
+    fn handle(&self, position: Position, payload: &[u8]) {
         bump(&self.stats.receives, 1);
+        let backfill = position.ms < self.started_ms;
         if payload.len() > MAX_MESSAGE_BYTES {
             bump(&self.stats.dropped_invalid, 1);
             return;
@@ -222,7 +332,39 @@ impl<T: Transport> Inner<T> {
         };
         let me = self.node.id();
         let from = message.node();
+        if backfill {
+            // Before this node started: only what replay needs (events, departures); the state
+            // of other nodes comes from the resync.
+            if matches!(
+                message,
+                BusMessage::Event { .. } | BusMessage::Departed { .. } | BusMessage::Resumed { .. }
+            ) {
+                if let Err(err) = wire::apply(&self.node, message, Placement::Backfill(position)) {
+                    bump(&self.stats.dropped_invalid, 1);
+                    tracing::debug!(%err, "dropping an invalid bus message");
+                }
+            }
+            return;
+        }
         if from == me {
+            // Our own logged events are delivered here, in the log's order like everyone's;
+            // everything else of ours was applied when it happened.
+            let ours = matches!(
+                &message,
+                BusMessage::Event {
+                    ephemeral: false,
+                    ..
+                }
+            );
+            if ours {
+                match wire::apply(&self.node, message, Placement::Live(position)) {
+                    Ok(applied) => self.delivered(applied),
+                    Err(err) => {
+                        bump(&self.stats.dropped_invalid, 1);
+                        tracing::warn!(%err, "dropping an invalid bus message");
+                    }
+                }
+            }
             return;
         }
         let known = self.peers.lock().insert(from, Instant::now()).is_some();
@@ -253,18 +395,26 @@ impl<T: Transport> Inner<T> {
             BusMessage::State { app, .. } => Some(app.clone()),
             _ => None,
         };
-        match wire::apply(&self.node, message) {
-            Ok(removed) => {
+        match wire::apply(&self.node, message, Placement::Live(position)) {
+            Ok(applied) => {
                 if let (Some(app), Some(hook), false) =
-                    (state_of, &self.on_node_gone, removed.is_empty())
+                    (state_of, &self.on_node_gone, applied.removed.is_empty())
                 {
-                    hook(&app, removed);
+                    hook(&app, applied.removed);
+                } else {
+                    self.delivered(applied);
                 }
             }
             Err(err) => {
                 bump(&self.stats.dropped_invalid, 1);
                 tracing::warn!(node = from, %err, "dropping an invalid bus message");
             }
+        }
+    }
+
+    fn delivered(&self, applied: wire::Applied) {
+        if let (Some((app, delivery)), Some(hook)) = (applied.delivered, self.on_delivery.get()) {
+            hook(&app, delivery);
         }
     }
 
@@ -301,16 +451,43 @@ impl<T: Transport> Inner<T> {
         }
     }
 
-    /// Just (re)subscribed: resync state both ways and load the cache channels.
+    /// A shard is being read again: once every shard is, resync state both ways and load the
+    /// cache channels.
     async fn connected(&self, first: &mut bool) {
         if !*first {
             bump(&self.stats.reconnects, 1);
         }
         *first = false;
-        tracing::info!(transport = ?self.transport, "subscribed to the cluster bus");
+        let up = self.shards_up.fetch_add(1, Ordering::AcqRel) + 1;
+        if up < self.shards() {
+            return;
+        }
+        tracing::info!(transport = ?self.transport, "reading the cluster bus");
         *self.connected_since.lock() = Some(Instant::now());
         self.resync();
         self.load_caches().await;
+    }
+
+    fn disconnected(&self) {
+        self.shards_up.fetch_sub(1, Ordering::AcqRel);
+        *self.connected_since.lock() = None;
+    }
+
+    /// The log could not give us everything after where we stopped: tell every app's
+    /// subscribers on this node, and let no replay span the hole.
+    fn gap(&self, shard: usize) {
+        bump(&self.stats.gaps_lost, 1);
+        let mut told = 0;
+        for app in self.node.apps() {
+            if self.shard(app.id(), None) == shard || self.config.shard_by == ShardBy::Channel {
+                told += app.lose_history();
+            }
+        }
+        tracing::warn!(
+            shard,
+            told,
+            "events on the cluster bus were lost (trimmed or Redis lost its data): subscribers were sent herald:resume_failed"
+        );
     }
 
     /// Loads the cache channels' last events, for a node that starts after they were published.
@@ -331,17 +508,9 @@ impl<T: Transport> Inner<T> {
     }
 }
 
-impl<T: Transport> Broker for ClusterBroker<T> {
-    fn publish(&self, envelope: Envelope) -> Delivery {
-        let inner = &self.0;
-        let Some(app) = inner.node.app_by_id(&envelope.app_id) else {
-            return Delivery::default();
-        };
-        if let Some((event, data)) = &envelope.cache {
-            app.store_cache(&envelope.channel, event, data, &envelope.frame);
-        }
-        let delivery = app.deliver(&envelope.channel, &envelope.frame, envelope.except);
-        let keep = envelope.cache.as_ref().map(|(event, data)| {
+impl<T: Transport> ClusterBroker<T> {
+    fn keep(envelope: &Envelope) -> Option<Kept> {
+        envelope.cache.as_ref().map(|(event, data)| {
             let expires_ms = wire::now_ms() + CACHE_TTL_MS;
             let value = serde_json::json!({"event": event, "data": data, "expires_ms": expires_ms});
             Kept {
@@ -349,9 +518,71 @@ impl<T: Transport> Broker for ClusterBroker<T> {
                 value: Bytes::from(value.to_string()),
                 expires_ms,
             }
-        });
-        inner.send(&BusMessage::event(inner.node.id(), &envelope), keep);
+        })
+    }
+}
+
+impl<T: Transport> Broker for ClusterBroker<T> {
+    /// Client events: delivered here at once and sent on the bus, best effort (never logged).
+    fn publish(&self, envelope: Envelope) -> Delivery {
+        if envelope.durability != Durability::Ephemeral {
+            // A logged event always takes the log's path, so that every node has one order.
+            let acceptance = self.accept(envelope);
+            drop(acceptance);
+            return Delivery::default();
+        }
+        let inner = &self.0;
+        let Some(app) = inner.node.app_by_id(&envelope.app_id) else {
+            return Delivery::default();
+        };
+        let delivery = app.deliver(
+            &envelope.channel,
+            &envelope.frame,
+            envelope.except,
+            envelope.durability,
+        );
+        inner.send(&BusMessage::event(inner.node.id(), &envelope), None);
         delivery
+    }
+
+    /// HTTP publishes: on the log first, then delivered by every node (this one too) as it
+    /// reads the log, so every subscriber everywhere sees the log's order.
+    fn accept(&self, envelope: Envelope) -> Acceptance {
+        let inner = &self.0;
+        let refuse = || -> Acceptance {
+            bump(&inner.stats.publishes_refused, 1);
+            Box::pin(std::future::ready(Err(Unavailable)))
+        };
+        // While the transport is known to be failing and the bus is not being read, refuse at
+        // once rather than queue behind failing batches. Otherwise the transport decides: a
+        // node whose own reader is reconnecting may still append (it reads the event later).
+        if inner.publish_failing.load(Ordering::Relaxed) && !self.is_connected() {
+            return refuse();
+        }
+        let keep = Self::keep(&envelope);
+        let Some(out) = inner.encode(&BusMessage::event(inner.node.id(), &envelope), keep) else {
+            return refuse();
+        };
+        let (ack, acked) = oneshot::channel();
+        if inner
+            .tx
+            .try_send(Queued {
+                out,
+                ack: Some(ack),
+            })
+            .is_err()
+        {
+            return refuse();
+        }
+        let stats = inner.stats.clone();
+        Box::pin(async move {
+            if acked.await == Ok(true) {
+                Ok(Delivery::default())
+            } else {
+                bump(&stats.publishes_refused, 1);
+                Err(Unavailable)
+            }
+        })
     }
 
     fn announce(&self, announcement: Announcement) {
@@ -378,29 +609,37 @@ impl<T: Transport> Broker for ClusterBroker<T> {
     }
 }
 
-/// Hands queued messages to the transport in batches.
+/// Hands queued messages to the transport in batches (one pipeline each), and tells whoever
+/// waits whether their message is on the log.
 async fn publisher<T: Transport>(
     inner: Arc<Inner<T>>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Queued>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut acks = Vec::with_capacity(MAX_BATCH);
     let mut last_warning: Option<Instant> = None;
     loop {
         let first = tokio::select! {
             msg = rx.recv() => match msg { Some(m) => m, None => return },
             () = stop.cancelled() => return,
         };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+        let mut queued = Some(first);
+        while let Some(Queued { out, ack }) = queued.take() {
+            batch.push(out);
+            acks.extend(ack);
+            if batch.len() < MAX_BATCH {
+                queued = rx.try_recv().ok();
             }
         }
         let n = batch.len() as u64;
-        match inner.transport.publish(&batch).await {
-            Ok(()) => bump(&inner.stats.publishes, n),
+        let res = inner.transport.publish(&batch).await;
+        for ack in acks.drain(..) {
+            let _ = ack.send(res.is_ok());
+        }
+        inner.publish_failing.store(res.is_err(), Ordering::Relaxed);
+        match res {
+            Ok(_) => bump(&inner.stats.publishes, n),
             Err(err) => {
                 bump(&inner.stats.errors, 1);
                 bump(&inner.stats.dropped_unsent, n);
@@ -415,32 +654,52 @@ async fn publisher<T: Transport>(
     }
 }
 
-/// Keeps a subscription to the bus, reconnecting with jittered backoff, and resyncs state after
-/// every (re)connect so state lost in the transport or missed during an outage is rebuilt.
-async fn subscriber<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) {
+/// Reads one shard of the bus, resuming after a disconnection where it stopped (the log fills
+/// what was missed), with jittered backoff, and resyncs state after every (re)connect so state
+/// lost in the transport or missed during an outage is rebuilt. A starting node first reads back
+/// [`BACKFILL`] of the log, to fill its channels' histories for clients that resume here.
+async fn subscriber<T: Transport>(inner: Arc<Inner<T>>, shard: usize, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
+    let start_ms = inner.started_ms.saturating_sub(BACKFILL.as_millis() as u64);
+    let mut after = Some(Position {
+        ms: start_ms,
+        seq: 0,
+    });
     loop {
+        let subscribe = inner.transport.subscribe(shard, after);
         let res = tokio::select! {
-            res = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inner.transport.subscribe()) => res,
+            res = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe) => res,
             () = stop.cancelled() => return,
         };
         match res {
-            Ok(Ok(mut messages)) => {
+            Ok(Ok(mut items)) => {
                 backoff = MIN_BACKOFF;
+                let resumed = !first;
+                let connected_ms = wire::now_ms();
                 inner.connected(&mut first).await;
                 loop {
                     tokio::select! {
-                        msg = messages.next() => match msg {
-                            Some(payload) => inner.handle(&payload),
+                        item = items.next() => match item {
+                            Some(BusItem::Entry(position, payload)) => {
+                                after = Some(position);
+                                if resumed && position.ms < connected_ms {
+                                    // Appended while we were away: pub/sub would have lost it.
+                                    bump(&inner.stats.gap_entries_filled, 1);
+                                }
+                                inner.handle(position, &payload);
+                            }
+                            // A gap while backfilling only means less history.
+                            Some(BusItem::Gap) if !resumed => {}
+                            Some(BusItem::Gap) => inner.gap(shard),
                             None => break,
                         },
                         () = stop.cancelled() => return,
                     }
                 }
-                *inner.connected_since.lock() = None;
+                inner.disconnected();
                 bump(&inner.stats.errors, 1);
-                tracing::warn!("lost the cluster bus: serving local sockets only until it is back");
+                tracing::warn!(shard, "lost the cluster bus: serving local sockets only, and refusing HTTP publishes, until it is back");
             }
             Ok(Err(err)) => {
                 bump(&inner.stats.errors, 1);
@@ -539,6 +798,8 @@ mod tests {
             heartbeat_interval: Duration::from_millis(50),
             node_timeout: Duration::from_millis(500),
             queue_capacity: 1024,
+            shards: 2,
+            shard_by: ShardBy::Channel,
         };
         let broker = ClusterBroker::start(
             node.clone(),
@@ -612,6 +873,7 @@ mod tests {
 
         // Garbage is dropped and counted; A's event still reaches B's socket, once.
         let garbage = Outgoing {
+            shard: 0,
             message: Bytes::from_static(b"{\"t\":\"nonsense\"}"),
             keep: None,
         };
@@ -623,6 +885,7 @@ mod tests {
             frame: herald_core::Frame::new(frame.clone()),
             except: None,
             cache: None,
+            durability: herald_core::Durability::Logged,
         });
         assert_eq!(delivery.delivered, 0, "nobody is on A");
         let mut got = Vec::new();

@@ -10,6 +10,6 @@ pub mod memory;
 pub mod transport;
 pub mod wire;
 
-pub use broker::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook};
+pub use broker::{BrokerStats, ClusterBroker, ClusterConfig, DeliveryHook, NodeGoneHook, ShardBy};
 pub use memory::{MemoryHub, MemoryTransport};
-pub use transport::{Kept, Outgoing, Position, Subscription, Transport, TransportError};
+pub use transport::{BusItem, Kept, Outgoing, Position, Subscription, Transport, TransportError};

@@ -8,47 +8,18 @@
 //! what it reads.
 
 use std::fmt;
-use std::str::FromStr;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-/// A position in an ordered log: `ms-seq`, the shape of a Redis Stream id. Positions of one log
-/// only grow; `Position::START` is before every entry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Position {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl Position {
-    /// Before the first entry of every log.
-    pub const START: Position = Position { ms: 0, seq: 0 };
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl FromStr for Position {
-    type Err = TransportError;
-
-    fn from_str(s: &str) -> Result<Position, TransportError> {
-        let invalid = || TransportError::Invalid("log position");
-        let (ms, seq) = s.split_once('-').ok_or_else(invalid)?;
-        Ok(Position {
-            ms: ms.parse().map_err(|_| invalid())?,
-            seq: seq.parse().map_err(|_| invalid())?,
-        })
-    }
-}
+pub use herald_core::Position;
 
 /// One message for the bus, and optionally a value to keep for nodes that start later.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// Which of the bus's logs carries it (`0..shards`).
+    pub shard: usize,
     pub message: Bytes,
     pub keep: Option<Kept>,
 }
@@ -62,10 +33,20 @@ pub struct Kept {
     pub expires_ms: u64,
 }
 
-/// A live subscription to the bus: every message published after `subscribe` returned, in the
-/// bus's order, until the stream ends. The end of the stream is the disconnection: messages may
-/// have been missed from then until the next successful `subscribe`.
-pub type Subscription = BoxStream<'static, Bytes>;
+/// What reading one of the bus's logs yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusItem {
+    /// The next entry of the log, in the log's order.
+    Entry(Position, Bytes),
+    /// Entries after the position the read started from are gone (trimmed, or the engine lost
+    /// its data): they cannot be delivered. Reading goes on with what is there.
+    Gap,
+}
+
+/// A live read of one of the bus's logs, from where `subscribe` was asked to start, in order,
+/// until the stream ends. The end of the stream is the disconnection: subscribing again from the
+/// last position read misses nothing the log still holds.
+pub type Subscription = BoxStream<'static, BusItem>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -77,55 +58,46 @@ pub enum TransportError {
     Invalid(&'static str),
 }
 
+impl From<herald_core::history::InvalidPosition> for TransportError {
+    fn from(_: herald_core::history::InvalidPosition) -> TransportError {
+        TransportError::Invalid("log position")
+    }
+}
+
 impl TransportError {
     pub fn unavailable(err: impl std::error::Error + Send + Sync + 'static) -> TransportError {
         TransportError::Unavailable(Box::new(err))
     }
 }
 
-/// How nodes reach each other: a bus everyone hears in one order, and ordered logs.
+/// How nodes reach each other: a bus made of ordered logs (shards), which every node reads in
+/// full and in order, and the kept values.
 ///
-/// Connection state is explicit: a successful [`Transport::subscribe`] is "connected", the end of
-/// its stream is "disconnected". The protocol resyncs on every connect; an ordered-log consumer
-/// can read what it missed from the log between the two.
+/// The bus is a log, not fire-and-forget messaging: a node that was disconnected, or slow,
+/// resumes reading where it stopped and gets everything the log still holds; what it cannot get
+/// is reported as a [`BusItem::Gap`]. A successful `publish` means the messages are on the log.
 pub trait Transport: Send + Sync + fmt::Debug + 'static {
-    /// Sends `batch` to every subscriber of the bus (this node's own included), in order, and
-    /// stores each `keep`. Fire-and-forget: the bus does not remember messages.
+    /// Appends each message of `batch` to its shard's log, in order, and stores each `keep`;
+    /// returns each message's position.
     ///
     /// # Errors
-    /// The engine is unreachable; nothing, or only a prefix of the batch, was sent.
-    fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<(), TransportError>>;
-
-    /// Subscribes to the bus. Resolves once subscribed: nothing published after that is missed
-    /// until the stream ends.
-    ///
-    /// # Errors
-    /// The engine is unreachable or refused the subscription.
-    fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, TransportError>>;
-
-    /// Appends `entry` to the ordered log `log`, keeping at most about `max_len` entries, and
-    /// returns its position. Every reader sees the entries of a log in one order.
-    ///
-    /// # Errors
-    /// The engine is unreachable; the entry was not appended (or it is unknown whether it was).
-    fn append<'a>(
+    /// The engine is unreachable; nothing, or only a prefix of the batch, was appended (which
+    /// prefix is unknown).
+    fn publish<'a>(
         &'a self,
-        log: &'a str,
-        entry: Bytes,
-        max_len: usize,
-    ) -> BoxFuture<'a, Result<Position, TransportError>>;
+        batch: &'a [Outgoing],
+    ) -> BoxFuture<'a, Result<Vec<Position>, TransportError>>;
 
-    /// Reads up to `max` entries of `log` after `after`, oldest first. Entries trimmed away are
-    /// not returned: a reader notices a gap by comparing positions.
+    /// Reads shard `shard`'s log after `after` (`None`: from its current end) and then as it
+    /// grows. Resolves once reading has started.
     ///
     /// # Errors
-    /// The engine is unreachable or answered something malformed.
-    fn read<'a>(
-        &'a self,
-        log: &'a str,
-        after: Position,
-        max: usize,
-    ) -> BoxFuture<'a, Result<Vec<(Position, Bytes)>, TransportError>>;
+    /// The engine is unreachable or refused the read.
+    fn subscribe(
+        &self,
+        shard: usize,
+        after: Option<Position>,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>>;
 
     /// Every kept value that has not expired, as `(key, value)`.
     ///
@@ -136,30 +108,19 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 
 /// The transport chosen from configuration at run time.
 impl Transport for Box<dyn Transport> {
-    fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<(), TransportError>> {
+    fn publish<'a>(
+        &'a self,
+        batch: &'a [Outgoing],
+    ) -> BoxFuture<'a, Result<Vec<Position>, TransportError>> {
         (**self).publish(batch)
     }
 
-    fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, TransportError>> {
-        (**self).subscribe()
-    }
-
-    fn append<'a>(
-        &'a self,
-        log: &'a str,
-        entry: Bytes,
-        max_len: usize,
-    ) -> BoxFuture<'a, Result<Position, TransportError>> {
-        (**self).append(log, entry, max_len)
-    }
-
-    fn read<'a>(
-        &'a self,
-        log: &'a str,
-        after: Position,
-        max: usize,
-    ) -> BoxFuture<'a, Result<Vec<(Position, Bytes)>, TransportError>> {
-        (**self).read(log, after, max)
+    fn subscribe(
+        &self,
+        shard: usize,
+        after: Option<Position>,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        (**self).subscribe(shard, after)
     }
 
     fn kept(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, TransportError>> {

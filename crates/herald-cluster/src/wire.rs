@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 
+use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Envelope, Frame, LocalState, Node, PresenceMember, SubscriptionEntry,
+    Announcement, Delivery, Durability, Envelope, Frame, LocalState, Node, Position,
+    PresenceMember, SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,9 @@ pub enum BusMessage {
         except: Option<String>,
         /// `(event, data)` for cache channels.
         cache: Option<(String, String)>,
+        /// A client event: delivered in order, never logged (absent means logged).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     Subscribed {
         node: u64,
@@ -82,6 +87,67 @@ pub enum BusMessage {
     },
     /// Asks `target` (or every node) to publish its `State`.
     SyncRequest { node: u64, target: Option<u64> },
+    /// A socket of `node` that may resume left `channel` at log position `after`.
+    Departed {
+        node: u64,
+        app: String,
+        channel: String,
+        /// `("c", cookie token)` or `("u", user id)`.
+        identities: Vec<(String, String)>,
+        after: String,
+        socket: String,
+        left_ms: u64,
+    },
+    /// A socket of `node` with these identities resumed on `channel`.
+    Resumed {
+        node: u64,
+        app: String,
+        channel: String,
+        identities: Vec<(String, String)>,
+    },
+}
+
+/// `("c", cookie token)` or `("u", user id)`, as identities travel on the bus.
+fn identities_to_wire(identities: Vec<Identity>) -> Vec<(String, String)> {
+    identities
+        .into_iter()
+        .map(|identity| match identity {
+            Identity::Cookie(token) => ("c".to_owned(), token),
+            Identity::User(user) => ("u".to_owned(), user.0),
+        })
+        .collect()
+}
+
+fn identities_from_wire(identities: Vec<(String, String)>) -> Result<Vec<Identity>, WireError> {
+    if identities.len() > 3 {
+        return Err(WireError::Invalid("identities"));
+    }
+    identities
+        .into_iter()
+        .map(|(kind, value)| match kind.as_str() {
+            "c" if !value.is_empty() && value.len() <= 128 => Ok(Identity::Cookie(value)),
+            "u" => Ok(Identity::User(user_id(value)?)),
+            _ => Err(WireError::Invalid("identity")),
+        })
+        .collect()
+}
+
+/// What applying a bus message did, for webhooks and metrics.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The subscriptions a `State` removed.
+    pub removed: Vec<SubscriptionEntry>,
+    /// What an event's delivery on this node did, with its app.
+    pub delivered: Option<(String, Delivery)>,
+}
+
+/// Where an event read from the bus sits in the cluster's log, and what to do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Read live: deliver it (unless it is a duplicate).
+    Live(Position),
+    /// Read back at start-up: keep it for replay only.
+    Backfill(Position),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -153,7 +219,9 @@ impl BusMessage {
             | BusMessage::Terminate { node, .. }
             | BusMessage::Heartbeat { node, .. }
             | BusMessage::State { node, .. }
-            | BusMessage::SyncRequest { node, .. } => *node,
+            | BusMessage::SyncRequest { node, .. }
+            | BusMessage::Departed { node, .. }
+            | BusMessage::Resumed { node, .. } => *node,
         }
     }
 
@@ -165,6 +233,7 @@ impl BusMessage {
             frame: String::from_utf8_lossy(&envelope.frame.text).into_owned(),
             except: envelope.except.map(|s| s.to_string()),
             cache: envelope.cache.clone(),
+            ephemeral: envelope.durability == Durability::Ephemeral,
         }
     }
 
@@ -208,6 +277,30 @@ impl BusMessage {
                 socket: socket.to_string(),
                 user: user.0,
             },
+            Announcement::Departed {
+                app_id,
+                channel,
+                identities,
+                departure,
+            } => BusMessage::Departed {
+                node,
+                app: app_id,
+                channel: channel.to_string(),
+                identities: identities_to_wire(identities),
+                after: departure.after.to_string(),
+                socket: departure.socket.to_string(),
+                left_ms: departure.left_ms,
+            },
+            Announcement::Resumed {
+                app_id,
+                channel,
+                identities,
+            } => BusMessage::Resumed {
+                node,
+                app: app_id,
+                channel: channel.to_string(),
+                identities: identities_to_wire(identities),
+            },
         }
     }
 }
@@ -232,7 +325,7 @@ fn user_info(info: &str) -> Result<Box<RawValue>, WireError> {
 /// # Errors
 /// Whatever failed validation; nothing was applied then.
 /// Returns the subscriptions a `State` removed (for webhooks); empty for other messages.
-pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>, WireError> {
+pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<Applied, WireError> {
     let app_state = |app: &str| {
         node.app_by_id(app)
             .ok_or_else(|| WireError::UnknownApp(app.to_owned()))
@@ -244,6 +337,7 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
             frame,
             except,
             cache,
+            ephemeral,
             ..
         } => {
             let app = app_state(&app)?;
@@ -260,7 +354,16 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
             if let Some((event, data)) = &cache {
                 app.store_cache(&channel, event, data, &frame);
             }
-            app.deliver(&channel, &frame, except);
+            let durability = match (ephemeral, placement) {
+                (true, _) => Durability::Ephemeral,
+                (false, Placement::Live(position)) => Durability::At(position),
+                (false, Placement::Backfill(position)) => Durability::Backfill(position),
+            };
+            let delivery = app.deliver(&channel, &frame, except, durability);
+            return Ok(Applied {
+                removed: Vec::new(),
+                delivered: Some((app.id().to_owned(), delivery)),
+            });
         }
         BusMessage::Subscribed {
             node: from,
@@ -307,6 +410,36 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
         } => {
             app_state(&app)?.remote_sign_out(socket_of(from, &socket)?, &user_id(user)?);
         }
+        BusMessage::Departed {
+            node: from,
+            app,
+            channel,
+            identities,
+            after,
+            socket,
+            left_ms,
+        } => {
+            let app = app_state(&app)?;
+            let identities = identities_from_wire(identities)?;
+            let departure = Departure {
+                after: after
+                    .parse()
+                    .map_err(|_| WireError::Invalid("log position"))?,
+                socket: socket_of(from, &socket)?,
+                left_ms,
+            };
+            app.record_departure(&identities, &channel_name(&channel)?, departure);
+        }
+        BusMessage::Resumed {
+            app,
+            channel,
+            identities,
+            ..
+        } => {
+            let app = app_state(&app)?;
+            let identities = identities_from_wire(identities)?;
+            let _ = app.take_resume(&identities, &channel_name(&channel)?);
+        }
         BusMessage::Terminate { app, user, .. } => {
             app_state(&app)?.terminate_user(&user_id(user)?);
         }
@@ -326,12 +459,15 @@ pub fn apply(node: &Node, message: BusMessage) -> Result<Vec<SubscriptionEntry>,
             state,
         } => {
             let app = app_state(&app)?;
-            return Ok(app.replace_node(from, &state.into_local(from)?));
+            return Ok(Applied {
+                removed: app.replace_node(from, &state.into_local(from)?),
+                delivered: None,
+            });
         }
         // Answered by the broker, which owns the publisher.
         BusMessage::SyncRequest { .. } => {}
     }
-    Ok(Vec::new())
+    Ok(Applied::default())
 }
 
 pub fn now_ms() -> u64 {
@@ -393,7 +529,9 @@ mod tests {
 
     fn decode_and_apply(node: &Node, text: &str) -> Result<(), String> {
         let message: BusMessage = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        apply(node, message).map(drop).map_err(|e| e.to_string())
+        apply(node, message, Placement::Live(Position { ms: 1, seq: 0 }))
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     #[test]

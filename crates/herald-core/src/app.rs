@@ -76,6 +76,21 @@ pub struct App {
     pub max_batch_size: usize,
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
+    /// Events kept per channel for replay to returning clients; 0 turns history (and replay)
+    /// off.
+    #[serde(default = "defaults::history_events")]
+    pub history_events: usize,
+    /// How long an event is kept for replay, in seconds; 0 turns history off.
+    #[serde(default = "defaults::history_seconds")]
+    pub history_seconds: u64,
+    /// Bytes of frames kept per channel for replay (each frame is at most `max_message_size`
+    /// plus its envelope); 0 turns history off.
+    #[serde(default = "defaults::history_max_bytes")]
+    pub history_max_bytes: usize,
+    /// Set the signed resume cookie on the WebSocket handshake, so a browser that reconnects is
+    /// recognised without signing in.
+    #[serde(default = "defaults::yes")]
+    pub resume_cookie: bool,
 }
 
 mod defaults {
@@ -99,6 +114,15 @@ mod defaults {
     }
     pub fn max_batch_size() -> usize {
         10
+    }
+    pub fn history_events() -> usize {
+        100
+    }
+    pub fn history_seconds() -> u64 {
+        120
+    }
+    pub fn history_max_bytes() -> usize {
+        1024 * 1024
     }
 }
 

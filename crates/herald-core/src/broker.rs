@@ -3,13 +3,20 @@
 //! Every event any node publishes (HTTP API, client events) goes through `Broker::publish`; the
 //! broker delivers it to this node's subscribers and to every other node's. `MemoryBroker` is the
 //! single-node implementation: there is no one else, so publishing is local delivery.
+//!
+//! An HTTP publish is [`Broker::accept`]ed: the answer says whether the event is on the
+//! cluster's log (and so will reach every subscriber on every node, in the log's order) or was
+//! refused, so that the HTTP API never answers 200 for an event that then vanishes.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use herald_protocol::{ChannelName, SocketId, UserId};
 
-use crate::node::{Delivery, Node, SubscriptionEntry};
+use crate::history::{Departure, Identity};
+use crate::node::{Delivery, Durability, Node, SubscriptionEntry};
 use crate::outbox::Frame;
 
 /// One published event, serialized once, on its way to every subscriber of `channel`.
@@ -22,6 +29,8 @@ pub struct Envelope {
     pub except: Option<SocketId>,
     /// For cache channels published through the HTTP API: the `(event, data)` to remember.
     pub cache: Option<(String, String)>,
+    /// Whether the event enters the channel's log (HTTP publishes) or not (client events).
+    pub durability: Durability,
 }
 
 /// A change to this node's own state that every other node replicates.
@@ -46,12 +55,41 @@ pub enum Announcement {
         socket: SocketId,
         user: UserId,
     },
+    /// A socket that may resume left `channel`: where it stopped, for its identities, so that it
+    /// can resume on any node.
+    Departed {
+        app_id: String,
+        channel: ChannelName,
+        identities: Vec<Identity>,
+        departure: Departure,
+    },
+    /// A socket with these identities resumed on `channel`: every node consumes the same
+    /// departure, so that it is taken once in the whole cluster.
+    Resumed {
+        app_id: String,
+        channel: ChannelName,
+        identities: Vec<Identity>,
+    },
 }
+
+/// The event could not be put on the cluster's log (the transport is down or its queue is
+/// full): the publisher should retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// The outcome of [`Broker::accept`]: resolves once the event is on the log (with what was
+/// delivered on this node so far), or refused.
+pub type Acceptance = Pin<Box<dyn Future<Output = Result<Delivery, Unavailable>> + Send>>;
 
 /// How events and state changes reach every node.
 pub trait Broker: Send + Sync + Debug {
-    /// Delivers the event everywhere; returns what was delivered on this node.
+    /// Delivers the event everywhere, best effort (client events); returns what was delivered
+    /// on this node.
     fn publish(&self, envelope: Envelope) -> Delivery;
+
+    /// Puts a logged event on the cluster's log, from where it reaches every subscriber on
+    /// every node in the log's order; resolves when it is there, or refused.
+    fn accept(&self, envelope: Envelope) -> Acceptance;
 
     /// Tells the other nodes about a change this node already applied locally.
     fn announce(&self, announcement: Announcement);
@@ -80,7 +118,17 @@ impl Broker for MemoryBroker {
         if let Some((event, data)) = &envelope.cache {
             app.store_cache(&envelope.channel, event, data, &envelope.frame);
         }
-        app.deliver(&envelope.channel, &envelope.frame, envelope.except)
+        app.deliver(
+            &envelope.channel,
+            &envelope.frame,
+            envelope.except,
+            envelope.durability,
+        )
+    }
+
+    /// A single node's log is its memory: delivered is accepted.
+    fn accept(&self, envelope: Envelope) -> Acceptance {
+        Box::pin(std::future::ready(Ok(self.publish(envelope))))
     }
 
     /// A single node has no one to tell.

@@ -1,11 +1,20 @@
-//! The channel table of one app: every channel with a subscriber on any node, its local
-//! subscribers' outboxes, its remote subscribers, and its presence roster. The fan-out
-//! ([`Channels::deliver`]) reads it; subscriptions and replication write it.
+//! The channel table of one app: every channel with a subscriber on any node or a history to
+//! keep, its local subscribers' outboxes, its remote subscribers, its presence roster and its log.
+//! The fan-out ([`Channels::deliver`]) reads the table; subscriptions and replication write it.
 //!
-//! Invariant: a channel entry exists only while some node has a subscriber, and under the
-//! table's lock nothing happens but bookkeeping and non-blocking `Outbox::push`.
+//! One order per channel: the fan-out of an event holds the channel's log mutex while it assigns
+//! the event's position, keeps it in the history and pushes it to every subscriber, so concurrent
+//! publishes to one channel reach every subscriber in the same order, while publishes to
+//! different channels still run in parallel under the table's shared read lock. A subscription
+//! holds the table's write lock, so its `subscription_succeeded` and replay come before any later
+//! event.
+//!
+//! Invariants: a channel entry exists only while some node has a subscriber or its log keeps
+//! history; under the table's lock and a log's mutex nothing happens but bookkeeping and
+//! non-blocking `Outbox::push` (lock order: table, then one channel's log, then outboxes).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use herald_protocol::server_message;
@@ -14,9 +23,13 @@ use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::cache::CacheStore;
+use crate::history::{
+    self, HistoryLimits, Log, Position, Resume, ResumeFailure, Resumed, RESUME_FAILED_EVENT,
+};
 use crate::lock_order::{Level, OrderedRwLock};
 use crate::outbox::{Frame, Outbox, PushError};
 use crate::presence::PresenceRoster;
+use parking_lot::Mutex;
 
 /// Channels with more subscribers than this get `subscription_count` at most every 5 s.
 const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
@@ -31,6 +44,8 @@ struct Channel {
     /// Members on every node: local and remote sockets alike.
     presence: Option<PresenceRoster>,
     last_count_sent: Option<Instant>,
+    /// Positions and history. Held by the fan-out while it pushes, for one order per channel.
+    log: Mutex<Log>,
 }
 
 impl Channel {
@@ -40,12 +55,47 @@ impl Channel {
             remote: HashMap::new(),
             presence: (kind == ChannelKind::Presence).then(PresenceRoster::default),
             last_count_sent: None,
+            log: Mutex::default(),
         }
     }
 
-    /// Invariant: a channel entry exists only while some node has a subscriber.
-    fn is_empty(&self) -> bool {
+    /// No node has a subscriber.
+    fn is_vacant(&self) -> bool {
         self.subscribers.is_empty() && self.remote.is_empty()
+    }
+
+    /// Invariant: a channel entry exists only while some node has a subscriber or its log
+    /// keeps history.
+    fn can_drop(&mut self) -> bool {
+        self.is_vacant() && self.log.get_mut().is_empty()
+    }
+
+    /// Pushes one event to every local subscriber but `except`, in the channel's one order.
+    fn fan_out(
+        &self,
+        frame: &Frame,
+        except: Option<SocketId>,
+        durability: Durability,
+        limits: Option<HistoryLimits>,
+    ) -> Delivery {
+        let mut log = self.log.lock();
+        match durability {
+            Durability::Logged => {
+                let position = log.append(frame, except, limits);
+                push_logged(&self.subscribers, frame, except, position)
+            }
+            Durability::At(position) => {
+                if !log.append_at(position, frame, except, limits) {
+                    return Delivery::default();
+                }
+                push_logged(&self.subscribers, frame, except, position)
+            }
+            Durability::Backfill(position) => {
+                log.append_at(position, frame, except, limits);
+                Delivery::default()
+            }
+            Durability::Ephemeral => push_all(&self.subscribers, frame, except),
+        }
     }
 
     /// Subscriptions on every node.
@@ -55,7 +105,7 @@ impl Channel {
 
     fn info(&self) -> ChannelInfo {
         ChannelInfo {
-            occupied: true,
+            occupied: !self.is_vacant(),
             subscription_count: self.count(),
             user_count: self.presence.as_ref().map(PresenceRoster::user_count),
         }
@@ -77,6 +127,63 @@ struct Subscriber {
     outbox: Outbox,
     /// The presence identity this socket subscribed with.
     user: Option<UserId>,
+    /// The log's last position when the socket subscribed (after its replay).
+    joined: Position,
+    /// The last logged event queued for this socket. Written by the fan-out under the table's
+    /// read lock and the log's mutex, read under the table's write lock: the locks order the
+    /// accesses, so relaxed atomics suffice.
+    last_ms: AtomicU64,
+    last_seq: AtomicU64,
+}
+
+impl Subscriber {
+    fn new(outbox: &Outbox, user: Option<UserId>, joined: Position) -> Subscriber {
+        Subscriber {
+            outbox: outbox.clone(),
+            user,
+            joined,
+            last_ms: AtomicU64::new(joined.ms),
+            last_seq: AtomicU64::new(joined.seq),
+        }
+    }
+
+    fn last(&self) -> Position {
+        Position {
+            ms: self.last_ms.load(Relaxed),
+            seq: self.last_seq.load(Relaxed),
+        }
+    }
+}
+
+/// Whether an event enters the channel's log (gets a position and is kept for replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Events published through the HTTP API on a single node: the channel's log assigns the
+    /// next position.
+    Logged,
+    /// An event read from the cluster's log at this position (the same on every node). A
+    /// position the channel's log already passed is a duplicate and is dropped.
+    At(Position),
+    /// An event read back from the cluster's log when the node starts: kept for replay only,
+    /// never pushed (it predates every subscription here).
+    Backfill(Position),
+    /// Client events: ephemeral (typing indicators and the like), delivered in the channel's
+    /// order but never replayed.
+    Ephemeral,
+}
+
+/// How a socket leaves a channel, which decides whether and where it may resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// It unsubscribed, or its client closed the connection: it does not expect a replay.
+    OnPurpose,
+    /// The server closed it after writing everything queued (a drain's 4200): it resumes exactly
+    /// after the last event queued for it.
+    Drained,
+    /// The connection was lost. What the client received is known only up to the last
+    /// `pusher:ping` it answered, sent at `confirmed_ms` ([`crate::outbox::clock_ms`]; 0 if
+    /// none): it resumes after the last event queued before that ping.
+    Lost { confirmed_ms: u64 },
 }
 
 /// What the fan-out of one event did.
@@ -105,12 +212,16 @@ pub struct Subscribed {
     pub channel_occupied: bool,
     pub member_added: bool,
     pub cache_miss: bool,
+    /// What was done about the events a returning client missed, when it was recognised.
+    pub resumed: Option<Resumed>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Unsubscribed {
     pub channel_vacated: bool,
     pub member_removed: bool,
+    /// Where the socket may resume, for a socket that did not leave on purpose.
+    pub resume_after: Option<Position>,
 }
 
 /// Occupancy of one channel.
@@ -141,6 +252,9 @@ impl Channels {
     ///
     /// # Errors
     /// `PresenceFull` when a new member would exceed the app's presence limit.
+    // Internal: every argument is a distinct part of the table's state or of the request; the
+    // facade (`AppState::subscribe_resuming`) is what callers see.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn subscribe(
         &self,
         app: &App,
@@ -149,6 +263,7 @@ impl Channels {
         outbox: &Outbox,
         channel: &ChannelName,
         member: Option<PresenceMember>,
+        resume: Option<Resume>,
     ) -> Result<Subscribed, SubscribeError> {
         let mut res = Subscribed::default();
         {
@@ -166,10 +281,11 @@ impl Channels {
                     });
                 }
             }
-            res.channel_occupied = !channels.contains_key(channel);
+            res.channel_occupied = channels.get(channel).is_none_or(Channel::is_vacant);
             let entry = channels
                 .entry(channel.clone())
                 .or_insert_with(|| Channel::new(channel.kind()));
+            let joined = entry.log.get_mut().last();
             let previous_user = entry.subscribers.get(&socket).and_then(|s| s.user.clone());
             let user = member.as_ref().map(|m| m.user_id.clone());
             if let (Some(roster), Some(old)) = (entry.presence.as_mut(), &previous_user) {
@@ -178,13 +294,9 @@ impl Channels {
                     push_all(&entry.subscribers, &frame, Some(socket));
                 }
             }
-            entry.subscribers.insert(
-                socket,
-                Subscriber {
-                    outbox: outbox.clone(),
-                    user,
-                },
-            );
+            entry
+                .subscribers
+                .insert(socket, Subscriber::new(outbox, user, joined));
             match (entry.presence.as_mut(), member) {
                 (Some(roster), Some(member)) => {
                     let first = roster.add(socket, &member.user_id, member.user_info);
@@ -207,7 +319,15 @@ impl Channels {
                     )));
                 }
             }
+            if let (Some(resume), Some(limits)) = (resume, HistoryLimits::of(app)) {
+                let log = entry.log.get_mut();
+                log.expire(limits, crate::outbox::clock_ms());
+                res.resumed = Some(replay(channel, log, &resume, limits, outbox));
+            }
+            let replayed = matches!(res.resumed, Some(Resumed::Replayed { events }) if events > 0);
             match cached {
+                // The replay ended with the channel's last event.
+                Some(Some(_)) if replayed => {}
                 Some(Some(cached)) => {
                     let _ = outbox.push(cached.frame);
                 }
@@ -230,6 +350,7 @@ impl Channels {
         app: &App,
         socket: SocketId,
         channel: &ChannelName,
+        leaving: Leaving,
     ) -> Unsubscribed {
         let mut res = Unsubscribed::default();
         let mut channels = self.table.write();
@@ -239,6 +360,14 @@ impl Channels {
         let Some(subscriber) = entry.subscribers.remove(&socket) else {
             return res;
         };
+        res.resume_after = match leaving {
+            Leaving::OnPurpose => None,
+            Leaving::Drained => Some(subscriber.last()),
+            Leaving::Lost { confirmed_ms } => {
+                let confirmed = entry.log.get_mut().confirmed_before(confirmed_ms);
+                Some(confirmed.max(subscriber.joined).min(subscriber.last()))
+            }
+        };
         if let (Some(roster), Some(user)) = (entry.presence.as_mut(), subscriber.user.as_ref()) {
             if roster.remove(socket, user) {
                 res.member_removed = true;
@@ -246,29 +375,76 @@ impl Channels {
                 push_all(&entry.subscribers, &frame, None);
             }
         }
-        if entry.is_empty() {
-            channels.remove(channel);
+        if entry.is_vacant() {
             res.channel_vacated = true;
+            if entry.can_drop() {
+                channels.remove(channel);
+            }
         } else if app.subscription_count && entry.presence.is_none() {
             send_subscription_count(channel, entry);
         }
         res
     }
 
-    /// Fans one event out to this node's subscribers of `channel`, except `except`.
-    /// The frame's bytes are shared, never copied per subscriber.
+    /// Fans one event out to this node's subscribers of `channel`, except `except`, in the
+    /// channel's one order; a logged event gets the next position and, with history on, is
+    /// kept. The frame's bytes are shared, never copied per subscriber.
     #[inline]
     pub(crate) fn deliver(
         &self,
+        app: &App,
         channel: &ChannelName,
         frame: &Frame,
         except: Option<SocketId>,
+        durability: Durability,
     ) -> Delivery {
-        let channels = self.table.read();
-        match channels.get(channel) {
-            Some(entry) => push_all(&entry.subscribers, frame, except),
-            None => Delivery::default(),
+        let limits = HistoryLimits::of(app);
+        {
+            let channels = self.table.read();
+            if let Some(entry) = channels.get(channel) {
+                return entry.fan_out(frame, except, durability, limits);
+            }
+            if durability == Durability::Ephemeral || limits.is_none() {
+                // Not kept here; a cluster position is still the log's: see `lose`.
+                return Delivery::default();
+            }
         }
+        // Nobody here, but the event is kept for clients that come back.
+        let mut channels = self.table.write();
+        channels
+            .entry(channel.clone())
+            .or_insert_with(|| Channel::new(channel.kind()))
+            .fan_out(frame, except, durability, limits)
+    }
+
+    /// Events of this app may have been lost on their way here (a gap in the cluster's log):
+    /// no resume may span them, and every local subscriber is told with `herald:resume_failed`
+    /// (reason `log_lost`) on each of its channels, so an app can reload what it shows.
+    pub(crate) fn lose(&self) -> usize {
+        let mut told = 0;
+        let mut channels = self.table.write();
+        for (name, entry) in channels.iter_mut() {
+            entry.log.get_mut().lose();
+            let frame = resume_failed(name, ResumeFailure::LogLost);
+            told += push_all(&entry.subscribers, &frame, None).delivered;
+        }
+        told
+    }
+
+    /// Expires history older than the app's window and drops channel entries left with neither
+    /// subscribers nor history: an idle channel costs nothing after its window.
+    pub(crate) fn sweep(&self, app: &App) {
+        let now = crate::outbox::clock_ms();
+        let limits = HistoryLimits::of(app);
+        let mut channels = self.table.write();
+        channels.retain(|_, entry| {
+            let log = entry.log.get_mut();
+            match limits {
+                Some(limits) => log.expire(limits, now),
+                None => log.clear(),
+            }
+            !entry.can_drop()
+        });
     }
 
     pub(crate) fn info(&self, channel: &ChannelName) -> ChannelInfo {
@@ -287,7 +463,7 @@ impl Channels {
         let channels = self.table.read();
         channels
             .iter()
-            .filter(|(name, _)| name.as_str().starts_with(prefix))
+            .filter(|(name, entry)| name.as_str().starts_with(prefix) && !entry.is_vacant())
             .map(|(name, entry)| (name.clone(), entry.info()))
             .collect()
     }
@@ -404,9 +580,9 @@ fn remove_remote(
             push_all(&entry.subscribers, &frame, None);
         }
     }
-    if entry.is_empty() {
+    if entry.can_drop() {
         channels.remove(channel);
-    } else if app.subscription_count && entry.presence.is_none() {
+    } else if !entry.is_vacant() && app.subscription_count && entry.presence.is_none() {
         send_subscription_count(channel, entry);
     }
     Some(removed)
@@ -429,6 +605,66 @@ fn push_all(
         }
     }
     res
+}
+
+/// [`push_all`] for a logged event at `position`, which every recipient's `last` records (the
+/// publisher's own socket too: it has the event).
+fn push_logged(
+    subscribers: &HashMap<SocketId, Subscriber>,
+    frame: &Frame,
+    except: Option<SocketId>,
+    position: Position,
+) -> Delivery {
+    let mut res = Delivery::default();
+    for (socket, subscriber) in subscribers {
+        if Some(*socket) != except {
+            match subscriber.outbox.push(frame.clone()) {
+                Ok(()) => res.delivered += 1,
+                Err(PushError::Overflow) => {
+                    res.dropped_slow += 1;
+                    continue;
+                }
+                Err(PushError::Closed) => continue,
+            }
+        }
+        subscriber.last_ms.store(position.ms, Relaxed);
+        subscriber.last_seq.store(position.seq, Relaxed);
+    }
+    res
+}
+
+/// Queues what a returning socket missed (or `herald:resume_failed`) right after its
+/// `subscription_succeeded`.
+fn replay(
+    channel: &ChannelName,
+    log: &Log,
+    resume: &Resume,
+    limits: HistoryLimits,
+    outbox: &Outbox,
+) -> Resumed {
+    match history::replay(log, resume, limits) {
+        Ok(frames) => {
+            let events = frames.len();
+            for frame in frames {
+                let _ = outbox.push(frame.clone());
+            }
+            Resumed::Replayed { events }
+        }
+        Err(failure) => {
+            let _ = outbox.push(resume_failed(channel, failure));
+            Resumed::Failed(failure)
+        }
+    }
+}
+
+/// `herald:resume_failed` on `channel`, with `{"reason": ...}` as its data.
+fn resume_failed(channel: &ChannelName, failure: ResumeFailure) -> Frame {
+    let data = serde_json::json!({ "reason": failure.as_str() }).to_string();
+    Frame::new(server_message::channel_event(
+        RESUME_FAILED_EVENT,
+        channel.as_str(),
+        &data,
+    ))
 }
 
 fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
@@ -478,20 +714,28 @@ mod tests {
         let news = ChannelName::parse("news", 200).unwrap();
         let (a, b) = (Outbox::new(1 << 20), Outbox::new(1 << 20));
         let res = channels
-            .subscribe(&app, &cache, sid(1, 1), &a, &news, None)
+            .subscribe(&app, &cache, sid(1, 1), &a, &news, None, None)
             .unwrap();
         assert!(res.channel_occupied);
         channels
-            .subscribe(&app, &cache, sid(1, 2), &b, &news, None)
+            .subscribe(&app, &cache, sid(1, 2), &b, &news, None, None)
             .unwrap();
         events(&a);
         events(&b);
         let frame = Frame::from_static(r#"{"event":"e","channel":"news","data":"1"}"#);
-        let delivery = channels.deliver(&news, &frame, Some(sid(1, 2)));
+        let delivery = channels.deliver(&app, &news, &frame, Some(sid(1, 2)), Durability::Logged);
         assert_eq!(delivery.delivered, 1);
         assert_eq!((events(&a), events(&b).len()), (vec!["e".to_owned()], 0));
-        assert!(!channels.unsubscribe(&app, sid(1, 1), &news).channel_vacated);
-        assert!(channels.unsubscribe(&app, sid(1, 2), &news).channel_vacated);
+        assert!(
+            !channels
+                .unsubscribe(&app, sid(1, 1), &news, Leaving::OnPurpose)
+                .channel_vacated
+        );
+        assert!(
+            channels
+                .unsubscribe(&app, sid(1, 2), &news, Leaving::OnPurpose)
+                .channel_vacated
+        );
         assert!(!channels.info(&news).occupied);
     }
 
@@ -503,7 +747,7 @@ mod tests {
         let room = ChannelName::parse("presence-room", 200).unwrap();
         let watcher = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 1), &watcher, &room, member("w"))
+            .subscribe(&app, &cache, sid(1, 1), &watcher, &room, member("w"), None)
             .unwrap();
         channels.remote_subscribe(&app, sid(2, 1), &room, member("alice"));
         assert_eq!(
@@ -515,7 +759,7 @@ mod tests {
         );
         let late = Outbox::new(1 << 20);
         assert_eq!(
-            channels.subscribe(&app, &cache, sid(1, 2), &late, &room, member("bob")),
+            channels.subscribe(&app, &cache, sid(1, 2), &late, &room, member("bob"), None),
             Err(SubscribeError::PresenceFull { max: 2 })
         );
         assert_eq!(channels.info(&room).user_count, Some(2));
@@ -529,13 +773,169 @@ mod tests {
         );
     }
 
+    fn texts(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .take()
+            .0
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.text).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_publishes_reach_every_subscriber_in_one_order() {
+        let (channels, app, cache) = (
+            std::sync::Arc::new(Channels::default()),
+            std::sync::Arc::new(App::demo()),
+            CacheStore::default(),
+        );
+        let news = ChannelName::parse("news", 200).unwrap();
+        let outboxes: Vec<Outbox> = (0..50).map(|_| Outbox::new(1 << 24)).collect();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            channels
+                .subscribe(&app, &cache, sid(1, i as u64), outbox, &news, None, None)
+                .unwrap();
+            outbox.take();
+        }
+        let publishers: Vec<_> = (0..8)
+            .map(|t| {
+                let (channels, app, news) = (channels.clone(), app.clone(), news.clone());
+                std::thread::spawn(move || {
+                    for n in 0..200 {
+                        let frame = Frame::new(format!("{t}-{n}"));
+                        channels.deliver(&app, &news, &frame, None, Durability::Logged);
+                    }
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            publisher.join().unwrap();
+        }
+        let first = texts(&outboxes[0]);
+        assert_eq!(first.len(), 1600);
+        for outbox in &outboxes[1..] {
+            assert_eq!(texts(outbox), first, "every subscriber sees one order");
+        }
+    }
+
+    #[test]
+    fn a_drained_socket_resumes_exactly_after_its_last_event() {
+        let (channels, app, cache) = (Channels::default(), App::demo(), CacheStore::default());
+        let news = ChannelName::parse("news", 200).unwrap();
+        let publish = |n: usize| {
+            let frame = Frame::new(format!("e{n}"));
+            channels.deliver(&app, &news, &frame, None, Durability::Logged);
+        };
+        let old = Outbox::new(1 << 20);
+        channels
+            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None)
+            .unwrap();
+        publish(1);
+        publish(2);
+        let left = channels.unsubscribe(&app, sid(1, 1), &news, Leaving::Drained);
+        let after = left.resume_after.expect("a drained socket may resume");
+        publish(3);
+        publish(4);
+        // Nobody is subscribed, yet the history is kept (and the channel is not occupied).
+        assert!(!channels.info(&news).occupied);
+        let resume = Resume {
+            after,
+            old_socket: sid(1, 1),
+            left_ms: crate::history::wall_ms(),
+        };
+        let new = Outbox::new(1 << 20);
+        let res = channels
+            .subscribe(&app, &cache, sid(1, 2), &new, &news, None, Some(resume))
+            .unwrap();
+        assert_eq!(res.resumed, Some(Resumed::Replayed { events: 2 }));
+        publish(5);
+        let got = texts(&new);
+        assert!(got[0].contains("subscription_succeeded"), "{got:?}");
+        assert_eq!(got[1..], ["e3", "e4", "e5"]);
+
+        // A lost socket that never answered a ping resumes from where it joined.
+        let left = channels.unsubscribe(&app, sid(1, 2), &news, Leaving::Lost { confirmed_ms: 0 });
+        let resume = Resume {
+            after: left.resume_after.unwrap(),
+            old_socket: sid(1, 2),
+            left_ms: crate::history::wall_ms(),
+        };
+        let again = Outbox::new(1 << 20);
+        channels
+            .subscribe(&app, &cache, sid(1, 3), &again, &news, None, Some(resume))
+            .unwrap();
+        assert_eq!(texts(&again)[1..], ["e5"], "at least once: e5 again");
+    }
+
+    #[test]
+    fn a_resume_past_the_trimmed_history_gets_resume_failed() {
+        let (channels, cache) = (Channels::default(), CacheStore::default());
+        let mut app = App::demo();
+        app.history_events = 2;
+        let news = ChannelName::parse("news", 200).unwrap();
+        let old = Outbox::new(1 << 20);
+        channels
+            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None)
+            .unwrap();
+        let after = channels
+            .unsubscribe(&app, sid(1, 1), &news, Leaving::Drained)
+            .resume_after
+            .unwrap();
+        for n in 0..3 {
+            let frame = Frame::new(format!("e{n}"));
+            channels.deliver(&app, &news, &frame, None, Durability::Logged);
+        }
+        let resume = Resume {
+            after,
+            old_socket: sid(1, 1),
+            left_ms: crate::history::wall_ms(),
+        };
+        let new = Outbox::new(1 << 20);
+        let res = channels
+            .subscribe(&app, &cache, sid(1, 2), &new, &news, None, Some(resume))
+            .unwrap();
+        assert_eq!(
+            res.resumed,
+            Some(Resumed::Failed(
+                crate::history::ResumeFailure::HistoryTrimmed
+            ))
+        );
+        assert_eq!(
+            events(&new),
+            [
+                "pusher_internal:subscription_succeeded",
+                "herald:resume_failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_idle_channel_is_dropped_once_its_history_expired() {
+        let (channels, cache) = (Channels::default(), CacheStore::default());
+        let mut app = App::demo();
+        let news = ChannelName::parse("news", 200).unwrap();
+        channels.deliver(
+            &app,
+            &news,
+            &Frame::new("e".into()),
+            None,
+            Durability::Logged,
+        );
+        channels.sweep(&app);
+        assert_eq!(channels.table.read().len(), 1, "kept for its window");
+        app.history_events = 0;
+        channels.sweep(&app);
+        assert_eq!(channels.table.read().len(), 0, "history off: nothing kept");
+        let _ = cache;
+    }
+
     #[test]
     fn a_cache_channel_serves_its_last_event_or_cache_miss() {
         let (channels, app, cache) = (Channels::default(), App::demo(), CacheStore::default());
         let prices = ChannelName::parse("cache-prices", 200).unwrap();
         let first = Outbox::new(1 << 20);
         let res = channels
-            .subscribe(&app, &cache, sid(1, 1), &first, &prices, None)
+            .subscribe(&app, &cache, sid(1, 1), &first, &prices, None, None)
             .unwrap();
         assert!(res.cache_miss);
         assert_eq!(
@@ -549,7 +949,7 @@ mod tests {
         cache.store(&prices, "tick", "1", &frame);
         let second = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 2), &second, &prices, None)
+            .subscribe(&app, &cache, sid(1, 2), &second, &prices, None, None)
             .unwrap();
         assert_eq!(
             events(&second),

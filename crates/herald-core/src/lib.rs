@@ -9,6 +9,7 @@ mod cache;
 mod channels;
 mod connections;
 pub mod error;
+pub mod history;
 mod lock_order;
 pub mod node;
 pub mod outbox;
@@ -21,13 +22,15 @@ mod watchlist;
 pub mod webhook_store;
 
 pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
-pub use broker::{Announcement, Broker, Envelope, MemoryBroker};
+pub use broker::{Acceptance, Announcement, Broker, Envelope, MemoryBroker, Unavailable};
 pub use error::{
     ChannelDataError, ClientEventError, ConnectionError, MessageError, SigninError, SubscribeError,
     SubscriptionRefusal,
 };
+pub use history::{Identity, Position, Resumed, RESUME_FAILED_EVENT};
 pub use node::{
-    AppState, ConnectionRefused, Delivery, LocalState, Node, PresenceMember, SubscriptionEntry,
+    AppState, ConnectionRefused, ContinuityStats, Delivery, Durability, Leaving, LocalState, Node,
+    PresenceMember, SubscriptionEntry,
 };
 pub use outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 pub use registry::{AppRegistry, AppsChanged, RegistryError};

@@ -22,6 +22,7 @@ use crate::app::{App, NodeLimits};
 use crate::cache::CacheStore;
 use crate::channels::Channels;
 use crate::connections::Connections;
+use crate::history::{Departure, HistoryLimits, Identity, Resume, ResumeFailure, Resumed, Resumes};
 use crate::lock_order::{Level, OrderedRwLock};
 use crate::outbox::{Frame, Outbox};
 use crate::registry::AppRegistry;
@@ -30,8 +31,8 @@ use crate::watchlist::{Transition, Watchlists};
 
 pub use crate::cache::{CacheInfo, CACHE_TTL};
 pub use crate::channels::{
-    ChannelInfo, Delivery, PresenceMember, SubscribeError, Subscribed, SubscriptionEntry,
-    Unsubscribed,
+    ChannelInfo, Delivery, Durability, Leaving, PresenceMember, SubscribeError, Subscribed,
+    SubscriptionEntry, Unsubscribed,
 };
 pub use crate::connections::ConnectionRefused;
 
@@ -92,6 +93,14 @@ impl Node {
     }
 
     /// A new cluster-unique socket id.
+    /// Expires channel histories of every app (at most once a second each): the timer half of
+    /// "an idle channel costs nothing after its window".
+    pub fn sweep_history(&self) {
+        for app in self.apps.all() {
+            app.sweep_if_due();
+        }
+    }
+
     pub fn next_socket_id(&self) -> SocketId {
         SocketId {
             node: self.id,
@@ -136,7 +145,28 @@ pub struct AppState {
     users: Users,
     watchlists: Watchlists,
     connections: Connections,
+    /// Where departed sockets stopped, per identity and channel.
+    resumes: Resumes,
+    pub continuity: ContinuityStats,
+    /// [`crate::outbox::clock_ms`] of the next history sweep.
+    next_sweep_ms: AtomicU64,
 }
+
+/// Replay counters of one app, exported as metrics.
+#[derive(Debug, Default)]
+pub struct ContinuityStats {
+    pub events_replayed: AtomicU64,
+    /// Resubscriptions of a recognised client that got what they missed (maybe nothing).
+    pub resumed: AtomicU64,
+    pub failed_window_passed: AtomicU64,
+    pub failed_history_trimmed: AtomicU64,
+    pub failed_log_lost: AtomicU64,
+    /// Departures not remembered because the app's bound on resume marks was reached.
+    pub marks_dropped: AtomicU64,
+}
+
+/// How often each app's channel histories are swept of expired events.
+const SWEEP_INTERVAL_MS: u64 = 1000;
 
 impl AppState {
     pub(crate) fn new(app: App) -> AppState {
@@ -148,6 +178,9 @@ impl AppState {
             users: Users::default(),
             watchlists: Watchlists::default(),
             connections: Connections::default(),
+            resumes: Resumes::default(),
+            continuity: ContinuityStats::default(),
+            next_sweep_ms: AtomicU64::new(0),
         }
     }
 
@@ -225,26 +258,144 @@ impl AppState {
         channel: &ChannelName,
         member: Option<PresenceMember>,
     ) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_resuming(socket, outbox, channel, member, None)
+    }
+
+    /// Subscribes, then queues what the client missed since `resume` (or
+    /// `herald:resume_failed`) right after `subscription_succeeded`, before any later event.
+    pub fn subscribe_resuming(
+        &self,
+        socket: SocketId,
+        outbox: &Outbox,
+        channel: &ChannelName,
+        member: Option<PresenceMember>,
+        resume: Option<Resume>,
+    ) -> Result<Subscribed, SubscribeError> {
         let app = self.app();
-        self.channels
-            .subscribe(&app, &self.cache, socket, outbox, channel, member)
+        let res =
+            self.channels
+                .subscribe(&app, &self.cache, socket, outbox, channel, member, resume)?;
+        let stats = &self.continuity;
+        match res.resumed {
+            Some(Resumed::Replayed { events }) => {
+                stats.resumed.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .events_replayed
+                    .fetch_add(events as u64, Ordering::Relaxed);
+            }
+            Some(Resumed::Failed(failure)) => {
+                tracing::info!(
+                    app_id = %self.id,
+                    %channel,
+                    %socket,
+                    reason = failure.as_str(),
+                    "resume failed: the client is sent herald:resume_failed"
+                );
+                let counter = match failure {
+                    ResumeFailure::WindowPassed => &stats.failed_window_passed,
+                    ResumeFailure::HistoryTrimmed => &stats.failed_history_trimmed,
+                    ResumeFailure::LogLost => &stats.failed_log_lost,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+        Ok(res)
     }
 
     /// Removes a socket from a channel; a no-op when it was not subscribed.
     pub fn unsubscribe(&self, socket: SocketId, channel: &ChannelName) -> Unsubscribed {
-        self.channels.unsubscribe(&self.app(), socket, channel)
+        self.leave(socket, channel, Leaving::OnPurpose)
     }
 
-    /// Fans one event out to this node's subscribers of `channel`, except `except`.
-    /// The frame's bytes are shared, never copied per subscriber.
+    /// Removes a socket from a channel; `leaving` decides where it may resume.
+    pub fn leave(&self, socket: SocketId, channel: &ChannelName, leaving: Leaving) -> Unsubscribed {
+        self.channels
+            .unsubscribe(&self.app(), socket, channel, leaving)
+    }
+
+    /// Where a socket with these identities left `channel`, if it is to resume there. Taken
+    /// once per departure (see [`crate::history`]).
+    pub fn take_resume(&self, identities: &[Identity], channel: &ChannelName) -> Option<Resume> {
+        HistoryLimits::of(&self.app())?;
+        self.resumes.take(identities, channel)
+    }
+
+    /// Remembers where a departing socket with these identities stopped on `channel`.
+    pub fn record_departure(
+        &self,
+        identities: &[Identity],
+        channel: &ChannelName,
+        departure: Departure,
+    ) {
+        if identities.is_empty() || HistoryLimits::of(&self.app()).is_none() {
+            return;
+        }
+        if !self.resumes.record(identities, channel, departure) {
+            self.continuity
+                .marks_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Fans one event out to this node's subscribers of `channel`, except `except`, in the
+    /// channel's one order. The frame's bytes are shared, never copied per subscriber.
     #[inline]
     pub fn deliver(
         &self,
         channel: &ChannelName,
         frame: &Frame,
         except: Option<SocketId>,
+        durability: Durability,
     ) -> Delivery {
-        self.channels.deliver(channel, frame, except)
+        let app = self.settings.read().clone();
+        let res = self
+            .channels
+            .deliver(&app, channel, frame, except, durability);
+        self.maybe_sweep(&app);
+        res
+    }
+
+    /// Expires channel histories at most once a second, lazily from the publish path (the server
+    /// also calls [`AppState::sweep`] on a timer, for apps that went quiet).
+    fn maybe_sweep(&self, app: &App) {
+        let now = crate::outbox::clock_ms();
+        let next = self.next_sweep_ms.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .next_sweep_ms
+                .compare_exchange(
+                    next,
+                    now + SWEEP_INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        self.channels.sweep(app);
+    }
+
+    /// Some of this app's events never reached this node (a gap in the cluster's log): no
+    /// resume may span them, and every local subscriber hears `herald:resume_failed`. Returns how
+    /// many subscriptions were told.
+    pub fn lose_history(&self) -> usize {
+        self.channels.lose()
+    }
+
+    /// [`AppState::sweep`] unless one ran within the last second.
+    pub fn sweep_if_due(&self) {
+        self.maybe_sweep(&self.app());
+    }
+
+    /// Expires history older than the window and drops channels left with nothing.
+    pub fn sweep(&self) {
+        self.next_sweep_ms.store(
+            crate::outbox::clock_ms() + SWEEP_INTERVAL_MS,
+            Ordering::Relaxed,
+        );
+        self.channels.sweep(&self.app());
     }
 
     /// Remembers the last event published to a cache channel.

@@ -104,6 +104,11 @@ struct Inner {
     last_seen_ms: AtomicU64,
     /// [`clock_ms`] when a `pusher:ping` went out unanswered; 0 when none is outstanding.
     ping_sent_ms: AtomicU64,
+    /// [`clock_ms`] when the last `pusher:ping` went out, answered or not; 0 if none did.
+    last_ping_ms: AtomicU64,
+    /// [`clock_ms`] of the last `pusher:ping` answered with a `pusher:pong`: the client had
+    /// received everything queued before it. 0 if none was.
+    confirmed_ms: AtomicU64,
 }
 
 /// Milliseconds on a process-wide monotonic clock, starting at 1 (0 means "never").
@@ -189,6 +194,8 @@ impl Outbox {
             max_bytes,
             last_seen_ms: AtomicU64::new(clock_ms()),
             ping_sent_ms: AtomicU64::new(0),
+            last_ping_ms: AtomicU64::new(0),
+            confirmed_ms: AtomicU64::new(0),
         }))
     }
 
@@ -236,8 +243,26 @@ impl Outbox {
         {
             return Liveness::Alive;
         }
+        self.0.last_ping_ms.store(now_ms.max(1), Relaxed);
         let _ = self.push(Frame::from_static(server_message::PING));
         Liveness::PingSent
+    }
+
+    /// The client answered our `pusher:ping` (pusher-js sends `pusher:pong` only in reply).
+    pub fn confirm_ping(&self) {
+        self.0
+            .confirmed_ms
+            .store(self.0.last_ping_ms.load(Relaxed), Relaxed);
+    }
+
+    /// When the last answered `pusher:ping` went out ([`clock_ms`]); 0 if none was answered.
+    pub fn confirmed_ms(&self) -> u64 {
+        self.0.confirmed_ms.load(Relaxed)
+    }
+
+    /// The pending close request, if a close was asked for.
+    pub fn close_request(&self) -> Option<CloseRequest> {
+        self.0.state.lock().close.clone()
     }
 
     /// Queues a frame without blocking.

@@ -15,8 +15,10 @@ use serde_json::value::RawValue;
 use crate::app::NodeLimits;
 use crate::broker::{Announcement, Broker, Envelope};
 use crate::error::{ChannelDataError, ClientEventError, MessageError, SigninError, SubscribeError};
+use crate::history::{wall_ms, Departure, Identity};
 use crate::node::{
-    AppState, Delivery, PresenceMember, Subscribed, SubscriptionEntry, Unsubscribed,
+    AppState, Delivery, Durability, Leaving, PresenceMember, Subscribed, SubscriptionEntry,
+    Unsubscribed,
 };
 use crate::outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 use crate::rate_limit::TokenBucket;
@@ -87,6 +89,10 @@ pub struct Session {
     channels: Subscriptions,
     signed_in: Option<SignedIn>,
     client_events: TokenBucket,
+    /// The signed resume cookie's token, when the handshake carried or set one.
+    resume_token: Option<Box<str>>,
+    /// The client closed the connection itself (a close frame): it expects no replay.
+    closed_by_client: bool,
 }
 
 impl Session {
@@ -107,6 +113,61 @@ impl Session {
             channels: Subscriptions::default(),
             signed_in: None,
             client_events,
+            resume_token: None,
+            closed_by_client: false,
+        }
+    }
+
+    /// Identifies this connection's browser for replay: the token of its resume cookie.
+    pub fn set_resume_token(&mut self, token: &str) {
+        self.resume_token = Some(token.into());
+    }
+
+    /// The client closed the connection with a close frame: it left on purpose (a closed tab,
+    /// `pusher.disconnect()`), so no replay is kept for it.
+    pub fn closed_by_client(&mut self) {
+        self.closed_by_client = true;
+    }
+
+    /// Who this connection is, for replay on `channel` (whose presence identity is `member`).
+    fn identities(&self, member: Option<&UserId>) -> Vec<Identity> {
+        let mut res = Vec::new();
+        if let Some(token) = &self.resume_token {
+            res.push(Identity::Cookie(token.to_string()));
+        }
+        for user in [member, self.signed_in.as_ref().map(|s| &s.user)]
+            .into_iter()
+            .flatten()
+        {
+            let identity = Identity::User(user.clone());
+            if !res.contains(&identity) {
+                res.push(identity);
+            }
+        }
+        res
+    }
+
+    /// How this connection is ending, from who closed it and why.
+    fn leaving(&self) -> Leaving {
+        if self.closed_by_client {
+            return Leaving::OnPurpose;
+        }
+        match self.outbox.close_request().map(|r| r.reason) {
+            Some(DisconnectReason::Drain) => Leaving::Drained,
+            None
+            | Some(
+                DisconnectReason::PingTimeout
+                | DisconnectReason::SlowConsumer
+                | DisconnectReason::Error,
+            ) => Leaving::Lost {
+                confirmed_ms: self.outbox.confirmed_ms(),
+            },
+            // Told to go away (terminated, app disabled, a limit): no replay.
+            Some(
+                DisconnectReason::ClientClose
+                | DisconnectReason::Limit
+                | DisconnectReason::Terminated,
+            ) => Leaving::OnPurpose,
         }
     }
 
@@ -133,7 +194,10 @@ impl Session {
                 self.reply(server_message::pong());
                 Outcome::Nothing
             }
-            ClientMessage::Pong => Outcome::Nothing,
+            ClientMessage::Pong => {
+                self.outbox.confirm_ping();
+                Outcome::Nothing
+            }
             ClientMessage::Unknown { event } => {
                 // As Pusher does: say so, keep the socket.
                 self.refuse_message(&MessageError::UnsupportedEvent(event));
@@ -253,9 +317,23 @@ impl Session {
         let user_info = member
             .as_ref()
             .and_then(|m| m.user_info.as_ref().map(|i| i.get().to_owned()));
-        let res = self
-            .app
-            .subscribe(self.socket_id, &self.outbox, &channel, member)?;
+        let resume = if self.channels.contains_key(&channel) {
+            None
+        } else {
+            let identities = self.identities(user.as_ref());
+            let resume = self.app.take_resume(&identities, &channel);
+            if resume.is_some() {
+                self.broker.announce(Announcement::Resumed {
+                    app_id: self.app.id().to_owned(),
+                    channel: channel.clone(),
+                    identities,
+                });
+            }
+            resume
+        };
+        let res =
+            self.app
+                .subscribe_resuming(self.socket_id, &self.outbox, &channel, member, resume)?;
         self.broker.announce(Announcement::Subscribed {
             app_id: self.app.id().to_owned(),
             entry: SubscriptionEntry {
@@ -349,6 +427,7 @@ impl Session {
             frame,
             except: Some(self.socket_id),
             cache: None,
+            durability: Durability::Ephemeral,
         });
         Ok(Outcome::ClientEvent {
             channel,
@@ -425,14 +504,35 @@ impl Session {
         Outcome::SigninRejected
     }
 
-    /// Leaves every channel and signs out; called once when the socket is gone.
+    /// Leaves every channel and signs out; called once when the socket is gone. Unless the
+    /// client left on purpose, where it stopped on each channel is remembered for its identities
+    /// (resume cookie, presence user, signed-in user), so that it can resume.
     pub fn close(&mut self) -> Vec<Left> {
+        let leaving = self.leaving();
         let channels: Vec<(ChannelName, Option<UserId>)> = self.channels.drain().collect();
+        let left_ms = wall_ms();
         let res = channels
             .into_iter()
             .map(|(channel, user)| {
-                let res = self.app.unsubscribe(self.socket_id, &channel);
+                let res = self.app.leave(self.socket_id, &channel, leaving);
                 self.announce_unsubscribed(&channel);
+                if let Some(after) = res.resume_after {
+                    let departure = Departure {
+                        after,
+                        socket: self.socket_id,
+                        left_ms,
+                    };
+                    let identities = self.identities(user.as_ref());
+                    self.app.record_departure(&identities, &channel, departure);
+                    if !identities.is_empty() {
+                        self.broker.announce(Announcement::Departed {
+                            app_id: self.app.id().to_owned(),
+                            channel: channel.clone(),
+                            identities,
+                            departure,
+                        });
+                    }
+                }
                 Left { channel, res, user }
             })
             .collect();

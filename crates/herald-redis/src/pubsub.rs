@@ -1,16 +1,16 @@
-//! The Redis pub/sub transport: the bus is one classic pub/sub channel (`PUBLISH`/`SUBSCRIBE`)
-//! on a single Redis server.
+//! The single-server Redis transport: the bus is Redis Streams on one Redis server (see
+//! `commands.rs`). The name is historical: the bus was classic pub/sub before it became a log.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use herald_cluster::{Outgoing, Position, Subscription, Transport, TransportError};
 
 use crate::commands::Commands;
 use crate::conn::Target;
 use crate::BrokerError;
 
-/// Classic pub/sub on one Redis server.
+/// The bus on one Redis server.
 #[derive(Debug)]
 pub struct RedisPubSub {
     commands: Commands,
@@ -30,49 +30,19 @@ impl RedisPubSub {
 }
 
 impl Transport for RedisPubSub {
-    fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<(), TransportError>> {
-        self.commands.publish("PUBLISH", batch).boxed()
-    }
-
-    fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, TransportError>> {
-        async move {
-            let Target::Single(client) = &self.commands.target else {
-                return Err(TransportError::Invalid("target: pub/sub needs one server"));
-            };
-            let mut pubsub = client
-                .get_async_pubsub()
-                .await
-                .map_err(TransportError::unavailable)?;
-            pubsub
-                .subscribe(self.commands.bus())
-                .await
-                .map_err(TransportError::unavailable)?;
-            // The stream ends when the connection is lost.
-            let messages = pubsub
-                .into_on_message()
-                .map(|msg| Bytes::copy_from_slice(msg.get_payload_bytes()));
-            let messages: Subscription = Box::pin(messages);
-            Ok(messages)
-        }
-        .boxed()
-    }
-
-    fn append<'a>(
+    fn publish<'a>(
         &'a self,
-        log: &'a str,
-        entry: Bytes,
-        max_len: usize,
-    ) -> BoxFuture<'a, Result<Position, TransportError>> {
-        self.commands.append(log, entry, max_len).boxed()
+        batch: &'a [Outgoing],
+    ) -> BoxFuture<'a, Result<Vec<Position>, TransportError>> {
+        self.commands.append_batch(batch).boxed()
     }
 
-    fn read<'a>(
-        &'a self,
-        log: &'a str,
-        after: Position,
-        max: usize,
-    ) -> BoxFuture<'a, Result<Vec<(Position, Bytes)>, TransportError>> {
-        self.commands.read(log, after, max).boxed()
+    fn subscribe(
+        &self,
+        shard: usize,
+        after: Option<Position>,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        self.commands.read_bus(shard, after).boxed()
     }
 
     fn kept(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, TransportError>> {

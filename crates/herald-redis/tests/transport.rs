@@ -1,12 +1,12 @@
 //! Both Redis transports against a real `redis-server` (started per test on a free port): the
-//! bus, ordered logs (Redis Streams) and kept values.
+//! bus as Redis Streams (order, resuming after a position, shards, gaps) and kept values.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_cluster::{Kept, Outgoing, Position, Transport};
+use herald_cluster::{BusItem, Kept, Outgoing, Position, Subscription, Transport};
 use herald_redis::{RedisPubSub, RedisSharded};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -61,65 +61,83 @@ fn transports(redis: &RedisServer) -> [Box<dyn Transport>; 2] {
 
 fn message(text: &str) -> Outgoing {
     Outgoing {
+        shard: 0,
         message: Bytes::from(text.to_owned()),
         keep: None,
     }
 }
 
+async fn next(sub: &mut Subscription) -> BusItem {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("timed out reading the bus")
+        .expect("the read ended")
+}
+
+fn entry(position: Position, text: &str) -> BusItem {
+    BusItem::Entry(position, Bytes::from(text.to_owned()))
+}
+
 #[tokio::test]
-async fn the_bus_reaches_every_subscriber_in_order() {
+async fn the_bus_reaches_every_reader_in_order_and_a_reader_resumes_where_it_stopped() {
     let redis = RedisServer::start().await;
     for transport in transports(&redis) {
-        let mut first = transport.subscribe().await.unwrap();
-        let mut second = transport.subscribe().await.unwrap();
-        transport
+        let mut first = transport.subscribe(0, None).await.unwrap();
+        let mut second = transport.subscribe(0, None).await.unwrap();
+        let positions = transport
             .publish(&[message("1"), message("2"), message("3")])
             .await
             .unwrap();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions grow");
         for sub in [&mut first, &mut second] {
-            for want in ["1", "2", "3"] {
-                let got = tokio::time::timeout(WAIT, sub.next()).await.unwrap();
-                assert_eq!(got.unwrap(), want, "{transport:?}");
+            for (position, want) in positions.iter().zip(["1", "2", "3"]) {
+                assert_eq!(next(sub).await, entry(*position, want), "{transport:?}");
             }
         }
+        // A reader that stopped after "1" gets "2" and "3" from the log.
+        let mut resumed = transport.subscribe(0, Some(positions[0])).await.unwrap();
+        assert_eq!(next(&mut resumed).await, entry(positions[1], "2"));
+        assert_eq!(next(&mut resumed).await, entry(positions[2], "3"));
     }
 }
 
 #[tokio::test]
-async fn logs_append_in_order_read_after_a_position_and_stay_bounded() {
+async fn shards_are_separate_logs() {
     let redis = RedisServer::start().await;
-    for (i, transport) in transports(&redis).into_iter().enumerate() {
-        let log = format!("log-{i}");
-        let mut positions = Vec::new();
-        for n in 0..300u32 {
-            let entry = Bytes::from(n.to_string());
-            positions.push(transport.append(&log, entry, 100).await.unwrap());
-        }
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions grow");
-        let all = transport.read(&log, Position::START, 1000).await.unwrap();
-        assert!(
-            (100..300).contains(&all.len()),
-            "trimmed to about 100: {}",
-            all.len()
-        );
-        assert_eq!(all.last().unwrap().1, "299");
-        let after = transport.read(&log, positions[297], 10).await.unwrap();
-        assert_eq!(
-            after,
-            vec![
-                (positions[298], Bytes::from("298")),
-                (positions[299], Bytes::from("299"))
-            ]
-        );
-        let two = transport.read(&log, positions[250], 2).await.unwrap();
-        assert_eq!(two.len(), 2);
-        assert_eq!(two[0].0, positions[251]);
-        assert!(transport
-            .read("never-written", Position::START, 10)
-            .await
-            .unwrap()
-            .is_empty());
+    for transport in transports(&redis) {
+        let mut zero = transport.subscribe(0, None).await.unwrap();
+        let mut one = transport.subscribe(1, None).await.unwrap();
+        let mut on_one = message("b");
+        on_one.shard = 1;
+        transport.publish(&[message("a"), on_one]).await.unwrap();
+        assert!(matches!(next(&mut zero).await, BusItem::Entry(_, m) if m == "a"));
+        assert!(matches!(next(&mut one).await, BusItem::Entry(_, m) if m == "b"));
     }
+}
+
+#[tokio::test]
+async fn a_reader_behind_the_trimmed_log_hears_of_the_gap() {
+    let redis = RedisServer::start().await;
+    let transport = RedisPubSub::new(&redis.url(), "gap").unwrap();
+    let first = transport.publish(&[message("first")]).await.unwrap()[0];
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let second = transport.publish(&[message("second")]).await.unwrap()[0];
+    let _: i64 = redis::cmd("XTRIM")
+        .arg("gap:bus")
+        .arg("MAXLEN")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    transport.publish(&[message("third")]).await.unwrap();
+    // A reader that had read "second" misses nothing.
+    let mut sub = transport.subscribe(0, Some(second)).await.unwrap();
+    assert!(matches!(next(&mut sub).await, BusItem::Entry(_, m) if m == "third"));
+    // One that stopped at "first", trimmed away, may have missed something.
+    let mut sub = transport.subscribe(0, Some(first)).await.unwrap();
+    assert_eq!(next(&mut sub).await, BusItem::Gap, "`first` is gone");
+    assert!(matches!(next(&mut sub).await, BusItem::Entry(_, m) if m == "second"));
 }
 
 #[tokio::test]
@@ -128,6 +146,7 @@ async fn kept_values_replace_each_other_and_expired_ones_are_deleted() {
     let now = herald_cluster::wire::now_ms();
     for transport in transports(&redis) {
         let keep = |key: &str, value: &str, expires_ms: u64| Outgoing {
+            shard: 0,
             message: Bytes::from_static(b"x"),
             keep: Some(Kept {
                 key: key.to_owned(),
@@ -166,8 +185,8 @@ async fn a_subscription_ends_when_redis_goes_away() {
     let redis = RedisServer::start().await;
     let [pubsub, sharded] = transports(&redis);
     let mut subs = [
-        pubsub.subscribe().await.unwrap(),
-        sharded.subscribe().await.unwrap(),
+        pubsub.subscribe(0, None).await.unwrap(),
+        sharded.subscribe(0, None).await.unwrap(),
     ];
     drop(redis);
     for sub in &mut subs {

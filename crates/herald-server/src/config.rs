@@ -120,6 +120,11 @@ pub struct ClusterConfig {
     /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), with every key under the `{prefix}` hash
     /// tag: `redis_url` is a Redis Cluster (one or more comma-separated seed nodes) or a Redis 7.
     pub sharded: bool,
+    /// Streams the bus is spread over (each on its own hash slot in a Redis Cluster).
+    pub shards: usize,
+    /// What picks an event's shard: `app` (one order per app) or `channel` (one app's traffic
+    /// spread over every shard; order per channel).
+    pub shard_by: herald_cluster::ShardBy,
     /// An in-process bus shared by several nodes of one process (tests, embedding); takes
     /// precedence over `redis_url`. Not settable from a file or the environment.
     #[serde(skip)]
@@ -134,6 +139,8 @@ impl Default for ClusterConfig {
             node_timeout: Duration::from_secs(5),
             queue_capacity: 65_536,
             sharded: false,
+            shards: 1,
+            shard_by: herald_cluster::ShardBy::App,
             hub: None,
         }
     }
@@ -527,7 +534,7 @@ mod tests {
     }
 
     /// Every per-app setting, each away from its default.
-    const EVERY_APP_SETTING: &str = r#"{id = "7", key = "k7", secret = "s7", enabled = false, client_events = false, max_connections = 5, allowed_origins = ["https://a.test", "*.b.test"], max_message_size = 2048, max_presence_members = 7, max_presence_user_info_bytes = 99, max_client_events_per_second = 3, subscription_count = true, max_channels_per_publish = 4, max_batch_size = 2, webhooks = [{url = "http://127.0.0.1:9/hook", event_types = ["member_added"], channel_prefix = "presence-", headers = {Authorization = "Bearer t"}}]}"#;
+    const EVERY_APP_SETTING: &str = r#"{id = "7", key = "k7", secret = "s7", enabled = false, client_events = false, max_connections = 5, allowed_origins = ["https://a.test", "*.b.test"], max_message_size = 2048, max_presence_members = 7, max_presence_user_info_bytes = 99, max_client_events_per_second = 3, subscription_count = true, max_channels_per_publish = 4, max_batch_size = 2, history_events = 5, history_seconds = 9, history_max_bytes = 4096, resume_cookie = false, webhooks = [{url = "http://127.0.0.1:9/hook", event_types = ["member_added"], channel_prefix = "presence-", headers = {Authorization = "Bearer t"}}]}"#;
 
     fn dict(app: &App) -> Dict {
         match Value::serialize(app).unwrap() {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod http_api;
 pub mod metrics;
 pub mod reload;
+pub mod resume_cookie;
 pub mod shutdown;
 pub mod webhooks;
 pub mod ws;
@@ -167,6 +168,8 @@ fn start_broker(
         heartbeat_interval: config.cluster.heartbeat_interval,
         node_timeout: config.cluster.node_timeout,
         queue_capacity: config.cluster.queue_capacity,
+        shards: config.cluster.shards.max(1),
+        shard_by: config.cluster.shard_by,
     };
     let broker = ClusterBroker::start(
         node.clone(),
@@ -176,6 +179,9 @@ fn start_broker(
         stop.clone(),
         on_node_gone,
     );
+    broker.on_delivery(Arc::new(|app: &str, delivery: herald_core::Delivery| {
+        metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
+    }));
     let stats = broker.stats();
     Ok((Arc::new(broker), Some(stats)))
 }

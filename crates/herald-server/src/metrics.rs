@@ -34,6 +34,11 @@ pub const BROKER_RECEIVES: &str = "herald_broker_receives_total";
 pub const BROKER_RECONNECTS: &str = "herald_broker_reconnects_total";
 pub const BROKER_ERRORS: &str = "herald_broker_errors_total";
 pub const BROKER_DROPPED: &str = "herald_broker_dropped_total";
+pub const BUS_ENTRIES_FILLED: &str = "herald_bus_entries_filled_total";
+pub const BUS_GAPS: &str = "herald_bus_gaps_total";
+pub const PUBLISHES_REFUSED: &str = "herald_publishes_refused_total";
+pub const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
+pub const RESUMES: &str = "herald_resumes_total";
 pub const LIMIT_REJECTIONS: &str = "herald_limit_rejections_total";
 pub const DRAINING: &str = "herald_draining";
 
@@ -275,6 +280,21 @@ pub fn render(shared: &Shared) -> String {
             "Nodes declared dead and removed by this node.",
             &stats.nodes_reaped,
         ),
+        (
+            BUS_ENTRIES_FILLED,
+            "Bus entries read from the log after a reconnect (missed while away, delivered late).",
+            &stats.gap_entries_filled,
+        ),
+        (
+            BUS_GAPS,
+            "Gaps the bus's log could not fill (trimmed or lost by Redis); subscribers were sent herald:resume_failed.",
+            &stats.gaps_lost,
+        ),
+        (
+            PUBLISHES_REFUSED,
+            "HTTP publishes refused with 503 because the cluster's log was unavailable.",
+            &stats.publishes_refused,
+        ),
     ];
     for (name, help, value) in counters {
         family(name, "counter", help, &[("", value.load(Relaxed))]);
@@ -287,6 +307,43 @@ pub fn render(shared: &Shared) -> String {
             ("{reason=\"unsent\"}", stats.dropped_unsent.load(Relaxed)),
             ("{reason=\"invalid\"}", stats.dropped_invalid.load(Relaxed)),
         ],
+    );
+    let apps = shared.node.apps();
+    let label = |app: &herald_core::AppState| app.id().replace('\\', "\\\\").replace('"', "\\\"");
+    let replayed: Vec<(String, u64)> = apps
+        .iter()
+        .map(|app| {
+            let n = app.continuity.events_replayed.load(Relaxed);
+            (format!("{{app_id=\"{}\"}}", label(app)), n)
+        })
+        .collect();
+    let mut resumes = Vec::new();
+    for app in &apps {
+        let stats = &app.continuity;
+        for (result, counter) in [
+            ("replayed", &stats.resumed),
+            ("window_passed", &stats.failed_window_passed),
+            ("history_trimmed", &stats.failed_history_trimmed),
+            ("log_lost", &stats.failed_log_lost),
+        ] {
+            let labels = format!("{{app_id=\"{}\",result=\"{result}\"}}", label(app));
+            resumes.push((labels, counter.load(Relaxed)));
+        }
+    }
+    family(
+        EVENTS_REPLAYED,
+        "counter",
+        "Missed events sent to returning clients right after their subscription.",
+        &replayed
+            .iter()
+            .map(|(l, v)| (l.as_str(), *v))
+            .collect::<Vec<_>>(),
+    );
+    family(
+        RESUMES,
+        "counter",
+        "Resubscriptions of recognised returning clients, by result: replayed, or why not (the client got herald:resume_failed).",
+        &resumes.iter().map(|(l, v)| (l.as_str(), *v)).collect::<Vec<_>>(),
     );
     out.push_str(&shared.metrics.render());
     out
@@ -372,6 +429,11 @@ pub fn http_request(endpoint: &'static str, status: u16) {
 
 pub fn broadcast(app_id: &str, source: &'static str, delivered: usize, dropped_slow: usize) {
     counter!(BROADCASTS, "app_id" => app_id.to_owned(), "source" => source).increment(1);
+    deliveries(app_id, delivered, dropped_slow);
+}
+
+/// Deliveries of one event on this node (in a cluster, counted where it is read from the bus).
+pub fn deliveries(app_id: &str, delivered: usize, dropped_slow: usize) {
     counter!(DELIVERIES, "app_id" => app_id.to_owned()).increment(delivered as u64);
     if dropped_slow > 0 {
         counter!(DELIVERIES_DROPPED, "app_id" => app_id.to_owned(), "reason" => "slow_consumer")

@@ -65,12 +65,22 @@ pub async fn upgrade(
     req: Request<Body>,
 ) -> Response {
     let admission = admit(&shared, &key, params.protocol.as_deref(), req.headers());
-    accept_upgrade(shared, req, move |shared, socket| async move {
+    // The resume cookie (issue 12): the browser's identity for replay after a reconnect.
+    let cookie = admission
+        .as_ref()
+        .ok()
+        .and_then(|app| crate::resume_cookie::for_handshake(&app.app(), req.headers()));
+    let (token, set_cookie) = cookie.map_or((None, None), |c| (Some(c.token), Some(c.set_cookie)));
+    let mut res = accept_upgrade(shared, req, move |shared, socket| async move {
         match admission {
-            Ok(app) => serve(shared, app, socket).await,
+            Ok(app) => serve(shared, app, socket, token).await,
             Err(err) => reject(socket, err).await,
         }
-    })
+    });
+    if let (Some(set_cookie), StatusCode::SWITCHING_PROTOCOLS) = (set_cookie, res.status()) {
+        res.headers_mut().append(header::SET_COOKIE, set_cookie);
+    }
+    res
 }
 
 /// Any other path: a WebSocket upgrade is answered with 4005, anything else with a JSON 404.
@@ -293,7 +303,12 @@ async fn drain_until_closed(socket: &mut Socket) {
 }
 
 /// Runs an admitted socket to its end and cleans up after it.
-async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
+async fn serve(
+    shared: Arc<Shared>,
+    app: Arc<AppState>,
+    mut socket: Socket,
+    resume_token: Option<Box<str>>,
+) {
     if !shared
         .node
         .try_add_connection(shared.config.max_connections)
@@ -326,6 +341,9 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         socket_id,
         outbox,
     );
+    if let Some(token) = resume_token {
+        session.set_resume_token(&token);
+    }
     // Only what is needed after the loop is kept across it (memory per connection).
     let span = tracing::debug_span!("socket", app_id = %app.id(), socket_id = %socket_id);
     let reason = connection_loop(&shared, &mut session, &mut socket)
@@ -370,6 +388,8 @@ async fn connection_loop(
                 }
             }
             Step::PeerClosed => {
+                // Left on purpose: no replay is kept for it (issue 12).
+                session.closed_by_client();
                 Box::pin(drain_until_closed(socket)).await;
                 return DisconnectReason::ClientClose;
             }
@@ -599,6 +619,8 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
         for outbox in outboxes.drain(..) {
             outbox.check_liveness(now, activity, pong);
         }
+        // Channel histories past their window (issue 12): an idle channel costs nothing after it.
+        shared.node.sweep_history();
     }
 }
 

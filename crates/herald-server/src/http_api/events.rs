@@ -1,11 +1,20 @@
 //! `POST /apps/{app_id}/events` and `/batch_events`.
+//!
+//! A 200 means every event is on the cluster's log (on a single node: delivered), from where it
+//! reaches every subscriber on every node in the log's order. When the log cannot be reached the
+//! answer is 503 with `Retry-After` and a JSON message, so the SDKs throw and a queued broadcast
+//! (Laravel) retries; events are never held back locally to be written later. A 503 for a
+//! multi-channel event or a batch may come after some of its events were logged: a retry can
+//! deliver those twice.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::Response;
-use herald_core::{AppState, Envelope, Frame};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::{Acceptance, AppState, Durability, Envelope, Frame};
 use herald_protocol::server_message;
 use herald_protocol::{ChannelKind, ChannelName, SocketId};
 use serde::Deserialize;
@@ -39,34 +48,75 @@ struct Event {
     info: Info,
 }
 
+/// Seconds a publisher is asked to wait before retrying a refused publish.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
 pub async fn trigger(
     State(shared): State<Arc<Shared>>,
     req: Result<SignedRequest, ApiError>,
 ) -> Response {
-    respond("events", req.and_then(|req| trigger_inner(&shared, &req)))
+    let (event, acceptances) = match req.and_then(|req| trigger_inner(&shared, &req)) {
+        Ok(published) => published,
+        Err(err) => return respond("events", Err(err)),
+    };
+    if !accepted(acceptances).await {
+        return unavailable("events");
+    }
+    respond("events", Ok(event))
 }
 
-fn trigger_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> {
+fn trigger_inner(
+    shared: &Shared,
+    req: &SignedRequest,
+) -> Result<(Value, Vec<Acceptance>), ApiError> {
     let parsed: EventBody = parse_json(&req.body)?;
     let event = validate(shared, &req.app, parsed)?;
-    publish(shared, &req.app, &event);
+    let acceptances = publish(shared, &req.app, &event);
     if event.info.is_empty() {
-        return Ok(json!({}));
+        return Ok((json!({}), acceptances));
     }
-    Ok(json!({ "channels": info_response(&req.app, &event) }))
+    let body = json!({ "channels": info_response(&req.app, &event) });
+    Ok((body, acceptances))
 }
 
 pub async fn batch(
     State(shared): State<Arc<Shared>>,
     req: Result<SignedRequest, ApiError>,
 ) -> Response {
-    respond(
-        "batch_events",
-        req.and_then(|req| batch_inner(&shared, &req)),
-    )
+    let (body, acceptances) = match req.and_then(|req| batch_inner(&shared, &req)) {
+        Ok(published) => published,
+        Err(err) => return respond("batch_events", Err(err)),
+    };
+    if !accepted(acceptances).await {
+        return unavailable("batch_events");
+    }
+    respond("batch_events", Ok(body))
 }
 
-fn batch_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> {
+/// Whether every event is on the log (each was queued in order; they are awaited together).
+async fn accepted(acceptances: Vec<Acceptance>) -> bool {
+    let mut all = true;
+    for acceptance in acceptances {
+        all &= acceptance.await.is_ok();
+    }
+    all
+}
+
+/// 503 with `Retry-After`: the event is not on the log.
+fn unavailable(endpoint: &'static str) -> Response {
+    metrics::http_request(endpoint, 503);
+    let body = json!({
+        "error": "The cluster's event log (Redis) is unavailable: the event was not published. Retry later."
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())],
+        Json(body),
+    )
+        .into_response()
+}
+
+fn batch_inner(shared: &Shared, req: &SignedRequest) -> Result<(Value, Vec<Acceptance>), ApiError> {
     let parsed: BatchBody = parse_json(&req.body)?;
     let items = parsed.batch.ok_or(ApiError::MissingField("batch"))?;
     let app = &req.app;
@@ -82,11 +132,12 @@ fn batch_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> 
         .enumerate()
         .map(|(i, item)| validate(shared, app, item).map_err(|e| e.in_batch(Some(i))))
         .collect::<Result<Vec<_>, _>>()?;
-    for event in &events {
-        publish(shared, app, event);
-    }
+    let acceptances = events
+        .iter()
+        .flat_map(|event| publish(shared, app, event))
+        .collect();
     if events.iter().all(|e| e.info.is_empty()) {
-        return Ok(json!({}));
+        return Ok((json!({}), acceptances));
     }
     let batch: Vec<Value> = events
         .iter()
@@ -97,7 +148,7 @@ fn batch_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiError> 
                 .map_or(json!({}), |(_, attrs)| attrs)
         })
         .collect();
-    Ok(json!({ "batch": batch }))
+    Ok((json!({ "batch": batch }), acceptances))
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
@@ -161,8 +212,10 @@ fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, A
     })
 }
 
-fn publish(shared: &Shared, app: &AppState, event: &Event) {
+/// Hands the event to the broker for each of its channels, in order.
+fn publish(shared: &Shared, app: &AppState, event: &Event) -> Vec<Acceptance> {
     let now = Instant::now();
+    let mut acceptances = Vec::with_capacity(event.channels.len());
     for channel in &event.channels {
         let frame = Frame::published(
             server_message::channel_event(&event.name, channel.as_str(), &event.data),
@@ -171,15 +224,22 @@ fn publish(shared: &Shared, app: &AppState, event: &Event) {
         let cache = channel
             .is_cache()
             .then(|| (event.name.clone(), event.data.clone()));
-        let delivery = shared.broker.publish(Envelope {
+        let acceptance = shared.broker.accept(Envelope {
             app_id: app.id().to_owned(),
             channel: channel.clone(),
             frame,
             except: event.except,
             cache,
+            durability: Durability::Logged,
         });
-        metrics::broadcast(app.id(), "api", delivery.delivered, delivery.dropped_slow);
+        let app_id = app.id().to_owned();
+        acceptances.push(Box::pin(async move {
+            let delivery = acceptance.await?;
+            metrics::broadcast(&app_id, "api", delivery.delivered, delivery.dropped_slow);
+            Ok(delivery)
+        }) as Acceptance);
     }
+    acceptances
 }
 
 /// The attributes asked for, per channel, in the order the channels were given.

@@ -76,12 +76,14 @@ impl RedisServer {
         }
     }
 
-    /// Runs `command` (`PUBLISH` or `SPUBLISH`) with a raw payload.
-    pub async fn publish(&self, command: &str, channel: &str, payload: &str) {
+    /// Appends a raw payload to the bus stream `stream`, as a node does.
+    pub async fn append(&self, stream: &str, payload: &str) {
         let client = redis::Client::open(self.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: i64 = redis::cmd(command)
-            .arg(channel)
+        let _: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("m")
             .arg(payload)
             .query_async(&mut conn)
             .await
@@ -194,12 +196,13 @@ impl Bus {
     /// Puts raw bytes on the bus, as a hostile or broken peer would.
     pub async fn inject(&self, payload: &str) {
         match (self.engine, &self.redis) {
-            (Engine::Redis, Some(redis)) => redis.publish("PUBLISH", "herald:bus", payload).await,
+            (Engine::Redis, Some(redis)) => redis.append("herald:bus", payload).await,
             (Engine::RedisSharded, Some(redis)) => {
-                redis.publish("SPUBLISH", "{herald}:bus", payload).await;
+                redis.append("{herald}:bus", payload).await;
             }
             _ => {
                 let message = Outgoing {
+                    shard: 0,
                     message: payload.to_owned().into(),
                     keep: None,
                 };
@@ -382,17 +385,43 @@ async fn bus_restart_with_data_gone_resumes_broadcasts_and_presence(engine: Engi
     alice.expect_next("pusher_internal:member_added").await;
 
     bus.stop().await;
-    // Local delivery goes on without the bus.
-    a.trigger("presence-room", "local", "1").await;
-    assert_eq!(alice.expect_next("local").await["data"], "1");
-
-    bus.restart().await;
-    // Cross-node broadcasts resume: retry until one published on A reaches B.
+    // Without the log a publish is refused, never answered 200 and lost.
+    let body = json!({"name": "local", "channel": "presence-room", "data": "1"});
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        a.trigger("presence-room", "probe", "x").await;
-        alice.expect_next("probe").await;
-        let got = tokio::time::timeout(Duration::from_millis(300), bob.expect_next("probe")).await;
+        let (status, answer) = a.api("POST", "/apps/1/events", &[], Some(&body)).await;
+        if status == 503 {
+            assert!(answer["error"].is_string(), "{answer}");
+            break;
+        }
+        // Published before the outage was noticed: it is on the log, and delivered.
+        assert_eq!(status, 200, "{answer}");
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+    }
+
+    bus.restart().await;
+    // Cross-node broadcasts resume: retry until one published on A reaches B. The subscribers
+    // are told the log lost data (`herald:resume_failed`), which `expect` skips.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = a
+            .api(
+                "POST",
+                "/apps/1/events",
+                &[],
+                Some(&json!({"name": "probe", "channel": "presence-room", "data": "x"})),
+            )
+            .await;
+        if status != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishes were never accepted again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        alice.expect("probe").await;
+        let got = tokio::time::timeout(Duration::from_millis(300), bob.expect("probe")).await;
         if got.is_ok() {
             break;
         }
@@ -764,12 +793,14 @@ impl Drop for RedisCluster {
 }
 
 #[tokio::test]
-async fn redis_cluster_with_sharded_pubsub() {
+async fn redis_cluster_with_the_bus_sharded_over_hash_slots() {
     let cluster = RedisCluster::start().await;
     let sharded = |urls: String| {
         move |c: &mut herald_server::Config| {
             c.redis_url = Some(urls);
             c.cluster.sharded = true;
+            c.cluster.shards = 3;
+            c.cluster.shard_by = herald_cluster::ShardBy::Channel;
             c.cluster.heartbeat_interval = Duration::from_millis(200);
             c.cluster.node_timeout = Duration::from_secs(2);
         }
@@ -816,25 +847,26 @@ async fn redis_cluster_with_sharded_pubsub() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The bus is a sharded channel, in the `{herald}` slot.
-    let mut shard_subscribers = 0;
-    for port in &cluster.ports {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let counts: Vec<redis::Value> = redis::cmd("PUBSUB")
-            .arg("SHARDNUMSUB")
-            .arg("{herald}:bus")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if let Some(redis::Value::Int(n)) = counts.get(1) {
-            shard_subscribers += n;
-        }
+    // The bus is three streams, each under its own hash tag (so on its own slot), all in use.
+    for i in 0..12 {
+        a.trigger(&format!("spread-{i}"), "x", "1").await;
     }
-    assert_eq!(
-        shard_subscribers, 3,
-        "each node subscribes to the sharded bus once"
-    );
+    for key in ["{herald}:bus", "{herald.1}:bus", "{herald.2}:bus"] {
+        let mut entries = 0;
+        for port in &cluster.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            // Only the node owning the key's slot answers; the others redirect.
+            if let Ok(n) = redis::cmd("XLEN")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+            {
+                entries += n;
+            }
+        }
+        assert!(entries > 0, "{key} carries part of the bus");
+    }
 
     drop(alice);
     assert_eq!(

@@ -204,8 +204,10 @@ fn hostile_bus_messages_never_stop_a_node() {
             *round += 1;
             let data = format!("round-{round}");
             for message in &batch {
-                let _: i64 = redis::cmd("PUBLISH")
+                let _: String = redis::cmd("XADD")
                     .arg(&bus)
+                    .arg("*")
+                    .arg("m")
                     .arg(message.as_slice())
                     .query_async(conn)
                     .await

@@ -168,6 +168,35 @@ impl TestServer {
         (status, value)
     }
 
+    /// A signed publish; returns the status and the `Retry-After` header.
+    pub async fn publish(&self, body: &Value) -> (u16, Option<String>) {
+        let body = body.to_string();
+        let uri = signed_uri(
+            "POST",
+            "/apps/1/events",
+            &[],
+            body.as_bytes(),
+            SECRET,
+            now(),
+        );
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{}", self.addr, uri))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = tokio::time::timeout(WAIT, self.http.request(req))
+            .await
+            .expect("http timed out")
+            .expect("http failed");
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (res.status().as_u16(), retry_after)
+    }
+
     /// Publishes through the HTTP API and asserts success.
     pub async fn trigger(&self, channel: &str, event: &str, data: &str) {
         let (status, body) = self
