@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod reload;
 pub mod shutdown;
 pub mod webhooks;
+pub mod websocket;
 pub mod ws;
 
 use std::collections::HashMap;
