@@ -1,9 +1,10 @@
 //! The lock order of an app's state, checked in debug builds.
 //!
 //! Every lock of `AppState`'s parts has a [`Level`]; a thread may take a lock only while it holds
-//! none of the same or a higher level. Debug builds (every test) assert it with a thread-local
+//! none of the same or a higher level. Debug builds (every `cargo test` without `--release`) assert it with a thread-local
 //! set of held levels, so a new call path that nests locks the other way fails the first test
-//! that runs it, instead of deadlocking one day under load. Release builds check nothing: the
+//! that runs it, instead of deadlocking one day under load. herald-core's own unit tests check it in
+//! release builds too (`scripts/test` runs them so). Other release builds check nothing: the
 //! wrappers compile to the bare `parking_lot` calls.
 //!
 //! Invariant: the order is `Channels` < `Cache` < `Users` < `Watchlists` < `Connections` <
@@ -26,7 +27,7 @@ pub(crate) enum Level {
     Settings,
 }
 
-#[cfg(debug_assertions)]
+#[cfg(any(debug_assertions, test))]
 thread_local! {
     /// Bit `level` is set while this thread holds a lock of that level.
     static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -35,7 +36,7 @@ thread_local! {
 /// Proof that this thread registered a lock of `level`; unregisters it when dropped.
 #[derive(Debug)]
 pub(crate) struct Held {
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, test))]
     level: Level,
 }
 
@@ -44,7 +45,7 @@ impl Held {
     /// In debug builds, when this thread holds a lock of the same or a higher level.
     #[inline]
     fn take(level: Level) -> Held {
-        #[cfg(debug_assertions)]
+        #[cfg(any(debug_assertions, test))]
         HELD.with(|held| {
             let mask = held.get();
             assert!(
@@ -53,10 +54,10 @@ impl Held {
             );
             held.set(mask | (1 << level as u32));
         });
-        #[cfg(not(debug_assertions))]
+        #[cfg(not(any(debug_assertions, test)))]
         let _ = level;
         Held {
-            #[cfg(debug_assertions)]
+            #[cfg(any(debug_assertions, test))]
             level,
         }
     }
@@ -65,7 +66,7 @@ impl Held {
 impl Drop for Held {
     #[inline]
     fn drop(&mut self) {
-        #[cfg(debug_assertions)]
+        #[cfg(any(debug_assertions, test))]
         HELD.with(|held| held.set(held.get() & !(1 << self.level as u32)));
     }
 }
@@ -152,7 +153,7 @@ impl<T> OrderedRwLock<T> {
     }
 }
 
-#[cfg(all(test, debug_assertions))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
