@@ -1,8 +1,11 @@
 //! The IO shell around `herald-core`: the TCP listener, HTTP (health, metrics, the Pusher REST
 //! API), the WebSocket endpoint and the shutdown drain.
 //!
-//! Invariant: only this crate spawns long-lived tasks, and every one of them is registered with
-//! the `TaskTracker` in [`Shared`], so shutdown can wait for all of them.
+//! Invariant: every long-lived task of a server runs on one of the two `TaskTracker`s in
+//! [`Shared`] (`tracker`: the accept loop, HTTP connections and sockets; `background_tasks`:
+//! the broker, webhooks, SIGHUP and signal handlers, metrics upkeep, the liveness sweep), each
+//! stopped by a token that [`serve`] cancels, so [`serve`] returns once they ended (or their
+//! deadline passed).
 
 pub mod config;
 pub mod http_api;
@@ -24,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_cluster::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, Transport};
-use herald_core::{Broker, MemoryBroker, Node, NodeLimits};
+use herald_core::{AppsChanged, Broker, MemoryBroker, Node, NodeLimits};
 use herald_redis::{RedisPubSub, RedisSharded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -44,19 +47,24 @@ pub struct Shared {
     pub broker: Arc<dyn Broker>,
     /// Redis broker counters, exported at scrape time.
     pub broker_stats: Option<Arc<BrokerStats>>,
-    /// Set when some app has a webhook target.
-    pub webhooks: Option<Webhooks>,
+    /// Always running; idle while no app has a webhook target.
+    pub webhooks: Webhooks,
     pub limits: Arc<NodeLimits>,
+    /// The accept loop, HTTP connections and sockets: the drain waits for them (until
+    /// `drain.deadline`).
     pub tracker: TaskTracker,
-    /// Stops the broker's background tasks once the drain is over.
+    /// Stops the broker's and the webhooks' tasks once the drain is over.
     pub background: CancellationToken,
-    /// The broker's tasks: they outlive the drain, so events still flow while sockets close.
+    /// Tasks that outlive the drain, so events still flow while sockets close: the broker's,
+    /// the webhooks', the signal handlers (stopped by `background`), and the node's upkeep
+    /// and liveness sweep (stopped by [`serve`]).
     pub background_tasks: TaskTracker,
     /// Set when the drain starts: readiness fails from then on.
     pub draining: AtomicBool,
     pub metrics: PrometheusHandle,
-    /// Per-app metric handles, shared by that app's sockets.
-    pub app_metrics: HashMap<String, Arc<metrics::AppMetrics>>,
+    /// Per-app metric handles, one per app id, shared by that app's sockets. Kept for removed
+    /// apps too, so an app id that comes back goes on counting where it stopped.
+    app_metrics: parking_lot::RwLock<HashMap<String, Arc<metrics::AppMetrics>>>,
 }
 
 impl Shared {
@@ -67,11 +75,13 @@ impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         // Installed first: metric handles taken before it would be no-ops.
         let prometheus = metrics::install();
-        let app_metrics = config
-            .apps
-            .iter()
-            .map(|a| (a.id.clone(), Arc::new(metrics::AppMetrics::new(&a.id))))
-            .collect();
+        let app_metrics = parking_lot::RwLock::new(
+            config
+                .apps
+                .iter()
+                .map(|a| (a.id.clone(), Arc::new(metrics::AppMetrics::new(&a.id))))
+                .collect(),
+        );
         let node_id = config
             .node_id
             .unwrap_or_else(|| rand::random::<u32>().into());
@@ -99,6 +109,28 @@ impl Shared {
         }))
     }
 
+    /// The app's metric handles, shared by its sockets. Made (and its series registered at
+    /// zero) on first use for an app added since start-up that [`Shared::apps_changed`] has not
+    /// seen yet.
+    pub fn app_metrics(&self, app_id: &str) -> Arc<metrics::AppMetrics> {
+        if let Some(handles) = self.app_metrics.read().get(app_id) {
+            return handles.clone();
+        }
+        self.app_metrics
+            .write()
+            .entry(app_id.to_owned())
+            .or_insert_with(|| Arc::new(metrics::AppMetrics::new(app_id)))
+            .clone()
+    }
+
+    /// Applies a change of the app registry to what herald-core does not hold: every added
+    /// app's metric series are registered (at zero, as at start-up).
+    pub fn apps_changed(&self, changed: &AppsChanged) {
+        for app_id in &changed.added {
+            self.app_metrics(app_id);
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
             && self.node.connection_count() < self.config.max_connections
@@ -114,7 +146,7 @@ type BrokerAndStats = (Arc<dyn Broker>, Option<Arc<BrokerStats>>);
 fn start_broker(
     config: &Config,
     node: &Arc<Node>,
-    webhooks: &Option<Webhooks>,
+    webhooks: &Webhooks,
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<BrokerAndStats> {
@@ -125,9 +157,13 @@ fn start_broker(
         (None, Some(url)) => Box::new(RedisPubSub::new(url, prefix)?),
         (None, None) => return Ok((Arc::new(MemoryBroker::new(node.clone())), None)),
     };
-    let on_node_gone = webhooks.clone().map(|w| {
-        Arc::new(move |app: &str, entries| w.record_node_gone(app, entries)) as NodeGoneHook
-    });
+    let on_node_gone = {
+        let webhooks = webhooks.clone();
+        Some(
+            Arc::new(move |app: &str, entries| webhooks.record_node_gone(app, entries))
+                as NodeGoneHook,
+        )
+    };
     let settings = ClusterConfig {
         heartbeat_interval: config.cluster.heartbeat_interval,
         node_timeout: config.cluster.node_timeout,
@@ -145,16 +181,14 @@ fn start_broker(
     Ok((Arc::new(broker), Some(stats)))
 }
 
-/// Starts the webhook subsystem when an app has targets; its state is in Redis for a cluster.
+/// Starts the webhook subsystem (idle while no app has a target, so that targets can be added
+/// at runtime); its state is in Redis for a cluster.
 fn start_webhooks(
     config: &Config,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-) -> anyhow::Result<Option<Webhooks>> {
+) -> anyhow::Result<Webhooks> {
     let apps = reload::webhook_apps(config);
-    if apps.is_empty() {
-        return Ok(None);
-    }
     let store = match &config.redis_url {
         Some(url) => Store::in_redis(
             herald_redis::conn::Target::parse(url, config.cluster.sharded)?,
@@ -285,22 +319,15 @@ pub async fn serve(
     let stop_accepting = CancellationToken::new();
     tracing::info!(addr = %listener.local_addr()?, node_id = shared.node.id(), "herald listening");
 
-    let upkeep = {
-        let shared = shared.clone();
-        let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => shared.metrics.run_upkeep(),
-                    () = stop.cancelled() => break,
-                }
-            }
-        })
-    };
-
-    let liveness = tokio::spawn(ws::sweep_liveness(shared.clone()));
-    let accept = tokio::spawn(accept_loop(
+    // The node's own housekeeping runs until the drain is over, like the broker.
+    let housekeeping = CancellationToken::new();
+    let background = &shared.background_tasks;
+    background.spawn(until(housekeeping.clone(), upkeep(shared.clone())));
+    background.spawn(until(
+        housekeeping.clone(),
+        ws::sweep_liveness(shared.clone()),
+    ));
+    let accept = shared.tracker.spawn(accept_loop(
         listener,
         app,
         shared.clone(),
@@ -309,16 +336,39 @@ pub async fn serve(
     shutdown.cancelled().await;
     shutdown::drain(&shared, &stop_accepting).await;
     let _ = accept.await;
-    upkeep.abort();
-    liveness.abort();
+    housekeeping.cancel();
     shared.background.cancel();
     shared.background_tasks.close();
-    let _ = tokio::time::timeout(
+    if tokio::time::timeout(
         std::time::Duration::from_secs(1),
         shared.background_tasks.wait(),
     )
-    .await;
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            tasks = shared.background_tasks.len(),
+            "background tasks still running after 1 s; leaving them"
+        );
+    }
     Ok(())
+}
+
+/// Runs `task` until `stop` is cancelled.
+async fn until(stop: CancellationToken, task: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = task => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Runs the metrics recorder's upkeep (histogram buckets) every 5 s.
+async fn upkeep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        shared.metrics.run_upkeep();
+    }
 }
 
 async fn accept_loop(

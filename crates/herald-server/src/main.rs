@@ -87,8 +87,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = listen(&config).await?;
         let shutdown = CancellationToken::new();
-        herald_server::shutdown::spawn_signal_handler(shutdown.clone());
         let shared = herald_server::Shared::new(config)?;
+        herald_server::shutdown::spawn_signal_handler(&shared, shutdown.clone());
         herald_server::reload::spawn_on_hangup(shared.clone(), args.config, overrides);
         herald_server::serve(shared, listener, shutdown).await
     })?;

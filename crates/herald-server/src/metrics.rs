@@ -323,7 +323,7 @@ impl AppMetrics {
     pub fn new(app_id: &str) -> AppMetrics {
         let app = || app_id.to_owned();
         gauge!(CONNECTIONS_ACTIVE, "app_id" => app()).increment(0.0);
-        counter!(CONNECTIONS_TOTAL, "app_id" => app()).absolute(0);
+        counter!(CONNECTIONS_TOTAL, "app_id" => app()).increment(0);
         for reason in DISCONNECT_REASONS {
             counter!(DISCONNECTIONS_TOTAL, "app_id" => app(), "reason" => reason).increment(0);
         }

@@ -81,13 +81,8 @@ pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Re
     // `webhook_url` is not an apps setting: it stays as it was (and was warned about above).
     config.webhook_url.clone_from(&shared.config.webhook_url);
     let changed = shared.node.registry().replace(config.apps());
-    match &shared.webhooks {
-        Some(webhooks) => webhooks.set_apps(webhook_apps(&config)),
-        None if !config.webhook_targets().is_empty() => tracing::warn!(
-            "configuration reload: webhook targets need a restart when no app had one at start-up"
-        ),
-        None => {}
-    }
+    shared.apps_changed(&changed);
+    shared.webhooks.set_apps(webhook_apps(&config));
     tracing::info!(
         added = ?changed.added,
         changed = ?changed.changed,

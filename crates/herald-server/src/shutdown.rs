@@ -22,15 +22,22 @@ use crate::Shared;
 /// How many close batches per second of drain window, at most.
 const BATCHES_PER_SECOND: u64 = 20;
 
-/// Cancels `token` on the first SIGTERM/SIGINT and exits the process on the second.
-pub fn spawn_signal_handler(token: CancellationToken) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown signal received: draining");
-        token.cancel();
-        wait_for_signal().await;
-        tracing::warn!("second shutdown signal: exiting now");
-        std::process::exit(1);
+/// Cancels `token` on the first SIGTERM/SIGINT and exits the process on the second. The task
+/// runs on `shared.background_tasks` until the drain is over (`shared.background`).
+pub fn spawn_signal_handler(shared: &Shared, token: CancellationToken) {
+    let stop = shared.background.clone();
+    shared.background_tasks.spawn(async move {
+        tokio::select! {
+            () = async {
+                wait_for_signal().await;
+                tracing::info!("shutdown signal received: draining");
+                token.cancel();
+                wait_for_signal().await;
+                tracing::warn!("second shutdown signal: exiting now");
+                std::process::exit(1);
+            } => {}
+            () = stop.cancelled() => {}
+        }
     });
 }
 
@@ -66,10 +73,8 @@ pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
     {
         tracing::warn!("drain deadline reached with tasks still running");
     }
-    if let Some(webhooks) = &shared.webhooks {
-        // Leave events of the sockets just closed fall due after the leave delay: send what can be.
-        webhooks.flush(deadline).await;
-    }
+    // Leave events of the sockets just closed fall due after the leave delay: send what can be.
+    shared.webhooks.flush(deadline).await;
 }
 
 async fn close_paced(sockets: Vec<Outbox>, window: Duration) {

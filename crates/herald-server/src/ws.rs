@@ -16,10 +16,11 @@ use herald_core::outbox::Batch;
 use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
 use herald_core::{
-    AppState, CloseRequest, ConnectionRefused, DisconnectReason, Frame, Outbox, Session,
+    AppState, CloseRequest, ConnectionError, ConnectionRefused, DisconnectReason, Frame,
+    MessageError, Outbox, Session,
 };
 use herald_protocol::server_message;
-use herald_protocol::{ClientMessage, CloseCode, ErrorCode};
+use herald_protocol::{ClientMessage, CloseCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -67,7 +68,7 @@ pub async fn upgrade(
     accept_upgrade(shared, req, move |shared, socket| async move {
         match admission {
             Ok(app) => serve(shared, app, socket).await,
-            Err((code, message)) => reject(socket, code, message).await,
+            Err(err) => reject(socket, err).await,
         }
     })
 }
@@ -76,7 +77,7 @@ pub async fn upgrade(
 pub async fn fallback(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
     if is_upgrade(req.headers()) {
         return accept_upgrade(shared, req, |_, socket| async move {
-            reject(socket, CloseCode::PathNotFound, "Path not found").await;
+            reject(socket, ConnectionError::PathNotFound).await;
         });
     }
     crate::json_error(StatusCode::NOT_FOUND, "Not found")
@@ -145,40 +146,51 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
+    /// The one mapping to the wire: status, the JSON body's message, and the header the RFC
+    /// asks for, if any.
+    fn answer(
+        self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<(header::HeaderName, &'static str)>,
+    ) {
+        match self {
             Refusal::NotGet => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "A WebSocket upgrade must be a GET request",
+                Some((header::ALLOW, "GET")),
             ),
             Refusal::NotHttp11 => (
                 StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                 "A WebSocket upgrade needs HTTP/1.1 (a proxy in front of herald may be speaking HTTP/1.0 to it)",
+                None,
             ),
             Refusal::NotUpgrade => (
                 StatusCode::BAD_REQUEST,
                 "Expected a WebSocket upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+                None,
             ),
+            // RFC 6455 §4.4: name the versions this server speaks.
             Refusal::WebSocketVersion => (
                 StatusCode::UPGRADE_REQUIRED,
                 "Unsupported WebSocket version: send Sec-WebSocket-Version: 13",
+                Some((header::SEC_WEBSOCKET_VERSION, WEBSOCKET_VERSION)),
             ),
-            Refusal::NoKey => (StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key header"),
-        };
+            Refusal::NoKey => (
+                StatusCode::BAD_REQUEST,
+                "Missing Sec-WebSocket-Key header",
+                None,
+            ),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let (status, message, header) = self.answer();
         let mut res = crate::json_error(status, message);
-        match self {
-            Refusal::NotGet => {
-                res.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            }
-            // RFC 6455 §4.4: name the versions this server speaks.
-            Refusal::WebSocketVersion => {
-                res.headers_mut().insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static(WEBSOCKET_VERSION),
-                );
-            }
-            Refusal::NotHttp11 | Refusal::NotUpgrade | Refusal::NoKey => {}
+        if let Some((name, value)) = header {
+            res.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
         }
         res
     }
@@ -214,34 +226,32 @@ fn admit(
     key: &str,
     protocol: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Arc<AppState>, (CloseCode, &'static str)> {
+) -> Result<Arc<AppState>, ConnectionError> {
     let app = shared
         .node
         .app_by_key(key)
-        .ok_or((CloseCode::AppNotFound, "Application does not exist"))?;
+        .ok_or(ConnectionError::AppNotFound)?;
     if !app.app().enabled {
-        return Err((CloseCode::AppDisabled, "Application disabled"));
+        return Err(ConnectionError::AppDisabled);
     }
-    let protocol = protocol.ok_or((CloseCode::NoProtocol, "No protocol version supplied"))?;
+    let protocol = protocol.ok_or(ConnectionError::NoProtocol)?;
     match protocol.parse::<u32>() {
         Ok(v) if SUPPORTED_PROTOCOLS.contains(&v) => {}
-        _ => {
-            return Err((
-                CloseCode::UnsupportedProtocol,
-                "Unsupported protocol version",
-            ))
-        }
+        _ => return Err(ConnectionError::UnsupportedProtocol),
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !app.app().origin_allowed(origin) {
         metrics::limit_rejected_for(app.id(), Limit::Origin);
-        return Err((CloseCode::Unauthorized, "Origin not allowed"));
+        return Err(ConnectionError::OriginNotAllowed);
     }
     Ok(app.clone())
 }
 
-async fn reject(mut socket: Socket, code: CloseCode, message: &'static str) {
-    metrics::connection_refused(refusal_reason(code));
+/// Refuses an upgraded socket: `pusher:error` with the error's close code and message, then the
+/// close with the same code and message.
+async fn reject(mut socket: Socket, err: ConnectionError) {
+    metrics::connection_refused(refusal_reason(err));
+    let (code, message) = (err.close_code(), err.message());
     let _ = socket
         .send(Message::Text(
             server_message::error(Some(code.code()), message).into(),
@@ -254,10 +264,16 @@ async fn reject(mut socket: Socket, code: CloseCode, message: &'static str) {
     drain_until_closed(&mut socket).await;
 }
 
-fn refusal_reason(code: CloseCode) -> &'static str {
-    match code {
-        CloseCode::OverCapacity | CloseCode::AppOverQuota => "limit",
-        _ => "error",
+/// The `reason` label of a refused connection: a capacity limit, or any other refusal.
+fn refusal_reason(err: ConnectionError) -> &'static str {
+    match err {
+        ConnectionError::NodeOverCapacity | ConnectionError::AppOverQuota => "limit",
+        ConnectionError::PathNotFound
+        | ConnectionError::AppNotFound
+        | ConnectionError::AppDisabled
+        | ConnectionError::NoProtocol
+        | ConnectionError::UnsupportedProtocol
+        | ConnectionError::OriginNotAllowed => "error",
     }
 }
 
@@ -283,23 +299,20 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
         .try_add_connection(shared.config.max_connections)
     {
         metrics::limit_rejected_for(app.id(), Limit::NodeConnections);
-        return Box::pin(reject(socket, CloseCode::OverCapacity, "Over capacity")).await;
+        return Box::pin(reject(socket, ConnectionError::NodeOverCapacity)).await;
     }
     let socket_id = shared.node.next_socket_id();
     let outbox = Outbox::new(shared.limits.outbox_max_bytes);
     if let Err(refused) = app.add_connection(socket_id, &outbox) {
         shared.node.remove_connection();
-        let (code, message) = match refused {
+        let err = match refused {
             ConnectionRefused::OverQuota => {
                 metrics::limit_rejected_for(app.id(), Limit::AppConnections);
-                (
-                    CloseCode::AppOverQuota,
-                    "Application is over connection quota",
-                )
+                ConnectionError::AppOverQuota
             }
-            ConnectionRefused::Disabled => (CloseCode::AppDisabled, "Application disabled"),
+            ConnectionRefused::Disabled => ConnectionError::AppDisabled,
         };
-        return reject(socket, code, message).await;
+        return reject(socket, err).await;
     }
     metrics::connection_opened(app.id());
     let _ = outbox.push(Frame::new(server_message::connection_established(
@@ -322,10 +335,8 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
     let socket_id = session.socket_id();
     let left = session.close();
     let app_id = app.id();
-    if let Some(webhooks) = &shared.webhooks {
-        for left in &left {
-            webhooks.record_left(app_id, socket_id, left);
-        }
+    for left in &left {
+        shared.webhooks.record_left(app_id, socket_id, left);
     }
     app.remove_connection(socket_id);
     shared.node.remove_connection();
@@ -338,11 +349,7 @@ async fn connection_loop(
     session: &mut Session,
     socket: &mut Socket,
 ) -> DisconnectReason {
-    let app_metrics = shared
-        .app_metrics
-        .get(session.app().id())
-        .cloned()
-        .unwrap_or_else(|| Arc::new(AppMetrics::new(session.app().id())));
+    let app_metrics = shared.app_metrics(session.app().id());
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
 
     // Only the select! is awaited in place; every other await is a boxed future, and nothing
@@ -423,10 +430,7 @@ fn on_incoming(
             app_metrics.message_received(text.len());
             if !message_budget.try_take(Instant::now()) {
                 metrics::limit_rejected(Limit::MessageRate);
-                session.send_error(
-                    Some(ErrorCode::ClientEventRejected),
-                    "Too many messages: this one was dropped",
-                );
+                session.refuse_message(&MessageError::TooManyMessages);
                 return Step::Continue;
             }
             tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
@@ -448,19 +452,16 @@ fn on_incoming(
                         }
                         _ => {}
                     }
-                    if let Some(webhooks) = &shared.webhooks {
-                        webhooks.record_outcome(app_id, session.socket_id(), &outcome);
-                    }
+                    shared
+                        .webhooks
+                        .record_outcome(app_id, session.socket_id(), &outcome);
                 }
-                Err(err) => session.send_error(None, &format!("Invalid message: {err}")),
+                Err(err) => session.refuse_message(&MessageError::Invalid(err)),
             }
             Step::Continue
         }
         Ok(Message::Binary(_)) => {
-            session.send_error(
-                None,
-                "Binary frames are not supported; send JSON text frames",
-            );
+            session.refuse_message(&MessageError::Binary);
             Step::Continue
         }
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Step::Continue,

@@ -87,7 +87,7 @@ impl FromRequest<Arc<Shared>> for SignedRequest {
             .await
             .inspect_err(|err| {
                 if matches!(err, ApiError::BodyTooLarge { .. }) {
-                    metrics::limit_rejected(metrics::Limit::RequestBody);
+                    metrics::limit_rejected_for(app.id(), metrics::Limit::RequestBody);
                 }
             })?;
         verify(shared, &app, &parts.method, &parts.uri, &query, &body)?;

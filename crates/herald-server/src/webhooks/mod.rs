@@ -6,6 +6,10 @@
 //! facts into webhook jobs through the [`Store`] (any herald-core `WebhookStore`: memory here,
 //! Redis from herald-redis), and a sender task delivers due jobs.
 //!
+//! The subsystem always runs, so that webhook targets added at runtime (a SIGHUP reload) work at
+//! once; while no app has a target it is idle: facts are not built and the sender does not read
+//! the store.
+//!
 //! Invariant: nothing here blocks the fan-out path or a socket task; the fact queue is bounded and
 //! its overflow is counted (`herald_webhooks_dropped_total{reason="queue_full"}`).
 
@@ -13,7 +17,7 @@ mod sender;
 mod store;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +93,9 @@ struct Inner {
     config: WebhooksConfig,
     /// Replaced whole when the apps change at runtime ([`Webhooks::set_apps`]).
     apps: parking_lot::RwLock<HashMap<String, AppHooks>>,
+    /// Invariant: `!apps.is_empty()`, kept beside it so that sockets of a node without webhooks
+    /// pay one atomic load per message, not a lock.
+    active: AtomicBool,
     store: Store,
     next_id: AtomicU64,
 }
@@ -101,37 +108,38 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Starts the processor and sender tasks; `None` when no app has a webhook target.
+    /// Starts the processor and sender tasks on `tracker`; they end when `stop` is cancelled
+    /// (requests in flight then finish on `tracker` within their timeout). `apps` may be empty.
     pub fn start(
         config: WebhooksConfig,
         apps: HashMap<String, AppHooks>,
         store: Store,
         tracker: &TaskTracker,
         stop: CancellationToken,
-    ) -> Option<Webhooks> {
-        if apps.is_empty() {
-            return None;
-        }
+    ) -> Webhooks {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let inner = Arc::new(Inner {
             config,
+            active: AtomicBool::new(!apps.is_empty()),
             apps: parking_lot::RwLock::new(apps),
             store,
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
         });
         tracker.spawn(process(inner.clone(), rx, stop.clone()));
-        tracker.spawn(sender::run(inner.clone(), stop));
-        Some(Webhooks { inner, tx })
+        tracker.spawn(sender::run(inner.clone(), tracker.clone(), stop));
+        Webhooks { inner, tx }
     }
 
     /// Whether `app` has any webhook target (so callers can skip building facts).
     pub fn wants(&self, app: &str) -> bool {
-        self.inner.apps.read().contains_key(app)
+        self.inner.is_active() && self.inner.apps.read().contains_key(app)
     }
 
     /// Replaces every app's webhook settings (the apps changed at runtime).
     pub fn set_apps(&self, apps: HashMap<String, AppHooks>) {
-        *self.inner.apps.write() = apps;
+        let mut current = self.inner.apps.write();
+        self.inner.active.store(!apps.is_empty(), Ordering::Relaxed);
+        *current = apps;
     }
 
     pub fn record(&self, fact: Fact) {
@@ -242,6 +250,11 @@ async fn process(inner: Arc<Inner>, mut rx: mpsc::Receiver<Fact>, stop: Cancella
 }
 
 impl Inner {
+    /// Whether some app has a webhook target.
+    fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
     async fn apply(&self, fact: Fact) -> WebhookStoreResult<()> {
         let delay = self.config.leave_delay;
         match fact {

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::store::{now_ms, Job};
 use super::Inner;
@@ -37,7 +38,8 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(https)
 }
 
-pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
+/// Claims and sends due jobs every [`TICK`] until `stop`; each request runs on `tracker`.
+pub(super) async fn run(inner: Arc<Inner>, tracker: TaskTracker, stop: CancellationToken) {
     let client = client();
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tick = tokio::time::interval(TICK);
@@ -48,14 +50,18 @@ pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
+        // Idle while no app has a target: the store (Redis in a cluster) is not read.
+        if !inner.is_active() {
+            continue;
+        }
         // Requests run in their own tasks, at most `MAX_IN_FLIGHT` at once, so one slow target
-        // does not hold up the others.
+        // does not hold up the others. They are tracked: shutdown waits for them.
         for group in claim_groups(&inner).await {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             let (inner, client) = (inner.clone(), client.clone());
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 send_group(&inner, &client, group).await;
                 drop(permit);
             });
@@ -70,6 +76,9 @@ pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 pub(super) async fn flush(inner: &Inner, deadline: tokio::time::Instant) {
+    if !inner.is_active() {
+        return;
+    }
     let client = client();
     while tokio::time::Instant::now() < deadline {
         let sends = claim_groups(inner)
