@@ -60,7 +60,10 @@ pub fn switch_protocols<B>(
     key: &HeaderValue,
     deflate: bool,
     max_message: usize,
-) -> (Response<Body>, impl Future<Output = Option<WebSocket>> + Send + 'static) {
+) -> (
+    Response<Body>,
+    impl Future<Output = Option<WebSocket>> + Send + 'static,
+) {
     let accept = herald_ws::accept_key(key.as_bytes());
     let negotiated = if deflate {
         let headers = req.headers();
@@ -177,10 +180,26 @@ impl WebSocket {
         }
     }
 
+    /// Whether a ping waits for its pong.
+    pub fn pong_due(&self) -> bool {
+        self.pong.is_some()
+    }
+
     /// The pong frame answering the latest ping, if one is waiting.
     pub fn take_pong(&mut self) -> Option<Bytes> {
         let payload = self.pong.take()?;
         Some(herald_ws::encode(OpCode::Pong, false, &payload))
+    }
+
+    /// Answers the latest ping, if one is waiting.
+    ///
+    /// # Errors
+    /// The socket's write error.
+    pub async fn send_pong(&mut self) -> io::Result<()> {
+        match self.take_pong() {
+            Some(pong) => self.stream.write_all(&pong).await,
+            None => Ok(()),
+        }
     }
 
     /// Writes the frames in order, with as few syscalls as the kernel allows.
@@ -209,13 +228,14 @@ impl WebSocket {
         Ok(())
     }
 
-    /// Sends a close frame, then reads (discarding data) until the peer answers with its own or
-    /// hangs up, for at most two seconds, so the close frame is not lost to a reset.
-    pub async fn close(&mut self, code: u16, reason: &str, wait: Duration) {
+    /// Sends a close frame; whether it was written within `wait`. The caller then awaits the
+    /// peer's answer ([`WebSocket::await_close`]) so the frame is not lost to a reset.
+    pub async fn close(&mut self, code: u16, reason: &str, wait: Duration) -> bool {
         let frame = herald_ws::close_frame(code, reason);
-        if let Ok(Ok(())) = tokio::time::timeout(wait, self.stream.write_all(&frame)).await {
-            self.await_close().await;
-        }
+        matches!(
+            tokio::time::timeout(wait, self.stream.write_all(&frame)).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Answers the peer's close frame with the same code (RFC 6455 §5.5.1); the caller then

@@ -487,7 +487,10 @@ mod tests {
         let bomb = crate::deflate::compress(&[b'a'; 100_000]).unwrap();
         assert!(bomb.len() < 1024);
         let mut d = Decoder::new(1024, true);
-        assert_eq!(feed(&mut d, &frame(true, 4, 1, &bomb), 100), Err(Error::TooLarge));
+        assert_eq!(
+            feed(&mut d, &frame(true, 4, 1, &bomb), 100),
+            Err(Error::TooLarge)
+        );
         // RSV1 on a control frame or continuation.
         let mut d = Decoder::new(1024, true);
         assert!(feed(&mut d, &frame(true, 4, 9, b""), 100).is_err());

@@ -93,7 +93,11 @@ pub fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
                 }
                 let before = d.total_in();
                 let status = d
-                    .decompress(&input[consumed..], &mut out[written..], FlushDecompress::Sync)
+                    .decompress(
+                        &input[consumed..],
+                        &mut out[written..],
+                        FlushDecompress::Sync,
+                    )
                     .map_err(|_| InflateError::Invalid)?;
                 consumed += (d.total_in() - before) as usize;
                 let written = (d.total_out() - start_out) as usize;

@@ -149,7 +149,7 @@ mod tests {
         let full = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
         for offer in [
             "permessage-deflate; client_max_window_bits", // Chromium, Node's ws
-            "permessage-deflate",                          // Firefox
+            "permessage-deflate",                         // Firefox
             "permessage-deflate; client_max_window_bits=15",
             "x-webkit-deflate-frame, permessage-deflate",
         ] {
@@ -157,8 +157,8 @@ mod tests {
             assert_eq!(deflate.response(), full, "{offer}");
             assert_eq!(deflate.max_compressed_message(), usize::MAX);
         }
-        let small = negotiate_deflate(["permessage-deflate; server_max_window_bits=9"], None)
-            .unwrap();
+        let small =
+            negotiate_deflate(["permessage-deflate; server_max_window_bits=9"], None).unwrap();
         assert_eq!(small.max_compressed_message(), 512);
         assert!(small.response().ends_with("; server_max_window_bits=9"));
     }
