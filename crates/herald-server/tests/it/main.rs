@@ -4,6 +4,7 @@
 mod client_events;
 mod cluster;
 mod connect;
+mod deflate;
 mod drain;
 mod hostile;
 mod http_api;
