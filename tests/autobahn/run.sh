@@ -68,9 +68,9 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 start=$SECONDS
 # kosoku exits 1 whenever any case is not OK (NON-STRICT included), so its status is not the
-# verdict; summarize.py reads the report and decides. The suite is bounded to 15 minutes.
+# verdict; summarize.py reads the report and decides. The suite is bounded to 25 minutes.
 set +e
-timeout 900 .venv/bin/kosoku "${args[@]}" "127.0.0.1:$port" >"$OUT/kosoku.log" 2>&1
+timeout 1500 .venv/bin/kosoku "${args[@]}" "127.0.0.1:$port" >"$OUT/kosoku.log" 2>&1
 status=$?
 set -e
 echo "autobahn: kosoku finished in $((SECONDS - start))s (exit $status; any case not OK makes it 1)"

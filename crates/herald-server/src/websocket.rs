@@ -140,9 +140,11 @@ impl WebSocket {
         self.deflate
     }
 
-    /// Waits until the socket has something to read (or an error to report).
-    pub async fn readable(&self) -> io::Result<()> {
-        self.stream.readable().await
+    /// Waits until the socket has something to read (or an error to report). Polled through
+    /// the stream's own reader slot: unlike `TcpStream::readable`, the future holds no waiter,
+    /// so an idle socket's task is that much smaller.
+    pub fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
     }
 
     /// Decodes what arrived with the handshake, if anything; call once, before reading.

@@ -41,7 +41,9 @@ pub struct ConnectParams {
 }
 
 /// A socket is the TCP stream and a decoder that holds no memory while idle (`websocket.rs`).
-type Socket = WebSocket;
+/// Boxed so the socket task's future holds a pointer, not the socket itself, at every level it
+/// is passed through (an async fn keeps its arguments apart from its locals).
+type Socket = Box<WebSocket>;
 
 /// `GET /app/{key}`: validates the upgrade request, answers 101, and hands the socket to a task.
 pub async fn upgrade(
@@ -56,7 +58,8 @@ pub async fn upgrade(
     accept_upgrade(shared, req, deflate, move |shared, socket| async move {
         match admission {
             Ok(app) => serve(shared, app, socket).await,
-            Err(err) => reject(socket, err).await,
+            // Boxed: a refusal's future must not size every accepted socket's task.
+            Err(err) => Box::pin(reject(socket, err)).await,
         }
     })
 }
@@ -101,9 +104,12 @@ where
     // The task outlives the handshake by hours: capture as little as possible, and hold
     // nothing but the socket across its long await (memory per connection).
     tracker.spawn(async move {
-        if let Some(socket) = socket.await {
-            then(shared, socket).await;
-        }
+        // `let else`, not `if let`: the socket moves into `then` and is not kept a second time
+        // across its await (memory per connection).
+        let Some(socket) = socket.await else {
+            return;
+        };
+        then(shared, Box::new(socket)).await;
     });
     res
 }
@@ -274,7 +280,7 @@ async fn serve(shared: Arc<Shared>, app: Arc<AppState>, mut socket: Socket) {
             }
             ConnectionRefused::Disabled => ConnectionError::AppDisabled,
         };
-        return reject(socket, err).await;
+        return Box::pin(reject(socket, err)).await;
     }
     metrics::connection_opened(app.id());
     let _ = outbox.push(Frame::new(server_message::connection_established(
