@@ -57,9 +57,20 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-/// One socket's read state.
+/// One socket's read state: 16 bytes while no frame or message is incomplete.
 #[derive(Debug, Default)]
 pub struct Decoder {
+    /// Invariant: `Some` only while part of a frame or a message in fragments is waiting.
+    pending: Option<Box<Pending>>,
+    /// The largest message, before and after inflating.
+    max_message: u32,
+    /// Whether permessage-deflate was negotiated (RSV1 allowed on a message's first frame).
+    deflate: bool,
+}
+
+/// What waits for more bytes.
+#[derive(Debug, Default)]
+struct Pending {
     /// The bytes of an incomplete frame. Invariant: less than one whole frame.
     partial: Vec<u8>,
     /// The payload so far of a message in fragments (still compressed when `compressed`).
@@ -67,12 +78,8 @@ pub struct Decoder {
     /// The opcode of the message in fragments; 0 when there is none.
     message_op: u8,
     compressed: bool,
-    /// Whether permessage-deflate was negotiated (RSV1 allowed on a message's first frame).
-    deflate: bool,
     /// How much of `message` is known to be UTF-8 (a text message fails fast).
     utf8_checked: u32,
-    /// The largest message, before and after inflating.
-    max_message: u32,
 }
 
 impl Decoder {
@@ -89,12 +96,37 @@ impl Decoder {
     /// Keeps bytes that arrived before decoding could start (with the handshake); the next
     /// [`Decoder::decode`] parses them first.
     pub fn buffer(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.pending_mut().partial.extend_from_slice(bytes);
+        }
     }
 
     /// Whether part of a frame or message is waiting for more bytes.
     pub fn is_mid_message(&self) -> bool {
-        !self.partial.is_empty() || self.message_op != 0
+        self.pending.is_some()
+    }
+
+    fn pending_mut(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_with(Box::default)
+    }
+
+    fn message_op(&self) -> u8 {
+        self.pending.as_ref().map_or(0, |p| p.message_op)
+    }
+
+    fn message_len(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.message.len())
+    }
+
+    /// Frees the pending state once nothing waits in it.
+    fn release(&mut self) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.partial.is_empty() && p.message_op == 0)
+        {
+            self.pending = None;
+        }
     }
 
     /// Parses every complete frame in `input` (modified: unmasked in place), calling `on` with
@@ -108,20 +140,27 @@ impl Decoder {
         input: &mut [u8],
         on: &mut dyn FnMut(Message<'_>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, Error> {
-        if self.partial.is_empty() {
+        let partial = match self.pending.as_mut() {
+            Some(p) => std::mem::take(&mut p.partial),
+            None => Vec::new(),
+        };
+        let flow = if partial.is_empty() {
             let (used, flow) = self.frames(input, on)?;
             if flow.is_continue() && used < input.len() {
-                self.partial.extend_from_slice(&input[used..]);
+                self.pending_mut().partial.extend_from_slice(&input[used..]);
             }
-            return Ok(flow);
-        }
-        let mut buf = std::mem::take(&mut self.partial);
-        buf.extend_from_slice(input);
-        let (used, flow) = self.frames(&mut buf, on)?;
-        if flow.is_continue() && used < buf.len() {
-            buf.drain(..used);
-            self.partial = buf;
-        }
+            flow
+        } else {
+            let mut buf = partial;
+            buf.extend_from_slice(input);
+            let (used, flow) = self.frames(&mut buf, on)?;
+            if flow.is_continue() && used < buf.len() {
+                buf.drain(..used);
+                self.pending_mut().partial = buf;
+            }
+            flow
+        };
+        self.release();
         Ok(flow)
     }
 
@@ -168,9 +207,10 @@ impl Decoder {
             return Err(Error::Protocol("Reserved bits set"));
         }
         let is_control = opcode & 0x8 != 0;
+        let message_op = self.message_op();
         match opcode {
             OP_CONTINUATION => {
-                if self.message_op == 0 {
+                if message_op == 0 {
                     return Err(Error::Protocol("Continuation frame without a message"));
                 }
                 if rsv1 {
@@ -178,7 +218,7 @@ impl Decoder {
                 }
             }
             OP_TEXT | OP_BINARY => {
-                if self.message_op != 0 {
+                if message_op != 0 {
                     return Err(Error::Protocol("New message inside a fragmented message"));
                 }
                 if rsv1 && !self.deflate {
@@ -220,7 +260,7 @@ impl Decoder {
         if is_control && len > MAX_CONTROL_PAYLOAD as u64 {
             return Err(Error::Protocol("Control frame over 125 bytes"));
         }
-        if !is_control && len + self.message.len() as u64 > self.max_message as u64 {
+        if !is_control && len + self.message_len() as u64 > u64::from(self.max_message) {
             return Err(Error::TooLarge);
         }
         let Some(mask) = buf.get(2 + ext..6 + ext) else {
@@ -255,20 +295,22 @@ impl Decoder {
                 }
             }
             OP_TEXT | OP_BINARY => {
-                self.message_op = header.opcode;
-                self.compressed = header.rsv1;
-                self.utf8_checked = 0;
-                self.append(payload)?;
+                let pending = self.pending_mut();
+                pending.message_op = header.opcode;
+                pending.compressed = header.rsv1;
+                pending.utf8_checked = 0;
+                pending.append(payload)?;
                 Ok(ControlFlow::Continue(()))
             }
             _ => {
-                self.append(payload)?;
+                let pending = self.pending_mut();
+                pending.append(payload)?;
                 if !header.fin {
                     return Ok(ControlFlow::Continue(()));
                 }
-                let message = std::mem::take(&mut self.message);
-                let opcode = std::mem::replace(&mut self.message_op, 0);
-                if std::mem::replace(&mut self.compressed, false) {
+                let message = std::mem::take(&mut pending.message);
+                let opcode = std::mem::replace(&mut pending.message_op, 0);
+                if std::mem::replace(&mut pending.compressed, false) {
                     let inflated = self.inflate(&message)?;
                     deliver(opcode, &inflated, on)
                 } else {
@@ -278,6 +320,15 @@ impl Decoder {
         }
     }
 
+    fn inflate(&self, compressed: &[u8]) -> Result<Vec<u8>, Error> {
+        deflate::inflate(compressed, self.max()).map_err(|err| match err {
+            InflateError::TooLarge => Error::TooLarge,
+            InflateError::Invalid => Error::Protocol("Invalid compressed data"),
+        })
+    }
+}
+
+impl Pending {
     /// Adds a fragment to the message; text fails as soon as its bytes cannot be UTF-8.
     fn append(&mut self, payload: &[u8]) -> Result<(), Error> {
         self.message.extend_from_slice(payload);
@@ -291,13 +342,6 @@ impl Decoder {
             self.utf8_checked = u32::try_from(valid).unwrap_or(u32::MAX);
         }
         Ok(())
-    }
-
-    fn inflate(&self, compressed: &[u8]) -> Result<Vec<u8>, Error> {
-        deflate::inflate(compressed, self.max()).map_err(|err| match err {
-            InflateError::TooLarge => Error::TooLarge,
-            InflateError::Invalid => Error::Protocol("Invalid compressed data"),
-        })
     }
 }
 
@@ -428,7 +472,7 @@ mod tests {
                 "chunk {chunk}"
             );
             assert!(!d.is_mid_message());
-            assert_eq!(d.partial.capacity(), 0, "no memory held after the message");
+            assert!(d.pending.is_none(), "no memory held after the message");
         }
     }
 
