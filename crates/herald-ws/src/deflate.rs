@@ -29,17 +29,28 @@ pub fn compress(payload: &[u8]) -> Option<Vec<u8>> {
     compress_within(payload, payload.len() + TAIL.len())
 }
 
-/// `payload` compressed whatever its size and whether it shrinks or not (the Autobahn echo
-/// server compresses every message it echoes).
-pub fn compress_always(payload: &[u8]) -> Vec<u8> {
+/// `payload` compressed whatever its size and whether it shrinks or not, with a window of
+/// `window_bits` (9 to 15; zlib has no 8-bit window for raw DEFLATE). The Autobahn echo server
+/// compresses every message it echoes, each with the window its client asked for.
+pub fn compress_always(payload: &[u8], window_bits: u8) -> Vec<u8> {
     // Stored blocks cost 5 bytes per 64 KiB at worst, plus the flush.
     let room = payload.len() + payload.len() / 1024 * 5 + 64;
-    compress_within(payload, room).expect("room for stored blocks")
+    let packed = if window_bits >= 15 {
+        COMPRESSOR.with(|c| compress_with(&mut c.borrow_mut(), payload, room))
+    } else {
+        let bits = window_bits.clamp(9, 15);
+        let mut c = Compress::new_with_window_bits(Compression::default(), false, bits);
+        compress_with(&mut c, payload, room)
+    };
+    packed.expect("room for stored blocks")
 }
 
 fn compress_within(payload: &[u8], room: usize) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
+    COMPRESSOR.with(|c| compress_with(&mut c.borrow_mut(), payload, room))
+}
+
+fn compress_with(c: &mut Compress, payload: &[u8], room: usize) -> Option<Vec<u8>> {
+    {
         c.reset();
         let mut out = vec![0u8; room];
         let start_in = c.total_in();
@@ -56,7 +67,7 @@ fn compress_within(payload: &[u8], room: usize) -> Option<Vec<u8>> {
         }
         out.truncate(written - TAIL.len());
         (out.len() < room - TAIL.len()).then_some(out)
-    })
+    }
 }
 
 /// Why a compressed message could not be inflated.
@@ -176,8 +187,10 @@ mod tests {
     #[test]
     fn anything_can_be_compressed_on_request() {
         for plain in [&b""[..], b"x", &[7u8; 100_000], &json(3)] {
-            let packed = compress_always(plain);
-            assert_eq!(inflate(&packed, plain.len()).unwrap(), plain);
+            for bits in [9, 12, 15] {
+                let packed = compress_always(plain, bits);
+                assert_eq!(inflate(&packed, plain.len()).unwrap(), plain);
+            }
         }
     }
 

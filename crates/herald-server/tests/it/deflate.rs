@@ -155,7 +155,7 @@ impl Ws {
     async fn send_json(&mut self, value: &Value, compressed: bool) {
         let text = value.to_string();
         let bytes = if compressed {
-            frame(1, true, &compress_always(text.as_bytes()))
+            frame(1, true, &compress_always(text.as_bytes(), 15))
         } else {
             frame(1, false, text.as_bytes())
         };
@@ -280,7 +280,7 @@ async fn compressed_ping_and_fragments_are_inflated() {
     assert_eq!(ws.expect_text().await["event"], "pusher:pong");
     // A compressed message in two fragments: RSV1 on the first only.
     let text = json!({"event": "pusher:subscribe", "data": {"channel": "frag"}}).to_string();
-    let packed = compress_always(text.as_bytes());
+    let packed = compress_always(text.as_bytes(), 15);
     let (a, b) = packed.split_at(packed.len() / 2);
     let mut first = frame(1, true, a);
     first[0] &= 0x7f; // not final
@@ -313,7 +313,7 @@ async fn hostile_compressed_frames_are_closed_with_their_codes() {
     canary.expect_text().await;
 
     // A decompression bomb: 40 KB on the wire at most, 64 MiB inflated; the limit is 64 KiB.
-    let bomb = compress_always(&vec![b' '; 64 << 20]);
+    let bomb = compress_always(&vec![b' '; 64 << 20], 15);
     assert!(bomb.len() < 100 * 1024, "{}", bomb.len());
     let mut ws = Ws::pusher(server.addr, CHROMIUM).await;
     ws.send(&frame(1, true, &bomb)).await;
@@ -339,7 +339,7 @@ async fn hostile_compressed_frames_are_closed_with_their_codes() {
 
     // RSV1 without deflate negotiated.
     let mut ws = Ws::pusher(server.addr, "").await;
-    ws.send(&frame(1, true, &compress_always(b"{}"))).await;
+    ws.send(&frame(1, true, &compress_always(b"{}", 15))).await;
     assert_eq!(ws.expect_close().await, 1002, "RSV1 without negotiation");
     canary_check(&server, &mut canary, 4).await;
 
@@ -351,7 +351,7 @@ async fn hostile_compressed_frames_are_closed_with_their_codes() {
 
     // Invalid UTF-8 inside a compressed text message.
     let mut ws = Ws::pusher(server.addr, CHROMIUM).await;
-    ws.send(&frame(1, true, &compress_always(b"\"\xff\xfe\"")))
+    ws.send(&frame(1, true, &compress_always(b"\"\xff\xfe\"", 15)))
         .await;
     assert_eq!(ws.expect_close().await, 1007, "compressed invalid UTF-8");
     canary_check(&server, &mut canary, 6).await;
