@@ -209,6 +209,9 @@ impl WebSocket {
     /// # Errors
     /// The socket's write error.
     pub async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        if let [frame] = frames {
+            return self.stream.write_all(frame).await;
+        }
         let (mut idx, mut offset) = (0, 0);
         while idx < frames.len() {
             let slices: Vec<IoSlice<'_>> = std::iter::once(&frames[idx][offset..])
