@@ -14,6 +14,7 @@ mod presence;
 mod prop_api;
 mod prop_bus;
 mod reload;
+mod runtime;
 mod signin;
 mod subscribe;
 mod support;

@@ -27,7 +27,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
     pub shutdown: CancellationToken,
-    _handle: JoinHandle<anyhow::Result<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
     http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -64,9 +64,20 @@ impl TestServer {
             addr,
             shared,
             shutdown,
-            _handle: handle,
+            handle,
             http,
         }
+    }
+
+    /// Shuts the server down (its drain) and waits for `serve` to return.
+    pub async fn stop(mut self) -> Arc<Shared> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.handle)
+            .await
+            .expect("serve did not return")
+            .expect("serve panicked")
+            .expect("serve failed");
+        self.shared.clone()
     }
 
     pub async fn default() -> TestServer {
