@@ -61,11 +61,11 @@ pub async fn upgrade(
     let (token, set_cookie) = cookie.map_or((None, None), |c| (Some(c.token), Some(c.set_cookie)));
     // permessage-deflate is offered unless the node or the app turns it off.
     let deflate = shared.config.deflate && admission.as_ref().is_ok_and(|app| app.app().deflate);
-    let mut res = accept_upgrade(shared, req, deflate, move |shared, socket| async move {
+    let mut res = accept_upgrade(shared, req, deflate, move |shared, mut socket| async move {
         match admission {
             Ok(app) => serve(shared, app, socket, token).await,
             // Boxed: a refusal's future must not size every accepted socket's task.
-            Err(err) => Box::pin(reject(socket, err)).await,
+            Err(err) => Box::pin(reject(&mut socket, err)).await,
         }
     });
     if let (Some(set_cookie), StatusCode::SWITCHING_PROTOCOLS) = (set_cookie, res.status()) {
@@ -77,8 +77,8 @@ pub async fn upgrade(
 /// Any other path: a WebSocket upgrade is answered with 4005, anything else with a JSON 404.
 pub async fn fallback(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
     if is_upgrade(req.headers()) {
-        return accept_upgrade(shared, req, false, |_, socket| async move {
-            reject(socket, ConnectionError::PathNotFound).await;
+        return accept_upgrade(shared, req, false, |_, mut socket| async move {
+            reject(&mut socket, ConnectionError::PathNotFound).await;
         });
     }
     crate::json_error(StatusCode::NOT_FOUND, "Not found")
@@ -245,7 +245,7 @@ fn admit(
 
 /// Refuses an upgraded socket: `pusher:error` with the error's close code and message, then the
 /// close with the same code and message.
-async fn reject(mut socket: Socket, err: ConnectionError) {
+async fn reject(socket: &mut WebSocket, err: ConnectionError) {
     metrics::connection_refused(refusal_reason(err));
     let (code, message) = (err.close_code(), err.message());
     let error = Frame::new(server_message::error(Some(code.code()), message));
@@ -271,18 +271,53 @@ fn refusal_reason(err: ConnectionError) -> &'static str {
 }
 
 /// Runs an admitted socket to its end and cleans up after it.
-async fn serve(
+/// An async block, not an `async fn`, here and in [`connection_loop`]: an `async fn` keeps its
+/// arguments twice across every await (as captures and as locals), and the setup's locals are
+/// scoped so that none outlives it (memory per connection).
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
+fn serve(
     shared: Arc<Shared>,
     app: Arc<AppState>,
     mut socket: Socket,
     resume_token: Option<Box<str>>,
-) {
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let Some((mut session, span)) =
+            Box::pin(admit_socket(&shared, &app, &mut socket, resume_token)).await
+        else {
+            return;
+        };
+        let reason = connection_loop(&shared, &mut session, &mut socket)
+            .instrument(span)
+            .await;
+
+        let socket_id = session.socket_id();
+        let left = session.close();
+        let app_id = app.id();
+        for left in &left {
+            shared.webhooks.record_left(app_id, socket_id, left);
+        }
+        app.remove_connection(socket_id);
+        shared.node.remove_connection();
+        metrics::connection_closed(app_id, reason.as_str());
+        tracing::debug!(reason = reason.as_str(), "socket closed");
+    }
+}
+
+/// Counts the socket in, or refuses it (4100, 4004, 4003); returns its session and span.
+async fn admit_socket(
+    shared: &Arc<Shared>,
+    app: &Arc<AppState>,
+    socket: &mut WebSocket,
+    resume_token: Option<Box<str>>,
+) -> Option<(Session, tracing::Span)> {
     if !shared
         .node
         .try_add_connection(shared.config.max_connections)
     {
         metrics::limit_rejected_for(app.id(), Limit::NodeConnections);
-        return Box::pin(reject(socket, ConnectionError::NodeOverCapacity)).await;
+        reject(socket, ConnectionError::NodeOverCapacity).await;
+        return None;
     }
     let socket_id = shared.node.next_socket_id();
     let outbox = Outbox::new(shared.limits.outbox_max_bytes);
@@ -295,7 +330,8 @@ async fn serve(
             }
             ConnectionRefused::Disabled => ConnectionError::AppDisabled,
         };
-        return Box::pin(reject(socket, err)).await;
+        reject(socket, err).await;
+        return None;
     }
     metrics::connection_opened(app.id());
     let _ = outbox.push(Frame::new(server_message::connection_established(
@@ -312,86 +348,76 @@ async fn serve(
     if let Some(token) = resume_token {
         session.set_resume_token(&token);
     }
-    // Only what is needed after the loop is kept across it (memory per connection).
     let span = tracing::debug_span!("socket", app_id = %app.id(), socket_id = %socket_id);
-    let reason = connection_loop(&shared, &mut session, &mut socket)
-        .instrument(span)
-        .await;
-
-    let socket_id = session.socket_id();
-    let left = session.close();
-    let app_id = app.id();
-    for left in &left {
-        shared.webhooks.record_left(app_id, socket_id, left);
-    }
-    app.remove_connection(socket_id);
-    shared.node.remove_connection();
-    metrics::connection_closed(app_id, reason.as_str());
-    tracing::debug!(reason = reason.as_str(), "socket closed");
+    Some((session, span))
 }
 
-async fn connection_loop(
-    shared: &Shared,
-    session: &mut Session,
-    socket: &mut Socket,
-) -> DisconnectReason {
-    let app_metrics = shared.app_metrics(session.app().id());
-    let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
+#[allow(clippy::manual_async_fn)] // On purpose: see `serve`.
+fn connection_loop<'a>(
+    shared: &'a Shared,
+    session: &'a mut Session,
+    socket: &'a mut WebSocket,
+) -> impl std::future::Future<Output = DisconnectReason> + 'a {
+    async move {
+        let app_metrics = shared.app_metrics(session.app().id());
+        let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
 
-    // What the client sent along with its handshake, if anything, comes first.
-    let mut step = on_readable(
-        shared,
-        session,
-        &app_metrics,
-        &mut message_budget,
-        socket,
-        Read::Early,
-    );
-    // Only the select! is awaited in place; every other await is a boxed future, and nothing
-    // else is held across an await, so an idle socket's task stays small (memory per connection).
-    loop {
-        match step {
-            Step::Continue => {}
-            Step::Flush => {
-                if let Some(reason) = Box::pin(flush(socket, session.outbox(), &app_metrics)).await
-                {
-                    return reason;
+        // What the client sent along with its handshake, if anything, comes first.
+        let mut step = on_readable(
+            shared,
+            session,
+            &app_metrics,
+            &mut message_budget,
+            socket,
+            Read::Early,
+        );
+        // Only the select! is awaited in place; every other await is a boxed future, and nothing
+        // else is held across an await, so an idle socket's task stays small (memory per connection).
+        loop {
+            match step {
+                Step::Continue => {}
+                Step::Flush => {
+                    if let Some(reason) =
+                        Box::pin(flush(socket, session.outbox(), &app_metrics)).await
+                    {
+                        return reason;
+                    }
                 }
-            }
-            Step::Pong => {
-                let write = tokio::time::timeout(WRITE_TIMEOUT, socket.send_pong());
-                match Box::pin(write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return DisconnectReason::Error,
-                    Err(_) => return DisconnectReason::SlowConsumer,
+                Step::Pong => {
+                    let write = tokio::time::timeout(WRITE_TIMEOUT, socket.send_pong());
+                    match Box::pin(write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return DisconnectReason::Error,
+                        Err(_) => return DisconnectReason::SlowConsumer,
+                    }
                 }
+                Step::PeerClosed(code) => {
+                    // Left on purpose: no replay is kept for it (issue 12).
+                    session.closed_by_client();
+                    // The server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
+                    Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
+                    return DisconnectReason::ClientClose;
+                }
+                Step::Fail(failure) => {
+                    let max_frame_bytes = shared.config.limits.max_frame_bytes;
+                    Box::pin(fail(socket, failure, max_frame_bytes)).await;
+                    return match failure {
+                        Failure::TooLarge => DisconnectReason::Limit,
+                        Failure::Protocol | Failure::InvalidUtf8 => DisconnectReason::Error,
+                    };
+                }
+                Step::End(reason) => return reason,
             }
-            Step::PeerClosed(code) => {
-                // Left on purpose: no replay is kept for it (issue 12).
-                session.closed_by_client();
-                // The server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
-                Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
-                return DisconnectReason::ClientClose;
-            }
-            Step::Fail(failure) => {
-                let max_frame_bytes = shared.config.limits.max_frame_bytes;
-                Box::pin(fail(socket, failure, max_frame_bytes)).await;
-                return match failure {
-                    Failure::TooLarge => DisconnectReason::Limit,
-                    Failure::Protocol | Failure::InvalidUtf8 => DisconnectReason::Error,
-                };
-            }
-            Step::End(reason) => return reason,
+            // Unbiased: neither a busy outbox nor a chatty client can starve the other branch (a
+            // starved read would miss the client's pong and let the liveness sweep close it).
+            step = tokio::select! {
+                () = session.outbox().changed() => Step::Flush,
+                res = socket.readable() => match res {
+                    Ok(()) => on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket),
+                    Err(_) => Step::End(DisconnectReason::Error),
+                },
+            };
         }
-        // Unbiased: neither a busy outbox nor a chatty client can starve the other branch (a
-        // starved read would miss the client's pong and let the liveness sweep close it).
-        step = tokio::select! {
-            () = session.outbox().changed() => Step::Flush,
-            res = socket.readable() => match res {
-                Ok(()) => on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket),
-                Err(_) => Step::End(DisconnectReason::Error),
-            },
-        };
     }
 }
 
@@ -450,7 +476,7 @@ fn on_readable(
     session: &mut Session,
     app_metrics: &AppMetrics,
     message_budget: &mut TokenBucket,
-    socket: &mut Socket,
+    socket: &mut WebSocket,
     from: Read,
 ) -> Step {
     let mut step = Step::Continue;
@@ -545,7 +571,7 @@ fn on_message(
 /// Writes what the outbox holds, then carries out its close request, if any. Returns why the
 /// connection ended, or `None` to keep going.
 async fn flush(
-    socket: &mut Socket,
+    socket: &mut WebSocket,
     outbox: &Outbox,
     app_metrics: &AppMetrics,
 ) -> Option<DisconnectReason> {
@@ -575,7 +601,7 @@ async fn flush(
 /// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, after a
 /// `pusher:error` naming the limit when the message was too large; `WebSocket::fail` lingers so
 /// the close frame is read rather than lost to a reset.
-async fn fail(socket: &mut Socket, failure: Failure, max_frame_bytes: usize) {
+async fn fail(socket: &mut WebSocket, failure: Failure, max_frame_bytes: usize) {
     let first = match failure {
         Failure::TooLarge => {
             let text = server_message::error(
@@ -607,14 +633,12 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
         for outbox in outboxes.drain(..) {
             outbox.check_liveness(now, activity, pong);
         }
-        // Channel histories past their window (issue 12): an idle channel costs nothing after it.
-        shared.node.sweep_history();
     }
 }
 
 /// Writes every queued frame and flushes once.
 async fn write_batch(
-    socket: &mut Socket,
+    socket: &mut WebSocket,
     batch: Batch,
     app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
