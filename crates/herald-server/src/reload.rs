@@ -2,7 +2,8 @@
 //!
 //! Only the `apps` section (and what derives from it: the apps' webhook targets) is applied to
 //! the running node, through the app registry: apps are added, changed in place or removed, and
-//! a disabled or removed app's sockets are closed with 4003. Every other setting needs a
+//! a disabled or removed app's sockets are closed with 4003; an added app's metric series are
+//! registered at zero ([`Shared::apps_changed`]). Every other setting needs a
 //! restart; a change to one is logged as a warning and ignored. In a cluster each node reloads
 //! its own file.
 //!
