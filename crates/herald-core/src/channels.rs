@@ -910,6 +910,30 @@ mod tests {
     }
 
     #[test]
+    fn history_bounds_hold_under_a_publish_flood() {
+        let (channels, mut app) = (Channels::default(), App::demo());
+        app.history_events = 100;
+        app.history_max_bytes = 64 * 1024;
+        let news = ChannelName::parse("news", 200).unwrap();
+        for n in 0..20_000 {
+            // Frames of 1 to 2 KiB: the byte bound binds before the count bound.
+            let frame = Frame::new("x".repeat(1024 + n % 1024));
+            channels.deliver(&app, &news, &frame, None, Durability::Logged);
+            if n % 997 == 0 {
+                let table = channels.table.read();
+                let (events, bytes) = table[&news].log.lock().size();
+                assert!(
+                    events <= 100 && bytes <= 64 * 1024,
+                    "{events} events, {bytes} bytes"
+                );
+            }
+        }
+        let table = channels.table.read();
+        let (events, bytes) = table[&news].log.lock().size();
+        assert!(events > 0 && events <= 100 && bytes <= 64 * 1024);
+    }
+
+    #[test]
     fn an_idle_channel_is_dropped_once_its_history_expired() {
         let (channels, cache) = (Channels::default(), CacheStore::default());
         let mut app = App::demo();
