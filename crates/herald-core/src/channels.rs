@@ -364,7 +364,11 @@ impl Channels {
             Leaving::OnPurpose => None,
             Leaving::Drained => Some(subscriber.last()),
             Leaving::Lost { confirmed_ms } => {
-                let confirmed = entry.log.get_mut().confirmed_before(confirmed_ms);
+                // An event appended in the ping's own millisecond may have been queued after it.
+                let confirmed = entry
+                    .log
+                    .get_mut()
+                    .confirmed_before(confirmed_ms.saturating_sub(1));
                 Some(confirmed.max(subscriber.joined).min(subscriber.last()))
             }
         };
