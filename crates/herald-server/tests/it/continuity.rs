@@ -630,3 +630,35 @@ async fn subscribers_hear_when_the_cluster_log_lost_events() {
     }
     assert_eq!(expect_events(&mut on_b, "news", "e", 1).await, ["after"]);
 }
+
+/// A connection lost without a close (the TCP connection just ends): the client never answered a
+/// ping, so nothing it received is confirmed: it resumes from its subscription, at least once.
+#[tokio::test]
+async fn a_lost_connection_resumes_at_least_once() {
+    let server = TestServer::default().await;
+    let mut alice = server.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    server.trigger("presence-room", "msg", "1").await;
+    assert_eq!(
+        expect_events(&mut alice, "presence-room", "msg", 1).await,
+        ["1"]
+    );
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.shared.node.connection_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loss was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.trigger("presence-room", "msg", "2").await;
+    let mut again = server.client().await;
+    again.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(
+        expect_events(&mut again, "presence-room", "msg", 2).await,
+        ["1", "2"],
+        "the unconfirmed event again, then the missed one"
+    );
+    again.expect_nothing_more().await;
+}
