@@ -96,6 +96,10 @@ pub struct Common {
     /// Timeout for all subscription_succeeded of a connection.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub subscribe_timeout: Duration,
+    /// Offer permessage-deflate (as browsers do: `permessage-deflate; client_max_window_bits`)
+    /// and inflate what the server sends compressed.
+    #[arg(long, global = true)]
+    pub deflate: bool,
     /// Give up when the connections are not all up after this long.
     #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
     pub ready_timeout: Duration,

@@ -19,6 +19,9 @@ pub struct WsTarget {
     pub url: String,
     pub app_key: String,
     pub app_secret: String,
+    /// Offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// A resolved [`WsTarget`].
@@ -31,6 +34,7 @@ pub struct Endpoint {
     pub path: String,
     pub key: String,
     pub secret: String,
+    pub deflate: bool,
 }
 
 impl Endpoint {
@@ -53,6 +57,7 @@ impl Endpoint {
             ),
             key: t.app_key.clone(),
             secret: t.app_secret.clone(),
+            deflate: t.deflate,
         })
     }
 }
@@ -110,7 +115,12 @@ pub async fn open(ep: &Endpoint, source: Option<IpAddr>) -> Result<Ws, String> {
         .connect(ep.addr)
         .await
         .map_err(|e| reason_of_io("tcp connect", &e))?;
-    Ws::handshake(stream, &ep.host, &ep.path).await
+    let ws = Ws::handshake(stream, &ep.host, &ep.path, ep.deflate).await?;
+    // A deflate measurement must not silently measure plain connections.
+    if ep.deflate && !ws.deflate() {
+        return Err("ws handshake: permessage-deflate not negotiated".into());
+    }
+    Ok(ws)
 }
 
 /// The envelope of every Pusher frame.
@@ -436,6 +446,7 @@ mod tests {
             path: String::new(),
             key: "app-key".into(),
             secret: "app-secret".into(),
+            deflate: false,
         };
         let f = subscribe_frame(&ep, "1.2", "presence-a", ChannelKind::Presence, 7);
         let v: serde_json::Value = serde_json::from_str(&f).unwrap();

@@ -66,6 +66,7 @@ async fn launch(
                     url: url.clone(),
                     app_key: c.app_key.clone(),
                     app_secret: c.app_secret.clone(),
+                    deflate: c.deflate,
                 })
                 .collect(),
             first_id,

@@ -6,9 +6,15 @@
 //! `&str`; nothing is allocated per message. Outgoing frames are masked as RFC 6455 requires of
 //! clients (with a fixed key: masking defends browsers against proxy cache poisoning, which a
 //! load generator does not need).
+//!
+//! With `--deflate` the client offers permessage-deflate as Chromium does and inflates what
+//! comes compressed (RSV1): per message with a per-thread decompressor when the server announced
+//! `server_no_context_takeover`, else with a decompressor kept per connection. It sends
+//! uncompressed, which the extension allows.
 
 use std::ops::Range;
 
+use flate2::{Decompress, FlushDecompress, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -63,11 +69,26 @@ pub struct Ws {
     /// The opcode of the message in `fragments` (1 text, 2 binary); `Some(0)` once a complete
     /// text message was returned from it.
     fragment_opcode: Option<u8>,
+    /// Set when permessage-deflate was negotiated.
+    deflate: Option<Box<Inflater>>,
+    /// Whether the message in `fragments` is compressed.
+    fragments_compressed: bool,
+    /// The last inflated message.
+    inflated: Vec<u8>,
+}
+
+/// How compressed messages are inflated.
+enum Inflater {
+    /// Every message on its own (`server_no_context_takeover`): a per-thread decompressor.
+    PerMessage,
+    /// The server keeps its context: so must this connection.
+    Context(Decompress),
 }
 
 /// One parsed frame header.
 struct Header {
     fin: bool,
+    rsv1: bool,
     opcode: u8,
     payload: Range<usize>,
 }
@@ -79,11 +100,17 @@ impl Ws {
         mut stream: TcpStream,
         host: &str,
         path_and_query: &str,
+        deflate: bool,
     ) -> Result<Ws, String> {
         let key = generate_key();
+        let offer = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         let io = |e: std::io::Error| crate::pusher::reason_of_io("ws handshake", &e);
         stream.write_all(request.as_bytes()).await.map_err(io)?;
@@ -119,6 +146,23 @@ impl Ws {
         if accept != Some(derive_accept_key(key.as_bytes()).as_str()) {
             return Err("ws handshake: protocol: wrong Sec-WebSocket-Accept".into());
         }
+        let extensions = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_ascii_lowercase())
+        });
+        let deflate = match extensions {
+            Some(ext) if deflate && ext.starts_with("permessage-deflate") => {
+                Some(Box::new(if ext.contains("server_no_context_takeover") {
+                    Inflater::PerMessage
+                } else {
+                    Inflater::Context(Decompress::new(false))
+                }))
+            }
+            Some(_) => return Err("ws handshake: protocol: unexpected extension".into()),
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         Ok(Ws {
             stream,
@@ -126,7 +170,15 @@ impl Ws {
             start: head_end,
             fragments: Vec::new(),
             fragment_opcode: None,
+            deflate,
+            fragments_compressed: false,
+            inflated: Vec::new(),
         })
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn deflate(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// The next text message or close frame. Pings are answered on the way; binary messages
@@ -143,7 +195,17 @@ impl Ws {
                 continue;
             };
             self.start = h.payload.end;
+            if h.rsv1 && (self.deflate.is_none() || h.opcode & 0x8 != 0 || h.opcode == 0) {
+                return Err(WsError::Protocol("RSV1 without a compressed message"));
+            }
             match h.opcode {
+                0x1 if h.fin && self.fragment_opcode.is_none() && h.rsv1 => {
+                    let compressed = self.buf[h.payload].to_vec();
+                    self.inflate(&compressed)?;
+                    return std::str::from_utf8(&self.inflated)
+                        .map(Incoming::Text)
+                        .map_err(|_| WsError::Protocol("text frame is not UTF-8"));
+                }
                 0x1 if h.fin && self.fragment_opcode.is_none() => {
                     return std::str::from_utf8(&self.buf[h.payload])
                         .map(Incoming::Text)
@@ -152,6 +214,7 @@ impl Ws {
                 0x2 if h.fin && self.fragment_opcode.is_none() => {}
                 0x1 | 0x2 if self.fragment_opcode.is_none() => {
                     self.fragment_opcode = Some(h.opcode);
+                    self.fragments_compressed = h.rsv1;
                     self.fragments.extend_from_slice(&self.buf[h.payload]);
                 }
                 0x0 if self.fragment_opcode.is_some() => {
@@ -160,6 +223,14 @@ impl Ws {
                     }
                     self.fragments.extend_from_slice(&self.buf[h.payload]);
                     if h.fin {
+                        if self.fragment_opcode == Some(0x1) && self.fragments_compressed {
+                            self.fragment_opcode = None;
+                            let compressed = std::mem::take(&mut self.fragments);
+                            self.inflate(&compressed)?;
+                            return std::str::from_utf8(&self.inflated)
+                                .map(Incoming::Text)
+                                .map_err(|_| WsError::Protocol("text message is not UTF-8"));
+                        }
                         if self.fragment_opcode == Some(0x1) {
                             self.fragment_opcode = Some(0);
                             return std::str::from_utf8(&self.fragments)
@@ -184,6 +255,45 @@ impl Ws {
                 _ => return Err(WsError::Protocol("unexpected opcode")),
             }
         }
+    }
+
+    /// Inflates one compressed message into `inflated`.
+    fn inflate(&mut self, compressed: &[u8]) -> Result<(), WsError> {
+        const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+        let invalid = WsError::Protocol("invalid compressed message");
+        match self.deflate.as_deref_mut() {
+            Some(Inflater::PerMessage) => {
+                self.inflated =
+                    herald_ws::deflate::inflate(compressed, MAX_MESSAGE).map_err(|_| invalid)?;
+            }
+            Some(Inflater::Context(d)) => {
+                self.inflated.clear();
+                for input in [compressed, &TAIL[..]] {
+                    let mut consumed = 0;
+                    loop {
+                        self.inflated.reserve(input.len().max(1024) * 4);
+                        let before = d.total_in();
+                        let status = d
+                            .decompress_vec(
+                                &input[consumed..],
+                                &mut self.inflated,
+                                FlushDecompress::Sync,
+                            )
+                            .map_err(|_| WsError::Protocol("invalid compressed message"))?;
+                        consumed += (d.total_in() - before) as usize;
+                        if self.inflated.len() > MAX_MESSAGE {
+                            return Err(WsError::Protocol("message too large"));
+                        }
+                        let full = self.inflated.len() == self.inflated.capacity();
+                        if (consumed == input.len() && !full) || status == Status::StreamEnd {
+                            break;
+                        }
+                    }
+                }
+            }
+            None => return Err(invalid),
+        }
+        Ok(())
     }
 
     pub async fn send_text(&mut self, text: &str) -> Result<(), WsError> {
@@ -241,8 +351,12 @@ impl Ws {
             return Ok(None);
         }
         let begin = self.start + header;
+        if b[0] & 0x30 != 0 {
+            return Err(WsError::Protocol("reserved bits set"));
+        }
         Ok(Some(Header {
             fin: b[0] & 0x80 != 0,
+            rsv1: b[0] & 0x40 != 0,
             opcode: b[0] & 0x0f,
             payload: begin..begin + len,
         }))
@@ -299,7 +413,7 @@ mod tests {
             .unwrap();
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut ws = Ws::handshake(tcp, &addr.to_string(), "/app/key?protocol=7")
+        let mut ws = Ws::handshake(tcp, &addr.to_string(), "/app/key?protocol=7", false)
             .await
             .unwrap();
         assert_eq!(ws.next().await.unwrap(), Incoming::Text("small"));
@@ -328,10 +442,64 @@ mod tests {
                 .unwrap();
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let err = Ws::handshake(tcp, &addr.to_string(), "/nope")
+        let err = Ws::handshake(tcp, &addr.to_string(), "/nope", false)
             .await
             .err()
             .unwrap();
         assert_eq!(err, "ws handshake: HTTP 404");
+    }
+
+    /// A server that negotiates deflate and sends compressed frames, whole and in fragments,
+    /// mixed with plain ones: the client inflates each.
+    #[tokio::test]
+    async fn inflates_compressed_messages() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text = format!("{{\"event\":\"e\",\"data\":\"{}\"}}", "abc".repeat(300));
+        let packed = herald_ws::deflate::compress(text.as_bytes()).unwrap();
+        let sent = text.clone();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = vec![0u8; 4096];
+            let n = tcp.read(&mut head).await.unwrap();
+            let head = String::from_utf8_lossy(&head[..n]).into_owned();
+            assert!(head.contains("Sec-WebSocket-Extensions: permessage-deflate"));
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let res = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n",
+                herald_ws::accept_key(key.as_bytes())
+            );
+            tcp.write_all(res.as_bytes()).await.unwrap();
+            let whole = herald_ws::encode(herald_ws::OpCode::Text, true, &packed);
+            tcp.write_all(&whole).await.unwrap();
+            tcp.write_all(&herald_ws::encode(herald_ws::OpCode::Text, false, b"plain"))
+                .await
+                .unwrap();
+            // Two fragments: RSV1 on the first only.
+            let (a, b) = packed.split_at(packed.len() / 2);
+            let mut first = herald_ws::encode(herald_ws::OpCode::Text, true, a).to_vec();
+            first[0] &= 0x7f;
+            let mut second = herald_ws::encode(herald_ws::OpCode::Text, false, b).to_vec();
+            second[0] &= 0xf0;
+            second[0] |= 0x80;
+            tcp.write_all(&first).await.unwrap();
+            tcp.write_all(&second).await.unwrap();
+            tcp.write_all(&herald_ws::close_frame(1000, ""))
+                .await
+                .unwrap();
+            let _ = tcp.read(&mut [0u8; 64]).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut ws = Ws::handshake(tcp, &addr.to_string(), "/app/key?protocol=7", true)
+            .await
+            .unwrap();
+        assert!(ws.deflate());
+        assert_eq!(ws.next().await.unwrap(), Incoming::Text(sent.as_str()));
+        assert_eq!(ws.next().await.unwrap(), Incoming::Text("plain"));
+        assert_eq!(ws.next().await.unwrap(), Incoming::Text(sent.as_str()));
+        assert_eq!(ws.next().await.unwrap(), Incoming::Close(Some(1000)));
     }
 }

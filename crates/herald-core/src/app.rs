@@ -74,6 +74,10 @@ pub struct App {
     pub max_channels_per_publish: usize,
     #[serde(default = "defaults::max_batch_size")]
     pub max_batch_size: usize,
+    /// Negotiate permessage-deflate with this app's clients when they offer it (and the node
+    /// allows it, `deflate` in the node's configuration).
+    #[serde(default = "defaults::yes")]
+    pub deflate: bool,
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
     /// Events kept per channel for replay to returning clients; 0 turns history (and replay)

@@ -48,10 +48,7 @@ impl CacheStore {
         let cached = CachedEvent {
             event: event.to_owned(),
             data: data.to_owned(),
-            frame: Frame {
-                text: frame.text.clone(),
-                published_at: None,
-            },
+            frame: frame.unpublished(),
             stored_at: Instant::now(),
         };
         self.events.lock().insert(channel.clone(), cached);

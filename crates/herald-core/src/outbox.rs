@@ -18,39 +18,57 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_protocol::{server_message, CloseCode};
+use herald_ws::{Deflate, OpCode, WireForms};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// One text frame, shared by every recipient of a broadcast.
+/// One text message, shared by every recipient of a broadcast.
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// Invariant: valid UTF-8 JSON text (built from a `String`).
     pub text: Bytes,
     /// When the publish was accepted, for the delivery latency histogram.
     pub published_at: Option<Instant>,
+    /// The WebSocket frames of `text`, plain and compressed, each built at its first need and
+    /// shared by every clone: a broadcast is framed (and compressed) once, not per subscriber.
+    wire: Arc<WireForms>,
 }
 
 impl Frame {
     pub fn new(text: String) -> Frame {
-        Frame {
-            text: Bytes::from(text),
-            published_at: None,
-        }
+        Frame::from_bytes(Bytes::from(text), None)
     }
 
-    /// A frame whose text never changes; no allocation.
+    /// A frame whose text never changes; the text is not copied.
     pub fn from_static(text: &'static str) -> Frame {
-        Frame {
-            text: Bytes::from_static(text.as_bytes()),
-            published_at: None,
-        }
+        Frame::from_bytes(Bytes::from_static(text.as_bytes()), None)
     }
 
     pub fn published(text: String, at: Instant) -> Frame {
+        Frame::from_bytes(Bytes::from(text), Some(at))
+    }
+
+    fn from_bytes(text: Bytes, published_at: Option<Instant>) -> Frame {
         Frame {
-            text: Bytes::from(text),
-            published_at: Some(at),
+            text,
+            published_at,
+            wire: Arc::default(),
         }
+    }
+
+    /// The same message, without its publish time (a cache replay is not a delivery of the
+    /// publish), still sharing its wire frames.
+    pub fn unpublished(&self) -> Frame {
+        Frame {
+            published_at: None,
+            ..self.clone()
+        }
+    }
+
+    /// The whole WebSocket frame (header and payload) for a socket that negotiated `deflate`
+    /// (or not): the same bytes for every socket alike.
+    pub fn wire(&self, deflate: Option<Deflate>) -> Bytes {
+        self.wire.frame(OpCode::Text, &self.text, deflate)
     }
 }
 

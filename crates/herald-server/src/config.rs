@@ -48,6 +48,9 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// Open connections on this node before new ones are refused with 4100.
     pub max_connections: usize,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it; each app can turn it
+    /// off for itself (`apps[].deflate`).
+    pub deflate: bool,
     pub limits: LimitsConfig,
     pub drain: DrainConfig,
     pub cluster: ClusterConfig,
@@ -214,6 +217,7 @@ impl Default for Config {
             activity_timeout: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(30),
             max_connections: 100_000,
+            deflate: true,
             limits: LimitsConfig::default(),
             drain: DrainConfig::default(),
             cluster: ClusterConfig::default(),
@@ -539,7 +543,7 @@ mod tests {
     }
 
     /// Every per-app setting, each away from its default.
-    const EVERY_APP_SETTING: &str = r#"{id = "7", key = "k7", secret = "s7", enabled = false, client_events = false, max_connections = 5, allowed_origins = ["https://a.test", "*.b.test"], max_message_size = 2048, max_presence_members = 7, max_presence_user_info_bytes = 99, max_client_events_per_second = 3, subscription_count = true, max_channels_per_publish = 4, max_batch_size = 2, history_events = 5, history_seconds = 9, history_max_bytes = 4096, resume_cookie = false, webhooks = [{url = "http://127.0.0.1:9/hook", event_types = ["member_added"], channel_prefix = "presence-", headers = {Authorization = "Bearer t"}}]}"#;
+    const EVERY_APP_SETTING: &str = r#"{id = "7", key = "k7", secret = "s7", enabled = false, client_events = false, max_connections = 5, allowed_origins = ["https://a.test", "*.b.test"], max_message_size = 2048, max_presence_members = 7, max_presence_user_info_bytes = 99, max_client_events_per_second = 3, subscription_count = true, max_channels_per_publish = 4, max_batch_size = 2, history_events = 5, history_seconds = 9, history_max_bytes = 4096, resume_cookie = false, deflate = false, webhooks = [{url = "http://127.0.0.1:9/hook", event_types = ["member_added"], channel_prefix = "presence-", headers = {Authorization = "Bearer t"}}]}"#;
 
     fn dict(app: &App) -> Dict {
         match Value::serialize(app).unwrap() {

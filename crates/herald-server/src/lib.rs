@@ -14,6 +14,7 @@ pub mod reload;
 pub mod resume_cookie;
 pub mod shutdown;
 pub mod webhooks;
+pub mod websocket;
 pub mod ws;
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 //! Invariant: the socket task is the only writer of its socket, and it writes everything queued
 //! at once with a single flush (write coalescing).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use herald_core::outbox::Batch;
 use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
@@ -20,15 +21,12 @@ use herald_core::{
     MessageError, Outbox, Session,
 };
 use herald_protocol::server_message;
-use herald_protocol::{ClientMessage, CloseCode};
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use herald_protocol::ClientMessage;
+use herald_ws::Message;
 use tracing::Instrument;
 
 use crate::metrics::{self, AppMetrics, Limit};
+use crate::websocket::{self, Incoming, ProtocolError, WebSocket};
 use crate::Shared;
 
 /// A socket whose writes stall this long is dropped as a slow consumer.
@@ -37,25 +35,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Protocol versions whose wire format this server speaks (pusher-js sends 7).
 const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 4..=7;
 
-/// The WebSocket settings herald runs with; the Autobahn echo example uses the same.
-pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
-    // Small eager read buffer: idle sockets dominate memory, and Pusher messages are small.
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(max_frame_bytes))
-        .max_frame_size(Some(max_frame_bytes))
-}
-
 #[derive(Debug, serde::Deserialize)]
 pub struct ConnectParams {
     protocol: Option<String>,
 }
 
-/// Boxed so the socket task's future holds a pointer, not the stream itself, at every level
-/// it is passed through (memory per idle connection).
-type Socket = Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+/// A socket is the TCP stream and a decoder that holds no memory while idle (`websocket.rs`).
+/// Boxed so the socket task's future holds a pointer, not the socket itself, at every level it
+/// is passed through (an async fn keeps its arguments apart from its locals).
+type Socket = Box<WebSocket>;
 
 /// `GET /app/{key}`: validates the upgrade request, answers 101, and hands the socket to a task.
 pub async fn upgrade(
@@ -71,10 +59,13 @@ pub async fn upgrade(
         .ok()
         .and_then(|app| crate::resume_cookie::for_handshake(&app.app(), req.headers()));
     let (token, set_cookie) = cookie.map_or((None, None), |c| (Some(c.token), Some(c.set_cookie)));
-    let mut res = accept_upgrade(shared, req, move |shared, socket| async move {
+    // permessage-deflate is offered unless the node or the app turns it off.
+    let deflate = shared.config.deflate && admission.as_ref().is_ok_and(|app| app.app().deflate);
+    let mut res = accept_upgrade(shared, req, deflate, move |shared, socket| async move {
         match admission {
             Ok(app) => serve(shared, app, socket, token).await,
-            Err(err) => reject(socket, err).await,
+            // Boxed: a refusal's future must not size every accepted socket's task.
+            Err(err) => Box::pin(reject(socket, err)).await,
         }
     });
     if let (Some(set_cookie), StatusCode::SWITCHING_PROTOCOLS) = (set_cookie, res.status()) {
@@ -86,7 +77,7 @@ pub async fn upgrade(
 /// Any other path: a WebSocket upgrade is answered with 4005, anything else with a JSON 404.
 pub async fn fallback(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
     if is_upgrade(req.headers()) {
-        return accept_upgrade(shared, req, |_, socket| async move {
+        return accept_upgrade(shared, req, false, |_, socket| async move {
             reject(socket, ConnectionError::PathNotFound).await;
         });
     }
@@ -103,7 +94,12 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
 }
 
-fn accept_upgrade<F, Fut>(shared: Arc<Shared>, mut req: Request<Body>, then: F) -> Response
+fn accept_upgrade<F, Fut>(
+    shared: Arc<Shared>,
+    mut req: Request<Body>,
+    deflate: bool,
+    then: F,
+) -> Response
 where
     F: FnOnce(Arc<Shared>, Socket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -112,30 +108,20 @@ where
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
     };
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max_message = shared.config.limits.max_frame_bytes;
+    let (res, socket) = websocket::switch_protocols(&mut req, &key, deflate, max_message);
     let tracker = shared.tracker.clone();
     // The task outlives the handshake by hours: capture as little as possible, and hold
     // nothing but the socket across its long await (memory per connection).
     tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => return tracing::debug!(%err, "upgrade failed"),
+        // `let else`, not `if let`: the socket moves into `then` and is not kept a second time
+        // across its await (memory per connection).
+        let Some(socket) = socket.await else {
+            return;
         };
-        let config = websocket_config(shared.config.limits.max_frame_bytes);
-        let socket = Box::new(
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await,
-        );
-        then(shared, socket).await;
+        then(shared, Box::new(socket)).await;
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
-        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .expect("static response parts are valid")
+    res
 }
 
 /// The version of the WebSocket protocol herald speaks (RFC 6455 §4.1, `Sec-WebSocket-Version`).
@@ -262,16 +248,13 @@ fn admit(
 async fn reject(mut socket: Socket, err: ConnectionError) {
     metrics::connection_refused(refusal_reason(err));
     let (code, message) = (err.close_code(), err.message());
-    let _ = socket
-        .send(Message::Text(
-            server_message::error(Some(code.code()), message).into(),
-        ))
-        .await;
-    let _ = socket
-        .as_mut()
-        .close(Some(close_frame(code, message)))
-        .await;
-    drain_until_closed(&mut socket).await;
+    let error = Frame::new(server_message::error(Some(code.code()), message));
+    let frames = [error.wire(socket.deflate())];
+    if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, socket.write_frames(&frames)).await {
+        if socket.close(code.code(), message, WRITE_TIMEOUT).await {
+            socket.await_close().await;
+        }
+    }
 }
 
 /// The `reason` label of a refused connection: a capacity limit, or any other refusal.
@@ -285,21 +268,6 @@ fn refusal_reason(err: ConnectionError) -> &'static str {
         | ConnectionError::UnsupportedProtocol
         | ConnectionError::OriginNotAllowed => "error",
     }
-}
-
-fn close_frame(code: CloseCode, message: &str) -> CloseFrame {
-    CloseFrame {
-        code: WsCloseCode::from(code.code()),
-        reason: message.into(),
-    }
-}
-
-/// Reads until the peer answers our close (bounded), so the close frame is not lost to a reset.
-async fn drain_until_closed(socket: &mut Socket) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = socket.next().await {}
-    })
-    .await;
 }
 
 /// Runs an admitted socket to its end and cleans up after it.
@@ -327,7 +295,7 @@ async fn serve(
             }
             ConnectionRefused::Disabled => ConnectionError::AppDisabled,
         };
-        return reject(socket, err).await;
+        return Box::pin(reject(socket, err)).await;
     }
     metrics::connection_opened(app.id());
     let _ = outbox.push(Frame::new(server_message::connection_established(
@@ -370,15 +338,18 @@ async fn connection_loop(
     let app_metrics = shared.app_metrics(session.app().id());
     let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
 
+    // What the client sent along with its handshake, if anything, comes first.
+    let mut step = on_readable(
+        shared,
+        session,
+        &app_metrics,
+        &mut message_budget,
+        socket,
+        Read::Early,
+    );
     // Only the select! is awaited in place; every other await is a boxed future, and nothing
     // else is held across an await, so an idle socket's task stays small (memory per connection).
     loop {
-        // Unbiased: neither a busy outbox nor a chatty client can starve the other branch (a
-        // starved read would miss the client's pong and let the liveness sweep close it).
-        let step = tokio::select! {
-            () = session.outbox().changed() => Step::Flush,
-            msg = socket.next() => on_incoming(shared, session, &app_metrics, &mut message_budget, msg),
-        };
         match step {
             Step::Continue => {}
             Step::Flush => {
@@ -387,10 +358,19 @@ async fn connection_loop(
                     return reason;
                 }
             }
-            Step::PeerClosed => {
+            Step::Pong => {
+                let write = tokio::time::timeout(WRITE_TIMEOUT, socket.send_pong());
+                match Box::pin(write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return DisconnectReason::Error,
+                    Err(_) => return DisconnectReason::SlowConsumer,
+                }
+            }
+            Step::PeerClosed(code) => {
                 // Left on purpose: no replay is kept for it (issue 12).
                 session.closed_by_client();
-                Box::pin(drain_until_closed(socket)).await;
+                // The server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
+                Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
                 return DisconnectReason::ClientClose;
             }
             Step::Fail(failure) => {
@@ -403,6 +383,15 @@ async fn connection_loop(
             }
             Step::End(reason) => return reason,
         }
+        // Unbiased: neither a busy outbox nor a chatty client can starve the other branch (a
+        // starved read would miss the client's pong and let the liveness sweep close it).
+        step = tokio::select! {
+            () = session.outbox().changed() => Step::Flush,
+            res = socket.readable() => match res {
+                Ok(()) => on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket),
+                Err(_) => Step::End(DisconnectReason::Error),
+            },
+        };
     }
 }
 
@@ -411,8 +400,10 @@ enum Step {
     Continue,
     /// The outbox has frames or a close request.
     Flush,
-    /// The client sent a close frame.
-    PeerClosed,
+    /// The client pinged: answer with a pong.
+    Pong,
+    /// The client sent a close frame (with this code).
+    PeerClosed(Option<u16>),
     /// The client broke the WebSocket protocol: fail the connection with a close frame.
     Fail(Failure),
     End(DisconnectReason),
@@ -422,39 +413,101 @@ enum Step {
 /// fieldless enum so that [`Step`] stays small (it shares the socket task's state).
 #[derive(Debug, Clone, Copy)]
 enum Failure {
-    /// A message or frame over `limits.max_frame_bytes`: 1009, after a `pusher:error` naming it.
+    /// A message or frame over `limits.max_frame_bytes`, before or after inflating: 1009, after
+    /// a `pusher:error` naming it.
     TooLarge,
-    /// Framing the RFC forbids (unmasked, reserved bits or opcodes, a fragmented or oversized
-    /// control frame, an orphan continuation): 1002.
+    /// Framing the RFC forbids (unmasked, reserved bits or opcodes, RSV1 without deflate or on a
+    /// control frame, a fragmented or oversized control frame, an orphan continuation, corrupt
+    /// compressed data): 1002.
     Protocol,
-    /// A text message that is not UTF-8: 1007.
+    /// A text message or close reason that is not UTF-8: 1007.
     InvalidUtf8,
 }
 
-/// Handles one read from the socket, without awaiting: replies go through the outbox.
-fn on_incoming(
+impl Failure {
+    fn error(self) -> ProtocolError {
+        match self {
+            Failure::TooLarge => ProtocolError::TooLarge,
+            Failure::Protocol => ProtocolError::Protocol("WebSocket protocol error"),
+            Failure::InvalidUtf8 => ProtocolError::InvalidUtf8,
+        }
+    }
+}
+
+/// Where [`on_readable`] takes its bytes from.
+#[derive(Clone, Copy)]
+enum Read {
+    /// What arrived with the handshake.
+    Early,
+    /// The socket, which is readable.
+    Socket,
+}
+
+/// Reads what the socket has and handles each message, without awaiting: replies go through
+/// the outbox.
+fn on_readable(
     shared: &Shared,
     session: &mut Session,
     app_metrics: &AppMetrics,
     message_budget: &mut TokenBucket,
-    msg: Option<Result<Message, tungstenite::Error>>,
+    socket: &mut Socket,
+    from: Read,
 ) -> Step {
-    let Some(msg) = msg else {
-        return Step::End(DisconnectReason::ClientClose);
+    let mut step = Step::Continue;
+    let mut on = |message: Message<'_>| {
+        step = on_message(shared, session, app_metrics, message_budget, message);
+        match step {
+            Step::Continue => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
     };
+    let incoming = match from {
+        Read::Early => socket.read_early(&mut on),
+        Read::Socket => socket.read(&mut on),
+    };
+    match incoming {
+        Incoming::Done => {}
+        // The peer hung up without a close frame: there is nobody to tell.
+        Incoming::Gone => return Step::End(DisconnectReason::Error),
+        Incoming::Failed(err) => {
+            tracing::debug!(?err, "websocket protocol error");
+            return Step::Fail(match err {
+                ProtocolError::TooLarge => {
+                    metrics::limit_rejected(Limit::FrameSize);
+                    Failure::TooLarge
+                }
+                ProtocolError::Protocol(_) => Failure::Protocol,
+                ProtocolError::InvalidUtf8 => Failure::InvalidUtf8,
+            });
+        }
+    }
+    match step {
+        Step::Continue if socket.pong_due() => Step::Pong,
+        step => step,
+    }
+}
+
+/// Handles one message from the client.
+fn on_message(
+    shared: &Shared,
+    session: &mut Session,
+    app_metrics: &AppMetrics,
+    message_budget: &mut TokenBucket,
+    message: Message<'_>,
+) -> Step {
     // Pings and pongs count: pusher-js answers our pusher:ping, browsers answer WebSocket
     // pings, and both prove the client alive (see `sweep_liveness`).
     session.outbox().touch();
-    match msg {
-        Ok(Message::Text(text)) => {
+    match message {
+        Message::Text(text) => {
             app_metrics.message_received(text.len());
             if !message_budget.try_take(Instant::now()) {
                 metrics::limit_rejected(Limit::MessageRate);
                 session.refuse_message(&MessageError::TooManyMessages);
                 return Step::Continue;
             }
-            tracing::debug!(target: "herald::frame", direction = "in", frame = %text.as_str());
-            match ClientMessage::parse(text.as_str()) {
+            tracing::debug!(target: "herald::frame", direction = "in", frame = %text);
+            match ClientMessage::parse(text) {
                 Ok(message) => {
                     let outcome = session.handle(message);
                     let app_id = session.app().id();
@@ -480,36 +533,12 @@ fn on_incoming(
             }
             Step::Continue
         }
-        Ok(Message::Binary(_)) => {
+        Message::Binary(_) => {
             session.refuse_message(&MessageError::Binary);
             Step::Continue
         }
-        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Step::Continue,
-        Ok(Message::Close(_)) => Step::PeerClosed,
-        Err(tungstenite::Error::Capacity(err)) => {
-            tracing::debug!(%err, "message too large");
-            metrics::limit_rejected(Limit::FrameSize);
-            Step::Fail(Failure::TooLarge)
-        }
-        Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-            Step::End(DisconnectReason::ClientClose)
-        }
-        // The peer hung up without a close frame: there is nobody to tell.
-        Err(tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => Step::End(DisconnectReason::Error),
-        Err(tungstenite::Error::Protocol(err)) => {
-            tracing::debug!(%err, "websocket protocol error");
-            Step::Fail(Failure::Protocol)
-        }
-        Err(tungstenite::Error::Utf8(err)) => {
-            tracing::debug!(%err, "invalid UTF-8 in a text message");
-            Step::Fail(Failure::InvalidUtf8)
-        }
-        Err(err) => {
-            tracing::debug!(%err, "socket read failed");
-            Step::End(DisconnectReason::Error)
-        }
+        Message::Ping(_) | Message::Pong(_) => Step::Continue,
+        Message::Close(close) => Step::PeerClosed(close.map(|(code, _)| code)),
     }
 }
 
@@ -537,68 +566,27 @@ async fn flush(
     } else {
         WRITE_TIMEOUT
     };
-    let _ = tokio::time::timeout(
-        wait,
-        socket.as_mut().close(Some(close_frame(code, message))),
-    )
-    .await;
-    if reason != DisconnectReason::SlowConsumer {
-        drain_until_closed(socket).await;
+    if socket.close(code.code(), message, wait).await && reason != DisconnectReason::SlowConsumer {
+        socket.await_close().await;
     }
     Some(reason)
 }
 
-/// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, then lingers: our
-/// write side is shut and the peer's input discarded for a bounded time, because closing a TCP
-/// socket with unread input sends a reset, and a reset can make the peer drop our close frame
-/// unread (the 1006 it would then see tells it nothing).
+/// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, after a
+/// `pusher:error` naming the limit when the message was too large; `WebSocket::fail` lingers so
+/// the close frame is read rather than lost to a reset.
 async fn fail(socket: &mut Socket, failure: Failure, max_frame_bytes: usize) {
-    let (code, reason) = match failure {
-        Failure::TooLarge => (WsCloseCode::Size, "Message too large"),
-        Failure::Protocol => (WsCloseCode::Protocol, "WebSocket protocol error"),
-        Failure::InvalidUtf8 => (WsCloseCode::Invalid, "Text message is not valid UTF-8"),
-    };
-    let close = async {
-        if let Failure::TooLarge = failure {
+    let first = match failure {
+        Failure::TooLarge => {
             let text = server_message::error(
                 None,
                 &format!("Message too large: the limit is {max_frame_bytes} bytes"),
             );
-            socket.feed(Message::Text(text.into())).await?;
+            Some(Frame::new(text).wire(socket.deflate()))
         }
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        socket.as_mut().close(Some(frame)).await
+        Failure::Protocol | Failure::InvalidUtf8 => None,
     };
-    if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, close).await {
-        linger(socket.get_mut()).await;
-    }
-}
-
-/// How long, and how much, a failed connection's input is read and discarded after its close.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 1 << 20;
-
-/// Shuts the write side (the peer reads our close frame, then EOF) and discards what the peer
-/// still sends until it hangs up, for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
-async fn linger(io: &mut TokioIo<hyper::upgrade::Upgraded>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if io.shutdown().await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(LINGER_TIME, async {
-        let mut buf = [0u8; 1024];
-        let mut discarded = 0;
-        while discarded < LINGER_BYTES {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
-            }
-        }
-    })
-    .await;
+    socket.fail(failure.error(), first, WRITE_TIMEOUT).await;
 }
 
 /// Pings every connection that has been silent for `activity_timeout` and closes those that
@@ -633,19 +621,17 @@ async fn write_batch(
     let count = batch.len();
     let bytes: usize = batch.iter().map(|f| f.text.len()).sum();
     let oldest = batch.iter().filter_map(|f| f.published_at).min();
-    let write = async {
-        for frame in batch {
+    // Each frame was built (and compressed) once for every socket it goes to.
+    let deflate = socket.deflate();
+    let frames: Vec<Bytes> = batch
+        .iter()
+        .map(|frame| {
             tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
-            let text = Utf8Bytes::try_from(frame.text).map_err(|_| DisconnectReason::Error)?;
-            socket
-                .feed(Message::Text(text))
-                .await
-                .map_err(|_| DisconnectReason::Error)?;
-        }
-        socket.flush().await.map_err(|_| DisconnectReason::Error)
-    };
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(res) => res?,
+            frame.wire(deflate)
+        })
+        .collect();
+    match tokio::time::timeout(WRITE_TIMEOUT, socket.write_frames(&frames)).await {
+        Ok(res) => res.map_err(|_| DisconnectReason::Error)?,
         Err(_) => return Err(DisconnectReason::SlowConsumer),
     }
     app_metrics.messages_sent(count, bytes);

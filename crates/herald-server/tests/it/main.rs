@@ -5,6 +5,7 @@ mod client_events;
 mod cluster;
 mod connect;
 mod continuity;
+mod deflate;
 mod drain;
 mod hostile;
 mod http_api;
