@@ -566,6 +566,22 @@ mod tests {
                 r#"{"t":"subscribed","node":1,"app":"1","channel":"presence-x","socket":"1.5","user":"u","info":"{"}"#,
                 "user info that is not JSON",
             ),
+            (
+                r#"{"t":"departed","node":1,"app":"1","channel":"news","identities":[["x","y"]],"after":"1-0","socket":"1.5","left_ms":1}"#,
+                "an unknown kind of identity",
+            ),
+            (
+                r#"{"t":"departed","node":1,"app":"1","channel":"news","identities":[["u","a"]],"after":"later","socket":"1.5","left_ms":1}"#,
+                "a log position that does not parse",
+            ),
+            (
+                r#"{"t":"departed","node":1,"app":"1","channel":"news","identities":[["u","a"]],"after":"1-0","socket":"2.5","left_ms":1}"#,
+                "a departure of another node's socket",
+            ),
+            (
+                r#"{"t":"resumed","node":1,"app":"1","channel":"news","identities":[["c",""]]}"#,
+                "an empty cookie token",
+            ),
         ] {
             assert!(decode_and_apply(&node, text).is_err(), "accepted {why}");
         }

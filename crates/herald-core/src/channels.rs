@@ -364,7 +364,11 @@ impl Channels {
             Leaving::OnPurpose => None,
             Leaving::Drained => Some(subscriber.last()),
             Leaving::Lost { confirmed_ms } => {
-                let confirmed = entry.log.get_mut().confirmed_before(confirmed_ms);
+                // An event appended in the ping's own millisecond may have been queued after it.
+                let confirmed = entry
+                    .log
+                    .get_mut()
+                    .confirmed_before(confirmed_ms.saturating_sub(1));
                 Some(confirmed.max(subscriber.joined).min(subscriber.last()))
             }
         };
@@ -907,6 +911,30 @@ mod tests {
                 "herald:resume_failed"
             ]
         );
+    }
+
+    #[test]
+    fn history_bounds_hold_under_a_publish_flood() {
+        let (channels, mut app) = (Channels::default(), App::demo());
+        app.history_events = 100;
+        app.history_max_bytes = 64 * 1024;
+        let news = ChannelName::parse("news", 200).unwrap();
+        for n in 0..20_000 {
+            // Frames of 1 to 2 KiB: the byte bound binds before the count bound.
+            let frame = Frame::new("x".repeat(1024 + n % 1024));
+            channels.deliver(&app, &news, &frame, None, Durability::Logged);
+            if n % 997 == 0 {
+                let table = channels.table.read();
+                let (events, bytes) = table[&news].log.lock().size();
+                assert!(
+                    events <= 100 && bytes <= 64 * 1024,
+                    "{events} events, {bytes} bytes"
+                );
+            }
+        }
+        let table = channels.table.read();
+        let (events, bytes) = table[&news].log.lock().size();
+        assert!(events > 0 && events <= 100 && bytes <= 64 * 1024);
     }
 
     #[test]

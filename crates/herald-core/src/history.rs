@@ -200,6 +200,12 @@ impl Log {
         self.last
     }
 
+    /// Events kept, and the bytes of their frames.
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (self.entries.len(), self.bytes)
+    }
+
     /// Whether the log holds nothing worth keeping its channel entry for.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -111,7 +111,14 @@ struct State {
     frames: Batch,
     bytes: usize,
     close: Option<CloseRequest>,
+    /// Frames ever queued (wrapping), to know whether anything was sent since the last ping.
+    pushed: u64,
 }
+
+/// While frames flow, a connection is pinged at least this often, so that the pong confirms
+/// what the client received: after an abrupt loss, replay starts after the last confirmed
+/// event, and at most this long of events is sent twice (issue 12).
+const CONFIRM_INTERVAL_MS: u64 = 5_000;
 
 #[derive(Debug)]
 struct Inner {
@@ -122,11 +129,14 @@ struct Inner {
     last_seen_ms: AtomicU64,
     /// [`clock_ms`] when a `pusher:ping` went out unanswered; 0 when none is outstanding.
     ping_sent_ms: AtomicU64,
-    /// [`clock_ms`] when the last `pusher:ping` went out, answered or not; 0 if none did.
+    /// [`clock_ms`] when the last `pusher:ping` went out, answered or not (the connection's start
+    /// before the first).
     last_ping_ms: AtomicU64,
     /// [`clock_ms`] of the last `pusher:ping` answered with a `pusher:pong`: the client had
     /// received everything queued before it. 0 if none was.
     confirmed_ms: AtomicU64,
+    /// `State::pushed` right after the last `pusher:ping` was queued.
+    pushed_at_ping: AtomicU64,
 }
 
 /// Milliseconds on a process-wide monotonic clock, starting at 1 (0 means "never").
@@ -212,8 +222,11 @@ impl Outbox {
             max_bytes,
             last_seen_ms: AtomicU64::new(clock_ms()),
             ping_sent_ms: AtomicU64::new(0),
-            last_ping_ms: AtomicU64::new(0),
+            // Counted from the connection's start: its first confirmation comes after the
+            // interval, not at once.
+            last_ping_ms: AtomicU64::new(clock_ms()),
             confirmed_ms: AtomicU64::new(0),
+            pushed_at_ping: AtomicU64::new(0),
         }))
     }
 
@@ -224,9 +237,14 @@ impl Outbox {
     }
 
     /// Pings a connection that has been silent for `activity`, and closes one that left a ping
-    /// unanswered for `pong` (4201), as the Pusher protocol asks of servers.
+    /// unanswered for `pong` (4201), as the Pusher protocol asks of servers. A connection that
+    /// was sent frames is also pinged every [`CONFIRM_INTERVAL_MS`], to confirm what it received.
     pub fn check_liveness(&self, now_ms: u64, activity: Duration, pong: Duration) -> Liveness {
-        if self.is_closing() {
+        let (closing, pushed) = {
+            let state = self.0.state.lock();
+            (state.close.is_some(), state.pushed)
+        };
+        if closing {
             return Liveness::Closing;
         }
         let ping_sent = self.0.ping_sent_ms.load(Relaxed);
@@ -249,7 +267,9 @@ impl Outbox {
             });
             return Liveness::TimedOut;
         }
-        if now_ms.saturating_sub(last_seen) < millis(activity) {
+        let confirm = pushed != self.0.pushed_at_ping.load(Relaxed)
+            && now_ms.saturating_sub(self.0.last_ping_ms.load(Relaxed)) >= CONFIRM_INTERVAL_MS;
+        if now_ms.saturating_sub(last_seen) < millis(activity) && !confirm {
             return Liveness::Alive;
         }
         // Only one ping per silence, even if two sweeps ever overlapped.
@@ -263,6 +283,8 @@ impl Outbox {
         }
         self.0.last_ping_ms.store(now_ms.max(1), Relaxed);
         let _ = self.push(Frame::from_static(server_message::PING));
+        let pushed = self.0.state.lock().pushed;
+        self.0.pushed_at_ping.store(pushed, Relaxed);
         Liveness::PingSent
     }
 
@@ -307,6 +329,7 @@ impl Outbox {
         }
         state.bytes += frame.text.len();
         state.frames.push(frame);
+        state.pushed = state.pushed.wrapping_add(1);
         drop(state);
         self.0.notify.notify_one();
         Ok(())
@@ -427,6 +450,38 @@ mod tests {
         let now = outbox.0.last_seen_ms.load(Relaxed);
         assert_eq!(outbox.check_liveness(now, activity, pong), Liveness::Alive);
         assert_eq!(events(&outbox), ["pusher:ping"]);
+    }
+
+    #[test]
+    fn a_connection_sent_frames_is_pinged_to_confirm_what_it_received() {
+        let outbox = Outbox::new(1 << 20);
+        let (activity, pong) = (Duration::from_secs(30), Duration::from_secs(10));
+        let start = outbox.0.last_seen_ms.load(Relaxed);
+        let later = start + CONFIRM_INTERVAL_MS;
+        assert_eq!(
+            outbox.check_liveness(later, activity, pong),
+            Liveness::Alive,
+            "nothing sent"
+        );
+        outbox.push(Frame::from_static(r#"{"event":"e"}"#)).unwrap();
+        assert_eq!(
+            outbox.check_liveness(later, activity, pong),
+            Liveness::PingSent
+        );
+        assert_eq!(
+            events(&outbox).last().map(String::as_str),
+            Some("pusher:ping")
+        );
+        assert_eq!(outbox.confirmed_ms(), 0);
+        outbox.touch();
+        outbox.confirm_ping();
+        assert_eq!(outbox.confirmed_ms(), later);
+        // Nothing sent since the ping: no other ping until the activity timeout.
+        let again = later + CONFIRM_INTERVAL_MS;
+        assert_eq!(
+            outbox.check_liveness(again, activity, pong),
+            Liveness::Alive
+        );
     }
 
     #[test]

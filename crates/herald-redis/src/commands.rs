@@ -17,8 +17,9 @@ use crate::conn::{RedisConn, Target};
 
 /// The stream field holding a log entry.
 const ENTRY_FIELD: &str = "m";
-/// Entries each shard's stream keeps (`MAXLEN ~`): how long a node may be away from the bus and
-/// still catch up, at the cluster's publish rate (100,000 is 10 s at 10,000 events/s).
+/// Entries each shard's stream keeps by default (`MAXLEN ~`; `cluster.log_max_len`): how long a
+/// node may be away from the bus and still catch up, at the cluster's publish rate (100,000 is
+/// 10 s at 10,000 events/s), and what the bus costs Redis (entries times their size).
 pub const LOG_MAX_LEN: usize = 100_000;
 /// How long one `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -103,6 +104,8 @@ pub(crate) struct Commands {
     conn: tokio::sync::Mutex<Option<RedisConn>>,
     /// Each shard's epoch as this node last read it.
     epochs: parking_lot::Mutex<HashMap<usize, String>>,
+    /// Entries each shard's stream keeps (about).
+    pub log_max_len: usize,
 }
 
 /// Shows the prefix only: a Redis URL may carry a password.
@@ -122,6 +125,7 @@ impl Commands {
             target,
             conn: tokio::sync::Mutex::default(),
             epochs: parking_lot::Mutex::default(),
+            log_max_len: LOG_MAX_LEN,
         }
     }
 
@@ -183,7 +187,7 @@ impl Commands {
                         .arg(self.bus_log(shard))
                         .arg("MAXLEN")
                         .arg("~")
-                        .arg(LOG_MAX_LEN)
+                        .arg(self.log_max_len.max(1))
                         .arg("*")
                         .arg(ENTRY_FIELD)
                         .arg(&out.message[..]);

@@ -29,6 +29,15 @@ impl RedisPubSub {
     }
 }
 
+impl RedisPubSub {
+    /// Keeps about `n` entries per shard of the bus (`cluster.log_max_len`).
+    #[must_use]
+    pub fn with_log_max_len(mut self, n: usize) -> RedisPubSub {
+        self.commands.log_max_len = n;
+        self
+    }
+}
+
 impl Transport for RedisPubSub {
     fn publish<'a>(
         &'a self,

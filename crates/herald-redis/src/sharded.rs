@@ -31,6 +31,15 @@ impl RedisSharded {
     }
 }
 
+impl RedisSharded {
+    /// Keeps about `n` entries per shard of the bus (`cluster.log_max_len`).
+    #[must_use]
+    pub fn with_log_max_len(mut self, n: usize) -> RedisSharded {
+        self.commands.log_max_len = n;
+        self
+    }
+}
+
 impl Transport for RedisSharded {
     fn publish<'a>(
         &'a self,

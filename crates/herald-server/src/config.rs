@@ -128,6 +128,10 @@ pub struct ClusterConfig {
     /// What picks an event's shard: `app` (one order per app) or `channel` (one app's traffic
     /// spread over every shard; order per channel).
     pub shard_by: herald_cluster::ShardBy,
+    /// Entries each shard of the bus keeps in Redis (`XADD … MAXLEN ~`): how far behind a node
+    /// may fall (a Redis blip, a slow node) and still catch up from the log, and what the bus
+    /// costs Redis in memory.
+    pub log_max_len: usize,
     /// An in-process bus shared by several nodes of one process (tests, embedding); takes
     /// precedence over `redis_url`. Not settable from a file or the environment.
     #[serde(skip)]
@@ -144,6 +148,7 @@ impl Default for ClusterConfig {
             sharded: false,
             shards: 1,
             shard_by: herald_cluster::ShardBy::App,
+            log_max_len: 100_000,
             hub: None,
         }
     }

@@ -154,8 +154,12 @@ fn start_broker(
     let prefix = &config.cluster.prefix;
     let transport: Box<dyn Transport> = match (&config.cluster.hub, &config.redis_url) {
         (Some(hub), _) => Box::new(hub.transport()),
-        (None, Some(url)) if config.cluster.sharded => Box::new(RedisSharded::new(url, prefix)?),
-        (None, Some(url)) => Box::new(RedisPubSub::new(url, prefix)?),
+        (None, Some(url)) if config.cluster.sharded => {
+            Box::new(RedisSharded::new(url, prefix)?.with_log_max_len(config.cluster.log_max_len))
+        }
+        (None, Some(url)) => {
+            Box::new(RedisPubSub::new(url, prefix)?.with_log_max_len(config.cluster.log_max_len))
+        }
         (None, None) => return Ok((Arc::new(MemoryBroker::new(node.clone())), None)),
     };
     let on_node_gone = {

@@ -592,3 +592,73 @@ async fn a_member_drained_from_one_node_resumes_on_another() {
     };
     late.expect_nothing_more().await;
 }
+
+/// The bus lost data (an outage that loses everything, as a Redis restart without persistence):
+/// every subscriber hears `herald:resume_failed` with `log_lost`, then live events flow again.
+#[tokio::test]
+async fn subscribers_hear_when_the_cluster_log_lost_events() {
+    let hub = herald_cluster::MemoryHub::new();
+    let start = |hub: &herald_cluster::MemoryHub| {
+        let hub = hub.clone();
+        TestServer::start(move |c| {
+            c.cluster.hub = Some(hub);
+            c.cluster.heartbeat_interval = Duration::from_millis(200);
+        })
+    };
+    let (a, b) = (start(&hub).await, start(&hub).await);
+    let mut on_b = b.client().await;
+    on_b.subscribe("news").await;
+    a.trigger("news", "e", "before").await;
+    assert_eq!(expect_events(&mut on_b, "news", "e", 1).await, ["before"]);
+    hub.stop();
+    hub.start();
+    let failed = on_b.expect_next("herald:resume_failed").await;
+    assert_eq!(data(&failed), json!({"reason": "log_lost"}));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = a
+            .publish(&json!({"name": "e", "channel": "news", "data": "after"}))
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never accepted again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(expect_events(&mut on_b, "news", "e", 1).await, ["after"]);
+}
+
+/// A connection lost without a close (the TCP connection just ends): the client never answered a
+/// ping, so nothing it received is confirmed: it resumes from its subscription, at least once.
+#[tokio::test]
+async fn a_lost_connection_resumes_at_least_once() {
+    let server = TestServer::default().await;
+    let mut alice = server.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    server.trigger("presence-room", "msg", "1").await;
+    assert_eq!(
+        expect_events(&mut alice, "presence-room", "msg", 1).await,
+        ["1"]
+    );
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.shared.node.connection_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loss was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.trigger("presence-room", "msg", "2").await;
+    let mut again = server.client().await;
+    again.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(
+        expect_events(&mut again, "presence-room", "msg", 2).await,
+        ["1", "2"],
+        "the unconfirmed event again, then the missed one"
+    );
+    again.expect_nothing_more().await;
+}
