@@ -347,10 +347,12 @@ describe('cluster of three nodes on one redis', () => {
 
     await redis.stop();
 
-    // While redis is down: local delivery goes on, membership changes happen on B.
-    const local = waitFor(a.channel(pub), 'local');
-    await sdkA.trigger(pub, 'local', { n: 1 });
-    assert.deepEqual(await local, { n: 1 });
+    // While redis is down a publish is refused with 503 and Retry-After (never a 200 for an
+    // event that is not on the cluster's log), so the SDK throws; membership changes happen on B.
+    await assert.rejects(sdkA.trigger(pub, 'refused', { n: 1 }), (err) => {
+      assert.equal(err.status, 503, `expected a 503, got ${err}`);
+      return true;
+    });
     pDave.disconnect();
     await bob.leaving.atLeast(1);
     const pCarol = await cB.connected(as(sdkB, 'carol'));
@@ -364,15 +366,18 @@ describe('cluster of three nodes on one redis', () => {
 
     await redis.start();
 
-    // Broadcasts resume in both directions (retrying: events published before
-    // a node has resubscribed are lost, as Pusher allows).
+    // Broadcasts resume in both directions (retrying while publishes are still refused).
     async function until(sdk, to, event) {
       const got = collect(to.channel(pub), event);
       let i = 0;
       await eventually(
         async () => {
           if (got.items.length > 0) return true;
-          await sdk.trigger(pub, event, { i: i++ });
+          try {
+            await sdk.trigger(pub, event, { i: i++ });
+          } catch (err) {
+            if (err.status !== 503) throw err; // Still reconnecting to redis.
+          }
           return got.items.length > 0;
         },
         15_000,
