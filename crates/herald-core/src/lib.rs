@@ -4,6 +4,7 @@
 //! Everything here is plain data plus non-blocking queues ([`Outbox`]); the server crate owns IO.
 
 pub mod app;
+pub mod app_store;
 pub mod broker;
 mod cache;
 mod channels;
@@ -11,6 +12,7 @@ mod connections;
 pub mod error;
 pub mod history;
 mod lock_order;
+pub mod monitor;
 pub mod node;
 pub mod outbox;
 pub mod presence;
@@ -22,12 +24,16 @@ mod watchlist;
 pub mod webhook_store;
 
 pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
+pub use app_store::{AppStore, AppStoreError, AppStoreFuture, AppStoreResult};
 pub use broker::{Acceptance, Announcement, Broker, Envelope, MemoryBroker, Unavailable};
 pub use error::{
     ChannelDataError, ClientEventError, ConnectionError, MessageError, SigninError, SubscribeError,
     SubscriptionRefusal,
 };
 pub use history::{Identity, Position, Resumed, RESUME_FAILED_EVENT};
+pub use monitor::{
+    AppCounts, Monitor, MonitorEvent, MonitorItem, MonitorRecord, MonitorWatch, NodeView,
+};
 pub use node::{
     AppState, ConnectionRefused, ContinuityStats, Delivery, Durability, Leaving, LocalState, Node,
     PresenceMember, SubscriptionEntry,

@@ -24,6 +24,7 @@ use crate::channels::Channels;
 use crate::connections::Connections;
 use crate::history::{Departure, HistoryLimits, Identity, Resume, ResumeFailure, Resumed, Resumes};
 use crate::lock_order::{Level, OrderedRwLock};
+use crate::monitor::{AppCounts, Monitor, NodeView};
 use crate::outbox::{Frame, Outbox};
 use crate::registry::AppRegistry;
 use crate::users::Users;
@@ -40,6 +41,8 @@ pub use crate::connections::ConnectionRefused;
 #[derive(Debug)]
 pub struct Node {
     id: u64,
+    /// Unix time in milliseconds the node started.
+    started_at_ms: u64,
     next_seq: AtomicU64,
     apps: AppRegistry,
     pub limits: NodeLimits,
@@ -52,6 +55,7 @@ impl Node {
         registry.replace(apps);
         Node {
             id,
+            started_at_ms: crate::monitor::now_ms(),
             next_seq: AtomicU64::new(1),
             apps: registry,
             limits,
@@ -124,6 +128,30 @@ impl Node {
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Acquire)
     }
+
+    /// Unix time in milliseconds the node started.
+    pub fn started_at_ms(&self) -> u64 {
+        self.started_at_ms
+    }
+
+    /// The cluster's nodes as this node knows them, this node first.
+    // TODO(monitor): the other nodes, from their heartbeats.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let apps = self
+            .apps
+            .all()
+            .iter()
+            .map(|app| (app.id().to_owned(), app.connection_count()))
+            .collect();
+        vec![NodeView {
+            id: self.id.to_string(),
+            this_node: true,
+            started_at_ms: self.started_at_ms,
+            connections: self.connection_count(),
+            apps,
+            last_seen_ms: crate::monitor::now_ms(),
+        }]
+    }
 }
 
 /// Everything this node knows first-hand about an app: the truth other nodes replicate.
@@ -148,6 +176,8 @@ pub struct AppState {
     /// Where departed sockets stopped, per identity and channel.
     resumes: Resumes,
     pub continuity: ContinuityStats,
+    /// The live event stream the admin console watches.
+    monitor: Monitor,
     /// [`crate::outbox::clock_ms`] of the next history sweep.
     next_sweep_ms: AtomicU64,
 }
@@ -180,6 +210,7 @@ impl AppState {
             connections: Connections::default(),
             resumes: Resumes::default(),
             continuity: ContinuityStats::default(),
+            monitor: Monitor::default(),
             next_sweep_ms: AtomicU64::new(0),
         }
     }
@@ -229,6 +260,21 @@ impl AppState {
 
     pub fn connection_count(&self) -> usize {
         self.connections.count()
+    }
+
+    /// The app's live event stream (admin console).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// The app's live counts, cluster-wide.
+    // TODO(monitor): other nodes' connections and the message rates, from heartbeats.
+    pub fn counts(&self) -> AppCounts {
+        AppCounts {
+            connections: self.connection_count(),
+            occupied_channels: self.channels("").len(),
+            ..AppCounts::default()
+        }
     }
 
     /// The outboxes of this app's open connections on this node.

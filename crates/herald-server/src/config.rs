@@ -58,8 +58,28 @@ pub struct Config {
     /// A webhook target receiving every event type for the first app (`HERALD_WEBHOOK_URL`), so a
     /// single-app deployment needs no file.
     pub webhook_url: Option<String>,
+    /// The admin API (`/admin/api`) and the console (`/console`); off without a token.
+    pub admin: AdminConfig,
+    /// Where apps are kept: the configuration file (`apps`, the default) or a database.
+    pub app_store: AppStoreConfig,
     /// Every per-app setting and its default is declared once, on [`App`].
     pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The bearer token of the admin API and the console (`HERALD_ADMIN__TOKEN`); both are off
+    /// while it is unset.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppStoreConfig {
+    /// `postgres://...` or `mysql://...` (`HERALD_APP_STORE__URL`): apps are kept in that
+    /// database and `apps` is ignored. Unset: apps come from the configuration file.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +243,8 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             webhooks: WebhooksConfig::default(),
             webhook_url: None,
+            admin: AdminConfig::default(),
+            app_store: AppStoreConfig::default(),
             apps: vec![App::demo()],
         }
     }
@@ -389,17 +411,24 @@ impl Config {
 
     /// Every app's webhook targets, `webhook_url` included, by app id.
     pub fn webhook_targets(&self) -> std::collections::HashMap<String, Vec<WebhookTarget>> {
-        let mut targets: std::collections::HashMap<String, Vec<WebhookTarget>> = self
-            .apps
+        Config::webhook_targets_of(&self.apps, self.webhook_url.as_deref())
+    }
+
+    /// The webhook targets of `apps` by app id, `webhook_url` added to the first app's.
+    pub fn webhook_targets_of(
+        apps: &[App],
+        webhook_url: Option<&str>,
+    ) -> std::collections::HashMap<String, Vec<WebhookTarget>> {
+        let mut targets: std::collections::HashMap<String, Vec<WebhookTarget>> = apps
             .iter()
             .map(|a| (a.id.clone(), a.webhooks.clone()))
             .collect();
-        if let (Some(url), Some(first)) = (&self.webhook_url, self.apps.first()) {
+        if let (Some(url), Some(first)) = (webhook_url, apps.first()) {
             targets
                 .entry(first.id.clone())
                 .or_default()
                 .push(WebhookTarget {
-                    url: url.clone(),
+                    url: url.to_owned(),
                     event_types: Vec::new(),
                     channel_prefix: None,
                     channel_suffix: None,

@@ -7,6 +7,7 @@
 //! stopped by a token that [`serve`] cancels, so [`serve`] returns once they ended (or their
 //! deadline passed).
 
+pub mod app_store;
 pub mod config;
 pub mod http_api;
 pub mod metrics;
@@ -28,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_cluster::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, Transport};
-use herald_core::{AppsChanged, Broker, MemoryBroker, Node, NodeLimits};
+use herald_core::{App, AppsChanged, Broker, MemoryBroker, Node, NodeLimits};
 use herald_redis::{RedisPubSub, RedisSharded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -63,6 +64,8 @@ pub struct Shared {
     /// Set when the drain starts: readiness fails from then on.
     pub draining: AtomicBool,
     pub metrics: PrometheusHandle,
+    /// Where apps come from (the file or a database), and the admin API's way to change them.
+    pub apps: app_store::Apps,
     /// Per-app metric handles, one per app id, shared by that app's sockets. Kept for removed
     /// apps too, so an app id that comes back goes on counting where it stopped.
     app_metrics: parking_lot::RwLock<HashMap<String, Arc<metrics::AppMetrics>>>,
@@ -106,6 +109,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             metrics: prometheus,
             app_metrics,
+            apps: app_store::Apps::new(Arc::new(app_store::FileStore::new(config.apps()))),
             config,
         }))
     }
@@ -130,6 +134,16 @@ impl Shared {
         for app_id in &changed.added {
             self.app_metrics(app_id);
         }
+    }
+
+    /// Makes `apps` the node's apps: the registry (sockets of disabled or removed apps closed
+    /// with 4003), the added apps' metric series, and the webhook targets.
+    pub fn apply_apps(&self, apps: Vec<App>) -> AppsChanged {
+        let hooks = reload::webhook_apps(&apps, self.config.webhook_url.as_deref());
+        let changed = self.node.registry().replace(apps);
+        self.apps_changed(&changed);
+        self.webhooks.set_apps(hooks);
+        changed
     }
 
     pub fn is_ready(&self) -> bool {
@@ -198,7 +212,7 @@ fn start_webhooks(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<Webhooks> {
-    let apps = reload::webhook_apps(config);
+    let apps = reload::webhook_apps(&config.apps, config.webhook_url.as_deref());
     let store = match &config.redis_url {
         Some(url) => Store::in_redis(
             herald_redis::conn::Target::parse(url, config.cluster.sharded)?,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use herald_core::AppsChanged;
+use herald_core::{App, AppsChanged};
 
 use crate::config::{Config, Overrides};
 use crate::webhooks::AppHooks;
@@ -81,9 +81,7 @@ pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Re
     }
     // `webhook_url` is not an apps setting: it stays as it was (and was warned about above).
     config.webhook_url.clone_from(&shared.config.webhook_url);
-    let changed = shared.node.registry().replace(config.apps());
-    shared.apps_changed(&changed);
-    shared.webhooks.set_apps(webhook_apps(&config));
+    let changed = shared.apply_apps(config.apps());
     tracing::info!(
         added = ?changed.added,
         changed = ?changed.changed,
@@ -109,11 +107,10 @@ fn settings_needing_restart(running: &Config, loaded: &Config) -> Vec<String> {
 }
 
 /// Every app with a webhook target, with what signing and sending its webhooks takes.
-pub fn webhook_apps(config: &Config) -> HashMap<String, AppHooks> {
-    let targets = config.webhook_targets();
-    config
-        .apps
-        .iter()
+/// `webhook_url` (the node-wide target) goes to the first app, as at start-up.
+pub fn webhook_apps(apps: &[App], webhook_url: Option<&str>) -> HashMap<String, AppHooks> {
+    let targets = Config::webhook_targets_of(apps, webhook_url);
+    apps.iter()
         .filter_map(|app| {
             let targets = targets.get(&app.id)?.clone();
             Some((

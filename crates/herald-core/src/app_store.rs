@@ -1,0 +1,78 @@
+//! The seam behind where apps come from: the configuration file (read-only, reloaded on SIGHUP)
+//! or a database (herald-appstore: Postgres or MySQL), which the admin API can change.
+//!
+//! herald-server owns the sync loop: it loads every app at start-up, applies the list through the
+//! [`crate::AppRegistry`] whenever [`AppStore::changed`] resolves (or on its poll interval), and
+//! keeps the last good list when the store is unreachable. The connection and publish paths never
+//! call a store: they read the registry.
+//!
+//! Invariant: a store never holds a lock of herald-core; a failed call changes nothing.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::app::App;
+
+/// Why a store operation did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppStoreError {
+    /// The store cannot be written (the configuration file): the admin API answers 409.
+    ReadOnly,
+    /// No app with this id.
+    NotFound(String),
+    /// The id or key is taken by another app (the text names which).
+    Conflict(String),
+    /// The backend is unreachable or answered something unexpected; the text says how.
+    Unavailable(String),
+}
+
+impl fmt::Display for AppStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppStoreError::ReadOnly => write!(
+                f,
+                "apps come from the configuration file, which the admin API cannot change \
+                 (set app_store.url to keep apps in a database)"
+            ),
+            AppStoreError::NotFound(id) => write!(f, "no app with id {id:?}"),
+            AppStoreError::Conflict(what) => write!(f, "{what}"),
+            AppStoreError::Unavailable(why) => write!(f, "app store unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AppStoreError {}
+
+pub type AppStoreResult<T> = Result<T, AppStoreError>;
+
+/// What every store method returns: a boxed future, so the trait can be used as `dyn`.
+pub type AppStoreFuture<'a, T> = Pin<Box<dyn Future<Output = AppStoreResult<T>> + Send + 'a>>;
+
+/// Where apps are kept. Every method is one atomic change in the store.
+pub trait AppStore: Send + Sync + fmt::Debug {
+    /// `"file"`, `"postgres"` or `"mysql"`: shown in `/ready` and the admin API.
+    fn kind(&self) -> &'static str;
+
+    /// True when the admin API cannot change apps here (the configuration file).
+    fn read_only(&self) -> bool;
+
+    /// Every app, sorted by id.
+    fn load(&self) -> AppStoreFuture<'_, Vec<App>>;
+
+    /// Adds an app. `Conflict` when its id or key exists.
+    fn create(&self, app: App) -> AppStoreFuture<'_, ()>;
+
+    /// Replaces the app with the same id. `NotFound` when there is none, `Conflict` when its key
+    /// is another app's.
+    fn update(&self, app: App) -> AppStoreFuture<'_, ()>;
+
+    /// Removes an app. `NotFound` when there is none.
+    fn delete<'a>(&'a self, id: &'a str) -> AppStoreFuture<'a, ()>;
+
+    /// Resolves when the apps may have changed since the previous call (a Postgres NOTIFY, a
+    /// changed version row), or with an error when the store became unreachable. The sync loop
+    /// calls it in a loop and reloads on every return; a store without change notification may
+    /// resolve on a timer.
+    fn changed(&self) -> AppStoreFuture<'_, ()>;
+}
