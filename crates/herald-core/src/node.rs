@@ -240,6 +240,10 @@ const SWEEP_INTERVAL_MS: u64 = 1000;
 
 impl AppState {
     pub(crate) fn new(app: App, node: u64) -> AppState {
+        let traffic = Traffic::default();
+        // The counters start at zero now: the first rate covers what came before the first
+        // periodic sample.
+        traffic.sample(node, (0, 0));
         AppState {
             id: app.id.clone(),
             settings: OrderedRwLock::new(Level::Settings, Arc::new(app)),
@@ -251,7 +255,7 @@ impl AppState {
             resumes: Resumes::default(),
             continuity: ContinuityStats::default(),
             monitor: Monitor::new(node),
-            traffic: Traffic::default(),
+            traffic,
             node,
             next_sweep_ms: AtomicU64::new(0),
         }

@@ -296,13 +296,23 @@ async fn a_watcher_on_one_node_sees_the_whole_cluster(engine: Engine) {
     let mut on_three = three.client().await;
     on_two.subscribe("news").await;
     on_three.subscribe("news").await;
-    for (node, socket) in [(ids[1], &on_two.socket_id), (ids[2], &on_three.socket_id)] {
-        let record = until_record(&mut watch, "a remote subscription", |r| {
-            matches!(&r.event, MonitorEvent::Subscribed { socket_id, .. } if socket_id == socket)
+    let mut subscribed: HashMap<String, String> = HashMap::new();
+    while subscribed.len() < 2 {
+        let record = until_record(&mut watch, "the remote subscriptions", |r| {
+            matches!(r.event, MonitorEvent::Subscribed { .. })
         })
         .await;
-        assert_eq!(record.node, node.to_string());
+        if let MonitorEvent::Subscribed { socket_id, .. } = record.event {
+            subscribed.insert(socket_id, record.node);
+        }
     }
+    assert_eq!(
+        subscribed,
+        HashMap::from([
+            (on_two.socket_id.clone(), ids[1].to_string()),
+            (on_three.socket_id.clone(), ids[2].to_string())
+        ])
+    );
     until("node 1 replicates both subscriptions", || {
         app(&one).counts().occupied_channels == 1
             && app(&one)
