@@ -193,9 +193,7 @@ impl MonitorEvent {
                 channel,
                 user_id,
             } => socket(socket_id) && text(channel) && user_id.as_deref().is_none_or(text),
-            MonitorEvent::Unsubscribed { socket_id, channel } => {
-                socket(socket_id) && text(channel)
-            }
+            MonitorEvent::Unsubscribed { socket_id, channel } => socket(socket_id) && text(channel),
             MonitorEvent::Published {
                 channel,
                 event,
@@ -697,7 +695,9 @@ mod tests {
         loop {
             match watch.rx.try_recv() {
                 Ok(record) => items.push(MonitorItem::Record(record)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => items.push(MonitorItem::Missed(n)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    items.push(MonitorItem::Missed(n))
+                }
                 Err(_) => return items,
             }
         }
@@ -710,7 +710,10 @@ mod tests {
         for _ in 0..10_000 {
             monitor.emit_with(|| unreachable!("an event built while nobody watches"));
         }
-        assert!(monitor.tx.get().is_none(), "no queue before the first watch");
+        assert!(
+            monitor.tx.get().is_none(),
+            "no queue before the first watch"
+        );
         assert!(monitor.forward.lock().capacity() == 0);
         assert_eq!(monitor.dropped.load(Ordering::Relaxed), 0);
     }
@@ -727,7 +730,10 @@ mod tests {
                 monitor.record(1, opened(seq));
             }
         }
-        assert_eq!(built, RECORDS_PER_SECOND, "records over the bound are never built");
+        assert_eq!(
+            built, RECORDS_PER_SECOND,
+            "records over the bound are never built"
+        );
         // The next second starts with the count of what the last one left out.
         emit_at(&monitor, 11, opened(9999));
         let items = drain(&mut watch);
@@ -785,7 +791,10 @@ mod tests {
         monitor.refresh();
         assert!(monitor.active(), "one watcher is left");
         drop(second);
-        assert!(monitor.active(), "cleared by the periodic refresh, not at once");
+        assert!(
+            monitor.active(),
+            "cleared by the periodic refresh, not at once"
+        );
         monitor.tick();
         assert!(!monitor.active());
         assert_eq!(monitor.local_watchers(), 0);
@@ -839,7 +848,10 @@ mod tests {
                 "events": vec!["e"; MAX_REMOTE_NAMES + 1]}),
             serde_json::json!([1, 2]),
         ] {
-            assert!(MonitorRecord::from_remote(3, bad.clone()).is_none(), "{bad}");
+            assert!(
+                MonitorRecord::from_remote(3, bad.clone()).is_none(),
+                "{bad}"
+            );
         }
     }
 

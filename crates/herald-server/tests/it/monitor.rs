@@ -185,7 +185,10 @@ async fn a_watcher_sees_connections_subscriptions_events_and_limits() {
     })
     .await;
     assert!(
-        matches!(closed.event, MonitorEvent::ConnectionClosed { code: 4003, .. }),
+        matches!(
+            closed.event,
+            MonitorEvent::ConnectionClosed { code: 4003, .. }
+        ),
         "{closed:?}"
     );
 
@@ -264,12 +267,19 @@ async fn a_publish_flood_is_sampled_and_the_stream_stays_bounded() {
         assert_eq!(status, 200, "{body}");
     }
     let (per_second, published, dropped, missed) = reader.await.unwrap();
-    assert_eq!(missed, 0, "the watcher kept up: the bound keeps the stream small");
+    assert_eq!(
+        missed, 0,
+        "the watcher kept up: the bound keeps the stream small"
+    );
     assert!(
         dropped > 0,
         "a flood over the bound is sampled ({published} published)"
     );
-    assert_eq!(published + dropped, total, "every delivery is shown or counted");
+    assert_eq!(
+        published + dropped,
+        total,
+        "every delivery is shown or counted"
+    );
     // Wall-clock seconds and the sampler's seconds are not aligned: allow two windows' worth.
     for (second, n) in per_second {
         assert!(
@@ -415,4 +425,44 @@ mod cluster {
     async fn redis() {
         super::a_watcher_on_one_node_sees_the_whole_cluster(Engine::Redis).await;
     }
+}
+
+#[tokio::test]
+async fn webhooks_sent_and_failed_are_seen_without_their_bodies() {
+    let mut receiver = crate::webhooks::Receiver::start(vec![500]).await;
+    let url = receiver.url();
+    let server = TestServer::start(|c| {
+        c.webhooks.retry_initial = Duration::from_millis(100);
+        c.apps[0]
+            .webhooks
+            .push(herald_server::config::WebhookTarget {
+                url,
+                event_types: Vec::new(),
+                channel_prefix: None,
+                channel_suffix: None,
+                headers: Default::default(),
+            });
+    })
+    .await;
+    let mut watch = app(&server).monitor().watch();
+    let mut client = server.client().await;
+    client.subscribe("room").await;
+    assert_eq!(receiver.next_request().await["_status"], 500);
+    let failed = until_record(&mut watch, "the failed webhook", |r| {
+        matches!(r.event, MonitorEvent::Webhook { ok: false, .. })
+    })
+    .await;
+    let MonitorEvent::Webhook { events, error, .. } = failed.event else {
+        unreachable!()
+    };
+    assert!(
+        events.contains(&"channel_occupied".to_owned()),
+        "{events:?}"
+    );
+    assert_eq!(error.as_deref(), Some("status 500 Internal Server Error"));
+    receiver.next_event().await;
+    until_record(&mut watch, "the webhook sent on retry", |r| {
+        matches!(&r.event, MonitorEvent::Webhook { ok: true, events, .. } if events.contains(&"channel_occupied".to_owned()))
+    })
+    .await;
 }
