@@ -388,8 +388,8 @@ impl Monitor {
     pub fn watch(&self) -> MonitorWatch {
         let tx = self.tx.get_or_init(|| broadcast::channel(WATCHER_QUEUE).0);
         let rx = tx.subscribe();
-        self.local_watchers.fetch_add(1, Ordering::AcqRel);
-        self.active.store(true, Ordering::Relaxed);
+        self.local_watchers.fetch_add(1, Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
         MonitorWatch {
             rx,
             watchers: self.local_watchers.clone(),
@@ -403,8 +403,30 @@ impl Monitor {
 
     /// Recomputes `active` (call periodically: a dropped watch does not clear it at once).
     pub fn refresh(&self) {
-        let active = self.local_watchers() > 0 || self.forwarding();
-        self.active.store(active, Ordering::Relaxed);
+        let watched = || {
+            self.local_watchers.load(Ordering::SeqCst) > 0
+                || self.remote_until_ms.load(Ordering::SeqCst) > clock_ms()
+        };
+        if watched() {
+            self.active.store(true, Ordering::SeqCst);
+            return;
+        }
+        self.active.store(false, Ordering::SeqCst);
+        // A watch that began meanwhile (`watch` counts itself, then sets `active`) keeps it set.
+        if watched() {
+            self.active.store(true, Ordering::SeqCst);
+            return;
+        }
+        let until = self.remote_until_ms.load(Ordering::SeqCst);
+        if until != 0
+            && self
+                .remote_until_ms
+                .compare_exchange(until, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            // The remote watch ended: what was not sent is for nobody.
+            *self.forward.lock() = Vec::new();
+        }
     }
 
     /// The periodic upkeep (about once a second): [`refresh`](Self::refresh), and the `Sampled`
@@ -424,8 +446,8 @@ impl Monitor {
     /// it ([`take_forward`](Self::take_forward)).
     pub fn remote_watch(&self, ttl_ms: u64) {
         self.remote_until_ms
-            .fetch_max(clock_ms().saturating_add(ttl_ms), Ordering::Relaxed);
-        self.active.store(true, Ordering::Relaxed);
+            .fetch_max(clock_ms().saturating_add(ttl_ms), Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
     }
 
     /// Whether another node watches this app.
@@ -816,12 +838,19 @@ mod tests {
         }
         assert_eq!(monitor.take_forward().len(), FORWARD_QUEUE);
 
-        // A remote watch that expired leaves the monitor inactive at the next refresh.
+        // A remote watch that expired leaves the monitor inactive at the next refresh, and its
+        // unsent records are let go.
         let other = Monitor::new(2);
         other.remote_watch(0);
         assert!(!other.forwarding());
+        other.forward.lock().push(Arc::new(MonitorRecord {
+            node: "2".into(),
+            time_ms: 0,
+            event: opened(1),
+        }));
         other.refresh();
         assert!(!other.active());
+        assert!(other.forward.lock().capacity() == 0);
     }
 
     #[test]
