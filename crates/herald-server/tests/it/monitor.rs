@@ -460,3 +460,53 @@ async fn webhooks_sent_and_failed_are_seen_without_their_bodies() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_slow_consumer_is_a_limit_hit_then_a_4100_close() {
+    let server = TestServer::start(|c| {
+        c.limits.outbox_max_bytes = 256 * 1024;
+        c.limits.max_request_body_bytes = 1024 * 1024;
+        c.apps[0].max_message_size = 512 * 1024;
+        // Large events: few records fill the socket's buffers, far under the sampling bound.
+        c.apps[0].history_events = 0;
+    })
+    .await;
+    let mut watch = app(&server).monitor().watch();
+    let mut stalled = server.client().await;
+    let stalled_id = stalled.socket_id.clone();
+    stalled.subscribe("firehose").await;
+    // `stalled` never reads from here on.
+    let payload = "x".repeat(256 * 1024);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.shared.node.connection_count() == 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client was never closed"
+        );
+        server.trigger("firehose", "bulk", &payload).await;
+    }
+    let limit = until_record(&mut watch, "the slow consumer", |r| {
+        matches!(r.event, MonitorEvent::LimitHit { .. })
+    })
+    .await;
+    assert_eq!(
+        limit.event,
+        MonitorEvent::LimitHit {
+            socket_id: Some(stalled_id.clone()),
+            limit: "outbox_max_bytes".into(),
+            channel: None,
+        }
+    );
+    let closed = until_record(&mut watch, "the close", |r| {
+        matches!(r.event, MonitorEvent::ConnectionClosed { .. })
+    })
+    .await;
+    assert_eq!(
+        closed.event,
+        MonitorEvent::ConnectionClosed {
+            socket_id: stalled_id,
+            code: 4100,
+            reason: "slow_consumer".into(),
+        }
+    );
+}
