@@ -541,7 +541,8 @@ struct Sample {
 const MAX_SAMPLES: usize = 32;
 
 impl Traffic {
-    /// Events accepted here (HTTP publishes, client events).
+    /// Events accepted here: HTTP publishes (per channel, as handed to the broker) and client
+    /// events.
     #[inline]
     pub fn count_in(&self, n: u64) {
         self.messages_in.fetch_add(n, Ordering::Relaxed);
