@@ -344,8 +344,15 @@ impl TestClient {
     }
 
     /// Asserts the very next frame is this event.
+    /// The next frame, which must be `event`. A `pusher:ping` the server sends meanwhile (while
+    /// frames flow it pings every 5 s to confirm delivery) is answered, as pusher-js does, and
+    /// skipped, unless it is what the caller waits for.
     pub async fn expect_next(&mut self, event: &str) -> Value {
-        let frame = self.next().await;
+        let mut frame = self.next().await;
+        while event != "pusher:ping" && frame["event"] == "pusher:ping" {
+            self.send(json!({"event": "pusher:pong", "data": {}})).await;
+            frame = self.next().await;
+        }
         assert_eq!(frame["event"], event, "unexpected frame {frame}");
         frame
     }
