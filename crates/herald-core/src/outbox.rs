@@ -113,6 +113,35 @@ struct State {
     close: Option<CloseRequest>,
     /// Frames ever queued (wrapping), to know whether anything was sent since the last ping.
     pushed: u64,
+    /// The socket's non-blocking writer, while the connection may be written from the
+    /// delivering thread.
+    direct: Option<Direct>,
+    /// The socket task is writing (or has frames to write): nobody else may write now.
+    task_writing: bool,
+    /// The unwritten end of a frame written in part from the delivering thread: it goes to the
+    /// socket before anything else.
+    remainder: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+struct Direct {
+    writer: Arc<dyn DirectWrite>,
+    deflate: Option<Deflate>,
+}
+
+/// A socket's write that never blocks, so a frame can be written by whoever delivers it when
+/// nothing else is queued for the socket: no task is woken for it (issue 14). Implemented by
+/// the server over the `TcpStream` (herald-core does no IO itself).
+pub trait DirectWrite: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes now of `buf`: `Ok(n)` bytes taken (maybe fewer than
+    /// asked), `WouldBlock` when it takes nothing now, another error when the socket is broken.
+    ///
+    /// # Errors
+    /// As described: `WouldBlock` or the socket's error.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+
+    /// `frame` was written whole from the delivering thread (for metrics and frame logs).
+    fn written(&self, frame: &Frame);
 }
 
 /// While frames flow, a connection is pinged at least this often, so that the pong confirms
@@ -327,12 +356,69 @@ impl Outbox {
             self.0.notify.notify_one();
             return Err(PushError::Overflow);
         }
+        state.pushed = state.pushed.wrapping_add(1);
+        if state.frames.is_empty() && !state.task_writing {
+            if let Some(direct) = &state.direct {
+                // Nothing is queued and the task is not writing: write it from here. The lock
+                // is held through the write, so frames keep their order.
+                let wire = frame.wire(direct.deflate);
+                match direct.writer.try_write(&wire) {
+                    Ok(n) if n == wire.len() => {
+                        let writer = direct.writer.clone();
+                        drop(state);
+                        writer.written(&frame);
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        // The kernel took part: the task writes the rest before anything else.
+                        state.remainder = Some(wire.slice(n..));
+                        state.task_writing = true;
+                        state.bytes += wire.len() - n;
+                        drop(state);
+                        self.0.notify.notify_one();
+                        return Ok(());
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        // The socket is broken: the task finds out, and ends the connection.
+                        state.direct = None;
+                    }
+                }
+            }
+        }
         state.bytes += frame.text.len();
         state.frames.push(frame);
-        state.pushed = state.pushed.wrapping_add(1);
         drop(state);
         self.0.notify.notify_one();
         Ok(())
+    }
+
+    /// Lets deliveries write to the socket themselves while nothing is queued for it; the
+    /// socket task calls it once it is ready to serve (after the handshake).
+    pub fn set_direct(&self, writer: Arc<dyn DirectWrite>, deflate: Option<Deflate>) {
+        self.0.state.lock().direct = Some(Direct { writer, deflate });
+    }
+
+    /// Ends writes from delivering threads: the socket task is done with the socket.
+    pub fn clear_direct(&self) {
+        let mut state = self.0.state.lock();
+        state.direct = None;
+        state.task_writing = true;
+    }
+
+    /// The socket task is about to write something of its own (a pong, a close frame): until
+    /// [`Outbox::release`], deliveries queue instead of writing.
+    pub fn claim(&self) {
+        self.0.state.lock().task_writing = true;
+    }
+
+    /// The socket task wrote what it took: deliveries may write directly again, unless
+    /// something was queued meanwhile (then the task has been notified and writes it).
+    pub fn release(&self) {
+        let mut state = self.0.state.lock();
+        if state.frames.is_empty() && state.remainder.is_none() && state.close.is_none() {
+            state.task_writing = false;
+        }
     }
 
     /// Asks the socket task to close the connection after what is already queued. The first
@@ -355,10 +441,26 @@ impl Outbox {
     ///
     /// The queue moves out with the frames, so an idle connection holds no queue memory; the
     /// first frame is stored inline, so a wake-up for a single frame allocates nothing.
+    ///
+    /// The task writes what it took, then calls [`Outbox::release`]; until then deliveries
+    /// queue rather than write themselves.
     pub fn take(&self) -> (Batch, Option<CloseRequest>) {
+        let (remainder, batch, close) = self.take_all();
+        debug_assert!(remainder.is_none(), "use take_all with direct writes");
+        (batch, close)
+    }
+
+    /// [`Outbox::take`], with the unwritten end of a frame that a delivery wrote in part: it
+    /// goes first.
+    pub fn take_all(&self) -> (Option<Bytes>, Batch, Option<CloseRequest>) {
         let mut state = self.0.state.lock();
         state.bytes = 0;
-        (std::mem::take(&mut state.frames), state.close.clone())
+        state.task_writing = true;
+        (
+            state.remainder.take(),
+            std::mem::take(&mut state.frames),
+            state.close.clone(),
+        )
     }
 
     /// Waits until something was pushed or a close was requested since the last `take`.
