@@ -615,4 +615,124 @@ mod tests {
         );
         outbox.push(Frame::new("cccccccc".into())).unwrap();
     }
+
+    /// A socket's send buffer in memory: takes up to `room` bytes, then would block.
+    #[derive(Debug, Default)]
+    struct Buffer {
+        state: Mutex<(Vec<u8>, usize, bool)>,
+        written: AtomicU64,
+    }
+
+    impl Buffer {
+        fn with_room(room: usize) -> Arc<Buffer> {
+            let buffer = Arc::new(Buffer::default());
+            buffer.state.lock().1 = room;
+            buffer
+        }
+        fn bytes(&self) -> Vec<u8> {
+            self.state.lock().0.clone()
+        }
+    }
+
+    impl DirectWrite for Buffer {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut state = self.state.lock();
+            if state.2 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            let n = buf.len().min(state.1);
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            state.1 -= n;
+            state.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn written(&self, _frame: &Frame) {
+            self.written.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn wire(text: &str) -> Vec<u8> {
+        Frame::new(text.into()).wire(None).to_vec()
+    }
+
+    #[test]
+    fn an_idle_socket_is_written_by_the_delivery_itself() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(1 << 20);
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("one".into())).unwrap();
+        outbox.push(Frame::new("two".into())).unwrap();
+        assert_eq!(socket.bytes(), [wire("one"), wire("two")].concat());
+        assert_eq!(socket.written.load(Relaxed), 2);
+        let (rest, batch, close) = outbox.take_all();
+        assert!(rest.is_none() && batch.is_empty() && close.is_none());
+    }
+
+    #[test]
+    fn a_partial_write_leaves_the_rest_first_for_the_task_and_later_frames_queue() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(3);
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("first".into())).unwrap();
+        outbox.push(Frame::new("second".into())).unwrap();
+        assert_eq!(socket.bytes(), wire("first")[..3]);
+        let (rest, batch, _) = outbox.take_all();
+        assert_eq!(rest.as_deref(), Some(&wire("first")[3..]));
+        assert_eq!(
+            batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(),
+            [b"second"]
+        );
+        // The task wrote them; deliveries write directly again.
+        socket.state.lock().1 = 1 << 20;
+        outbox.release();
+        outbox.push(Frame::new("third".into())).unwrap();
+        assert!(socket.bytes().ends_with(&wire("third")));
+    }
+
+    #[test]
+    fn a_full_socket_or_a_busy_task_queues_the_frame() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(0);
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("blocked".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        socket.state.lock().1 = 1 << 20;
+        // Queued frames go first: the next delivery queues behind them.
+        outbox.push(Frame::new("behind".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        let (_, batch, _) = outbox.take_all();
+        assert_eq!(batch.len(), 2);
+        // While the task writes (a pong, input being handled), deliveries queue.
+        outbox.claim();
+        outbox.push(Frame::new("while claimed".into())).unwrap();
+        outbox.release();
+        assert!(socket.bytes().is_empty(), "a queued frame keeps the claim");
+        let (_, batch, _) = outbox.take_all();
+        assert_eq!(batch.len(), 1);
+        outbox.release();
+        outbox.push(Frame::new("idle again".into())).unwrap();
+        assert_eq!(socket.bytes(), wire("idle again"));
+    }
+
+    #[test]
+    fn a_broken_socket_stops_direct_writes_and_cleared_direct_never_writes() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(1 << 20);
+        socket.state.lock().2 = true;
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("lost".into())).unwrap();
+        socket.state.lock().2 = false;
+        outbox.push(Frame::new("queued".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        assert_eq!(outbox.take_all().1.len(), 2);
+
+        let outbox = Outbox::new(1024);
+        outbox.set_direct(socket.clone(), None);
+        outbox.clear_direct();
+        outbox.release();
+        outbox.push(Frame::new("after the end".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+    }
 }
