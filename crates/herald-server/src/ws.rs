@@ -291,6 +291,8 @@ fn serve(
         let reason = connection_loop(&shared, &mut session, &mut socket)
             .instrument(span)
             .await;
+        // From here on only this task touches the socket (and it is dropped below).
+        session.outbox().clear_direct();
 
         let socket_id = session.socket_id();
         let left = session.close();
@@ -371,8 +373,20 @@ fn connection_loop<'a>(
     async move {
         let app_metrics = shared.app_metrics(session.app().id());
         let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
+        // Deliveries write to this socket themselves while nothing is queued for it, instead
+        // of waking this task (issue 14); everything else queues, and this task writes it.
+        session.outbox().set_direct(
+            Arc::new(SocketWriter {
+                stream: socket.stream().clone(),
+                metrics: app_metrics.clone(),
+            }),
+            socket.deflate(),
+        );
 
         // What the client sent along with its handshake, if anything, comes first.
+        // While the task handles input it holds the writer, so that its answers (a pong, then
+        // replies) keep the order of what they answer.
+        session.outbox().claim();
         let mut step = on_readable(
             shared,
             session,
@@ -385,7 +399,7 @@ fn connection_loop<'a>(
         // else is held across an await, so an idle socket's task stays small (memory per connection).
         loop {
             match step {
-                Step::Continue => {}
+                Step::Continue => session.outbox().release(),
                 Step::Flush => {
                     if let Some(reason) =
                         Box::pin(flush(socket, session.outbox(), &app_metrics)).await
@@ -395,7 +409,9 @@ fn connection_loop<'a>(
                 }
                 Step::Pong => {
                     let write = tokio::time::timeout(WRITE_TIMEOUT, socket.send_pong());
-                    match Box::pin(write).await {
+                    let written = Box::pin(write).await;
+                    session.outbox().release();
+                    match written {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return DisconnectReason::Error,
                         Err(_) => return DisconnectReason::SlowConsumer,
@@ -423,7 +439,10 @@ fn connection_loop<'a>(
             step = tokio::select! {
                 () = session.outbox().changed() => Step::Flush,
                 res = socket.readable() => match res {
-                    Ok(()) => on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket),
+                    Ok(()) => {
+                        session.outbox().claim();
+                        on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket)
+                    }
                     Err(_) => Step::End(DisconnectReason::Error),
                 },
             };
@@ -598,11 +617,14 @@ async fn flush(
     outbox: &Outbox,
     app_metrics: &AppMetrics,
 ) -> Option<DisconnectReason> {
-    let (batch, close) = outbox.take();
-    if !batch.is_empty() {
-        if let Err(reason) = write_batch(socket, batch, app_metrics).await {
+    let (remainder, batch, close) = outbox.take_all();
+    if remainder.is_some() || !batch.is_empty() {
+        if let Err(reason) = write_batch(socket, remainder, batch, app_metrics).await {
             return Some(reason);
         }
+    }
+    if close.is_none() {
+        outbox.release();
     }
     let CloseRequest {
         code,
@@ -668,6 +690,7 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
 /// Writes every queued frame and flushes once.
 async fn write_batch(
     socket: &mut WebSocket,
+    remainder: Option<Bytes>,
     batch: Batch,
     app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
@@ -676,12 +699,12 @@ async fn write_batch(
     let oldest = batch.iter().filter_map(|f| f.published_at).min();
     // Each frame was built (and compressed) once for every socket it goes to.
     let deflate = socket.deflate();
-    let frames: Vec<Bytes> = batch
-        .iter()
-        .map(|frame| {
+    let frames: Vec<Bytes> = remainder
+        .into_iter()
+        .chain(batch.iter().map(|frame| {
             tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
             frame.wire(deflate)
-        })
+        }))
         .collect();
     match tokio::time::timeout(WRITE_TIMEOUT, socket.write_frames(&frames)).await {
         Ok(res) => res.map_err(|_| DisconnectReason::Error)?,
@@ -748,4 +771,25 @@ fn monitor_closed(
         code,
         reason: reason.as_str().to_owned(),
     });
+}
+
+/// An outbox's direct writer: a delivery writes to an idle socket from its own thread.
+#[derive(Debug)]
+struct SocketWriter {
+    stream: Arc<tokio::net::TcpStream>,
+    metrics: Arc<AppMetrics>,
+}
+
+impl herald_core::outbox::DirectWrite for SocketWriter {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.try_write(buf)
+    }
+
+    fn written(&self, frame: &Frame) {
+        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
+        self.metrics.messages_sent(1, frame.text.len());
+        if let Some(at) = frame.published_at {
+            self.metrics.delivery_latency(at.elapsed());
+        }
+    }
 }
