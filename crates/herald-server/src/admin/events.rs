@@ -213,8 +213,13 @@ mod tests {
         }
 
         let extra = 10;
+        // Published as they come (emit would sample them at 500 a second first).
         for _ in 0..herald_core::monitor::WATCHER_QUEUE + extra {
-            monitor.emit(7, MonitorEvent::Sampled { dropped: 0 });
+            monitor.publish(std::sync::Arc::new(herald_core::MonitorRecord {
+                node: "7".into(),
+                time_ms: 0,
+                event: MonitorEvent::Sampled { dropped: 0 },
+            }));
         }
         let (text, watcher) = chunk(watcher).await;
         let first = text.split_terminator("\n\n").next().unwrap();
