@@ -377,8 +377,25 @@ fn connection_loop<'a>(
             match step {
                 Step::Continue => {}
                 Step::Flush => {
+                    let (batch, close) = session.outbox().take();
+                    if close
+                        .as_ref()
+                        .is_some_and(|close| close.reason == DisconnectReason::Drain)
+                    {
+                        // A drain: leave every channel and announce where this socket stopped
+                        // before the 4200 goes out, not after the close handshake, so that the
+                        // node the client reconnects to at once already knows the departure and
+                        // replays. Nothing is queued after a close request, and what was queued
+                        // is in `batch`, written before the close frame.
+                        let socket_id = session.socket_id();
+                        for left in &session.close() {
+                            shared
+                                .webhooks
+                                .record_left(session.app().id(), socket_id, left);
+                        }
+                    }
                     if let Some(reason) =
-                        Box::pin(flush(socket, session.outbox(), &app_metrics)).await
+                        Box::pin(flush(socket, batch, close, &app_metrics)).await
                     {
                         return reason;
                     }
@@ -568,14 +585,14 @@ fn on_message(
     }
 }
 
-/// Writes what the outbox holds, then carries out its close request, if any. Returns why the
-/// connection ended, or `None` to keep going.
+/// Writes what the outbox held (`Outbox::take`), then carries out its close request, if any.
+/// Returns why the connection ended, or `None` to keep going.
 async fn flush(
     socket: &mut WebSocket,
-    outbox: &Outbox,
+    batch: Batch,
+    close: Option<CloseRequest>,
     app_metrics: &AppMetrics,
 ) -> Option<DisconnectReason> {
-    let (batch, close) = outbox.take();
     if !batch.is_empty() {
         if let Err(reason) = write_batch(socket, batch, app_metrics).await {
             return Some(reason);
