@@ -10,7 +10,7 @@ import { connect, createServer } from 'node:net';
  * `{ port }` objects read at each connection (so a backend restarted on its
  * port is picked up; one replaced by another object can be set with
  * `setBackend(i, backend)`).
- * Returns { port, base, stats, setBackend, ready(), close() }.
+ * Returns { port, base, stats, setBackend, delayNew(ms), ready(), close() }.
  */
 export async function startBalancer(backends, { pollMs = 100 } = {}) {
   const list = [...backends];
@@ -19,6 +19,7 @@ export async function startBalancer(backends, { pollMs = 100 } = {}) {
   const stats = { accepted: 0, refused: 0, perBackend: list.map(() => 0) };
   let next = 0;
   let closed = false;
+  let delayMs = 0;
 
   async function poll(i) {
     const b = list[i];
@@ -68,11 +69,15 @@ export async function startBalancer(backends, { pollMs = 100 } = {}) {
     upstream.on('close', () => sockets.delete(upstream));
     upstream.setNoDelay(true);
     client.setNoDelay(true);
-    upstream.once('connect', () => {
+    const hold = delayMs;
+    const join = () => {
       client.pipe(upstream);
       upstream.pipe(client);
       client.resume();
-    });
+    };
+    // With a hold, a slow reconnect (a mobile network, say): the client waits before it
+    // reaches its node.
+    upstream.once('connect', () => (hold > 0 ? setTimeout(join, hold) : join()));
     // An end is passed on by pipe (after the data before it); an error or an abrupt
     // close of one side resets the other.
     client.on('error', () => upstream.destroy());
@@ -93,6 +98,10 @@ export async function startBalancer(backends, { pollMs = 100 } = {}) {
     stats,
     setBackend(i, backend) {
       list[i] = backend;
+    },
+    /** Holds each new connection `ms` before it reaches its node (0: none). */
+    delayNew(ms) {
+      delayMs = ms;
     },
     /** Which backends the last poll found ready. */
     ready: () => [...ready],
