@@ -366,13 +366,15 @@ describe('rolling restart of three nodes behind a /ready-following balancer, rea
     await sleep(Math.max(0, killedAt + 2000 - Date.now()));
     const restartedAt = Date.now();
     await redis.start();
+    const redisReadyAt = Date.now();
     await eventually(
       () => run.channels.every((c) => run.accepted(c).some((p) => p.t0 > restartedAt)),
       10_000,
       'publishes accepted again after redis is back',
     );
+    // From redis answering PING to the first publish answered 200 (on any channel).
     const backAfter = Math.min(
-      ...run.channels.map((c) => run.accepted(c).find((p) => p.t0 > restartedAt).t1 - restartedAt),
+      ...run.channels.map((c) => run.accepted(c).find((p) => p.t0 > restartedAt).t1 - redisReadyAt),
     );
     const lastOutage = Date.now();
     await eventually(
@@ -383,20 +385,27 @@ describe('rolling restart of three nodes behind a /ready-following balancer, rea
     await run.stopPublishing();
     await run.settle();
 
-    // An event is excused only when its subscriber was told the log was lost.
+    // What the guarantee lets Redis lose (restarted without persistence): an event appended just
+    // before the crash that no node had read yet; the subscribers are told (log_lost). So an
+    // event is excused only if it was answered in the last second before the kill and its
+    // subscriber was told; events accepted after Redis is back are never excused.
     const told = (s) => s.failed.some((f) => f.data?.reason === 'log_lost');
-    const { problems, misses } = run.check((s) => told(s));
+    const { problems, misses } = run.check((s, p) => told(s) && p.t1 >= killedAt - 1000 && p.t1 <= killedAt);
     const stats = rollStats(run, killedAt, lastOutage, misses);
     console.log('redis blip:');
     console.table([
       {
         outage_ms: restartedAt - killedAt,
-        first_200_after_ms: backAfter,
+        redis_start_ms: redisReadyAt - restartedAt,
+        first_200_after_ready_ms: backAfter,
         ...stats,
         told_log_lost: run.subs.filter(told).length,
       },
     ]);
     assert.deepEqual(problems, []);
+    // ARCHITECTURE.md: cross-node delivery is back within a second of Redis (reader backoff
+    // 50-500 ms); a debug build on a loaded box gets some slack.
+    assert.ok(backAfter < 3000, `publishes accepted ${backAfter} ms after redis was back`);
     assert.ok(Object.keys(stats.refused).includes('503'), `publishes were refused with 503: ${JSON.stringify(stats.refused)}`);
     for (const s of run.subs) {
       assert.deepEqual(
