@@ -394,8 +394,7 @@ fn connection_loop<'a>(
                                 .record_left(session.app().id(), socket_id, left);
                         }
                     }
-                    if let Some(reason) =
-                        Box::pin(flush(socket, batch, close, &app_metrics)).await
+                    if let Some(reason) = Box::pin(flush(socket, batch, close, &app_metrics)).await
                     {
                         return reason;
                     }
