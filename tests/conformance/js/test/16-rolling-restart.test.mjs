@@ -20,7 +20,7 @@ import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Clients, serverSdk, startServer, uniq } from '../lib/harness.mjs';
+import { Clients, serverSdk, startServer, uniq, withTimeout } from '../lib/harness.mjs';
 import { CLUSTER, eventually, startRedis } from '../lib/cluster.mjs';
 import { startBalancer } from '../lib/balancer.mjs';
 
@@ -281,7 +281,7 @@ describe('rolling restart of three nodes behind a /ready-following balancer, rea
     for (const [i, node] of nodes.entries()) {
       const start = Date.now();
       const before = run.subs.map((s) => s.succeeded.length);
-      const exit = await node.kill('SIGTERM');
+      const exit = await withTimeout(node.kill('SIGTERM'), 15_000, `node ${i} to exit after SIGTERM`);
       const exitedAt = Date.now();
       assert.deepEqual(exit, { code: 0, sig: null }, `node ${i} exits 0 after its drain:\n${node.logs()}`);
       const restarted = await startServer(NODE_CONFIG, { redisUrl: redis.url, env: DRAIN_ENV, port: node.port });

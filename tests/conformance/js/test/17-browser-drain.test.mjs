@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 
 import puppeteer from 'puppeteer-core';
 
-import { APP, serverSdk, startServer, uniq } from '../lib/harness.mjs';
+import { APP, serverSdk, startServer, uniq, withTimeout } from '../lib/harness.mjs';
 import { CLUSTER, eventually, startRedis } from '../lib/cluster.mjs';
 import { startBalancer } from '../lib/balancer.mjs';
 
@@ -134,7 +134,7 @@ describe('headless Chromium on a public channel through a drain (the resume cook
       // Drain the browser's node; its reconnect is held on the way.
       await beforeDrain(page);
       balancer.delayNew(RECONNECT_HOLD_MS);
-      const exit = await nodes[first].kill('SIGTERM');
+      const exit = await withTimeout(nodes[first].kill('SIGTERM'), 15_000, 'the drained node to exit');
       assert.deepEqual(exit, { code: 0, sig: null });
       await page.waitForFunction(() => window.subscribed.length >= 2, { timeout: 10_000 });
       balancer.delayNew(0);
