@@ -31,6 +31,8 @@ use crate::Shared;
 
 /// A socket whose writes stall this long is dropped as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a drained socket's 4200 waits for its departures to be on the cluster's log.
+const DEPARTURE_WAIT: Duration = Duration::from_secs(1);
 
 /// Protocol versions whose wire format this server speaks (pusher-js sends 7).
 const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 4..=7;
@@ -377,24 +379,8 @@ fn connection_loop<'a>(
             match step {
                 Step::Continue => {}
                 Step::Flush => {
-                    let (batch, close) = session.outbox().take();
-                    if close
-                        .as_ref()
-                        .is_some_and(|close| close.reason == DisconnectReason::Drain)
-                    {
-                        // A drain: leave every channel and announce where this socket stopped
-                        // before the 4200 goes out, not after the close handshake, so that the
-                        // node the client reconnects to at once already knows the departure and
-                        // replays. Nothing is queued after a close request, and what was queued
-                        // is in `batch`, written before the close frame.
-                        let socket_id = session.socket_id();
-                        for left in &session.close() {
-                            shared
-                                .webhooks
-                                .record_left(session.app().id(), socket_id, left);
-                        }
-                    }
-                    if let Some(reason) = Box::pin(flush(socket, batch, close, &app_metrics)).await
+                    if let Some(reason) =
+                        Box::pin(flush(shared, session, socket, &app_metrics)).await
                     {
                         return reason;
                     }
@@ -584,14 +570,21 @@ fn on_message(
     }
 }
 
-/// Writes what the outbox held (`Outbox::take`), then carries out its close request, if any.
-/// Returns why the connection ended, or `None` to keep going.
+/// Writes what the outbox holds, then carries out its close request, if any. Returns why the
+/// connection ended, or `None` to keep going.
 async fn flush(
+    shared: &Shared,
+    session: &mut Session,
     socket: &mut WebSocket,
-    batch: Batch,
-    close: Option<CloseRequest>,
     app_metrics: &AppMetrics,
 ) -> Option<DisconnectReason> {
+    let (batch, close) = session.outbox().take();
+    if close
+        .as_ref()
+        .is_some_and(|close| close.reason == DisconnectReason::Drain)
+    {
+        Box::pin(depart(shared, session)).await;
+    }
     if !batch.is_empty() {
         if let Err(reason) = write_batch(socket, batch, app_metrics).await {
             return Some(reason);
@@ -612,6 +605,20 @@ async fn flush(
         socket.await_close().await;
     }
     Some(reason)
+}
+
+/// A drain: leaves every channel and announces where the socket stopped, and waits until that
+/// is on the cluster's log, before the 4200 goes out (not after the close handshake), so that
+/// the node the client reconnects to at once already knows the departure and replays. Nothing
+/// is queued after a close request; what was queued is written before the close frame.
+async fn depart(shared: &Shared, session: &mut Session) {
+    let socket_id = session.socket_id();
+    for left in &session.close() {
+        shared
+            .webhooks
+            .record_left(session.app().id(), socket_id, left);
+    }
+    let _ = tokio::time::timeout(DEPARTURE_WAIT, shared.broker.announced()).await;
 }
 
 /// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, after a

@@ -24,7 +24,8 @@ import { Clients, serverSdk, startServer, uniq, withTimeout } from '../lib/harne
 import { CLUSTER, eventually, startRedis } from '../lib/cluster.mjs';
 import { startBalancer } from '../lib/balancer.mjs';
 
-const CLIENTS = 24;
+// The issue's measurement used 60; 24 keeps the debug build's run short (ROLL_CLIENTS overrides).
+const CLIENTS = Number(process.env.ROLL_CLIENTS ?? 24);
 const EVERY_MS = 50;
 // Short drain so the test stays well under a minute: the balancer polls /ready every 100 ms,
 // so 300 ms of delay lets it stop sending new sockets before the node stops accepting.
