@@ -7,14 +7,16 @@
 //
 // - A rolling restart (SIGTERM, drain, restart on the same port, /ready, next node): every client
 //   that herald can recognise (ARCHITECTURE.md "Delivery guarantee": its presence user_id on the
-//   presence channel, its `pusher:signin` user id on the others) receives every event that got a
-//   200 while it was subscribed exactly once and in publish order; a client herald cannot
-//   recognise (a Node client on a public or private channel without sign-in) gets no replay, so
-//   it may miss what was published during its reconnect, but never gets a duplicate nor a
-//   reordering. No event refused with a 503 reaches anyone.
+//   presence channel, its `pusher:signin` user id on the others: the harness authenticates users
+//   with a synchronous customHandler, so pusher-js sends `pusher:signin` before it resubscribes)
+//   receives every event that got a 200 while it was subscribed exactly once and in publish
+//   order; a client herald cannot recognise (a Node client on a public or private channel
+//   without sign-in) gets no replay, so it may miss what was published during its reconnect, but
+//   never gets a duplicate nor a reordering. No event refused with a 503 reaches anyone.
 // - Redis killed for 2 s and restarted empty (no persistence): publishes get 503s during the
-//   outage, and every event that got a 200 reaches every subscriber (which stayed connected),
-//   or that subscriber got `herald:resume_failed` `log_lost` on the channel; order is kept and
+//   outage, and every event that got a 200 reaches every subscriber (which stayed connected);
+//   the only exception the guarantee allows is an event appended just before the crash that no
+//   node had read, whose subscribers got `herald:resume_failed` `log_lost`; order is kept and
 //   nothing is duplicated.
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
