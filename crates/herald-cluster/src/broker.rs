@@ -21,6 +21,8 @@
 //!   an outage.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,7 +221,8 @@ impl<T: Transport> ClusterBroker<T> {
 
 /// A message waiting for the transport, and who waits for it to be on the log.
 struct Queued {
-    out: Outgoing,
+    /// `None` for a barrier: only its `ack`, once everything queued before it was handled.
+    out: Option<Outgoing>,
     ack: Option<oneshot::Sender<bool>>,
 }
 
@@ -285,7 +288,14 @@ impl<T: Transport> Inner<T> {
         let Some(out) = self.encode(message, None) else {
             return;
         };
-        if self.tx.try_send(Queued { out, ack: None }).is_err() {
+        if self
+            .tx
+            .try_send(Queued {
+                out: Some(out),
+                ack: None,
+            })
+            .is_err()
+        {
             bump(&self.stats.dropped_unsent, 1);
         }
     }
@@ -294,7 +304,14 @@ impl<T: Transport> Inner<T> {
         let Some(out) = self.encode(message, keep) else {
             return;
         };
-        if self.tx.try_send(Queued { out, ack: None }).is_err() {
+        if self
+            .tx
+            .try_send(Queued {
+                out: Some(out),
+                ack: None,
+            })
+            .is_err()
+        {
             bump(&self.stats.dropped_unsent, 1);
             self.state_dirty.store(true, Ordering::Relaxed);
         }
@@ -586,7 +603,7 @@ impl<T: Transport> Broker for ClusterBroker<T> {
         if inner
             .tx
             .try_send(Queued {
-                out,
+                out: Some(out),
                 ack: Some(ack),
             })
             .is_err()
@@ -608,6 +625,21 @@ impl<T: Transport> Broker for ClusterBroker<T> {
         let message = BusMessage::from_announcement(self.0.node.id(), announcement);
         let _order = self.0.order.lock();
         self.0.send(&message, None);
+    }
+
+    fn announced(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let (ack, acked) = oneshot::channel();
+        let barrier = Queued {
+            out: None,
+            ack: Some(ack),
+        };
+        if self.0.tx.try_send(barrier).is_err() {
+            // The queue is full: what is in it is not waited for.
+            return Box::pin(std::future::ready(()));
+        }
+        Box::pin(async move {
+            let _ = acked.await;
+        })
     }
 
     fn terminate_user(&self, app_id: &str, user: &UserId) -> usize {
@@ -645,11 +677,18 @@ async fn publisher<T: Transport>(
         };
         let mut queued = Some(first);
         while let Some(Queued { out, ack }) = queued.take() {
-            batch.push(out);
+            batch.extend(out);
             acks.extend(ack);
             if batch.len() < MAX_BATCH {
                 queued = rx.try_recv().ok();
             }
+        }
+        if batch.is_empty() {
+            // Barriers only: everything before them was handled.
+            for ack in acks.drain(..) {
+                let _ = ack.send(true);
+            }
+            continue;
         }
         let n = batch.len() as u64;
         let res = inner.transport.publish(&batch).await;
@@ -912,6 +951,64 @@ mod tests {
             .iter()
             .map(|f| String::from_utf8_lossy(&f.text).into_owned())
             .collect()
+    }
+
+    /// `announced` resolves only once what was announced before it is on the log (a drain
+    /// sends its 4200 after that).
+    #[tokio::test]
+    async fn announced_waits_until_earlier_announcements_are_on_the_log() {
+        use futures_util::FutureExt;
+        use herald_core::history::{Departure, Identity, Position};
+
+        let (hub, tracker, stop) = (
+            MemoryHub::new(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let a = start(&hub, 1, &tracker, &stop);
+        until("subscribed", || a.broker.is_connected()).await;
+        let transport = hub.transport();
+        let mut readers = Vec::new();
+        for shard in 0..2 {
+            readers.push(
+                transport
+                    .subscribe(shard, Some(Position::START))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let on_log = |readers: &mut Vec<crate::Subscription>| {
+            let mut entries = Vec::new();
+            for reader in readers.iter_mut() {
+                while let Some(Some(BusItem::Entry(_, message))) = reader.next().now_or_never() {
+                    entries.push(String::from_utf8_lossy(&message).into_owned());
+                }
+            }
+            entries
+        };
+        // A barrier alone resolves too.
+        tokio::time::timeout(WAIT, a.broker.announced())
+            .await
+            .unwrap();
+        a.broker.announce(Announcement::Departed {
+            app_id: "1".into(),
+            channel: ChannelName::parse("news", 200).unwrap(),
+            identities: vec![Identity::User(UserId("departing-user".into()))],
+            departure: Departure {
+                after: Position { ms: 1, seq: 0 },
+                socket: SocketId { node: 1, seq: 7 },
+                left_ms: 1,
+            },
+        });
+        a.broker.announced().await;
+        let entries = on_log(&mut readers);
+        assert!(
+            entries.iter().any(|e| e.contains("departing-user")),
+            "the departure is on the log when announced() resolves: {entries:?}"
+        );
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(WAIT, tracker.wait()).await.unwrap();
     }
 
     #[tokio::test]

@@ -94,6 +94,13 @@ pub trait Broker: Send + Sync + Debug {
     /// Tells the other nodes about a change this node already applied locally.
     fn announce(&self, announcement: Announcement);
 
+    /// Resolves once everything announced so far was handed to the cluster's log (appended, or
+    /// failed): a drain waits for a socket's departures before its 4200 goes out. At once for a
+    /// node alone.
+    fn announced(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Closes every connection signed in as `user`, on every node; returns how many were local.
     fn terminate_user(&self, app_id: &str, user: &UserId) -> usize;
 }

@@ -1,4 +1,4 @@
-//! Both Redis transports against a real `redis-server` (started per test on a free port): the
+//! The Redis transport, on one server and in cluster mode, against a real `redis-server` (started per test on a free port): the
 //! bus as Redis Streams (order, resuming after a position, shards, gaps) and kept values.
 
 use std::process::Stdio;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_cluster::{BusItem, Kept, Outgoing, Position, Subscription, Transport};
-use herald_redis::{RedisPubSub, RedisSharded};
+use herald_redis::RedisBus;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -54,8 +54,8 @@ impl RedisServer {
 
 fn transports(redis: &RedisServer) -> [Box<dyn Transport>; 2] {
     [
-        Box::new(RedisPubSub::new(&redis.url(), "t").unwrap()),
-        Box::new(RedisSharded::new(&redis.url(), "t").unwrap()),
+        Box::new(RedisBus::new(&redis.url(), "t", false).unwrap()),
+        Box::new(RedisBus::new(&redis.url(), "t", true).unwrap()),
     ]
 }
 
@@ -118,7 +118,7 @@ async fn shards_are_separate_logs() {
 #[tokio::test]
 async fn a_reader_behind_the_trimmed_log_hears_of_the_gap() {
     let redis = RedisServer::start().await;
-    let transport = RedisPubSub::new(&redis.url(), "gap").unwrap();
+    let transport = RedisBus::new(&redis.url(), "gap", false).unwrap();
     let first = transport.publish(&[message("first")]).await.unwrap()[0];
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

@@ -170,8 +170,8 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
     /// Messages waiting for Redis before new ones are dropped and counted.
     pub queue_capacity: usize,
-    /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), with every key under the `{prefix}` hash
-    /// tag: `redis_url` is a Redis Cluster (one or more comma-separated seed nodes) or a Redis 7.
+    /// Cluster mode: `redis_url` is a Redis Cluster (one or more comma-separated seed nodes) or a
+    /// Redis 7, every key is under the `{prefix}` hash tag and each shard of the bus under its own.
     pub sharded: bool,
     /// Streams the bus is spread over (each on its own hash slot in a Redis Cluster).
     pub shards: usize,

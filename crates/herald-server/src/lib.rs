@@ -31,7 +31,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herald_cluster::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, Transport};
 use herald_core::{App, AppsChanged, Broker, MemoryBroker, Node, NodeLimits};
-use herald_redis::{RedisPubSub, RedisSharded};
+use herald_redis::RedisBus;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -176,8 +176,8 @@ impl Shared {
 /// The broker, and its counters when it is a cluster's.
 type BrokerAndStats = (Arc<dyn Broker>, Option<Arc<BrokerStats>>);
 
-/// The broker: the cluster protocol over the configured transport (an in-process hub, Redis
-/// sharded or classic pub/sub), or, for a node alone, `MemoryBroker`, which publishes by local
+/// The broker: the cluster protocol over the configured transport (an in-process hub, or Redis:
+/// one server, or a Redis Cluster with `cluster.sharded`), or, for a node alone, `MemoryBroker`, which publishes by local
 /// delivery and nothing else.
 fn start_broker(
     config: &Config,
@@ -189,12 +189,10 @@ fn start_broker(
     let prefix = &config.cluster.prefix;
     let transport: Box<dyn Transport> = match (&config.cluster.hub, &config.redis_url) {
         (Some(hub), _) => Box::new(hub.transport()),
-        (None, Some(url)) if config.cluster.sharded => {
-            Box::new(RedisSharded::new(url, prefix)?.with_log_max_len(config.cluster.log_max_len))
-        }
-        (None, Some(url)) => {
-            Box::new(RedisPubSub::new(url, prefix)?.with_log_max_len(config.cluster.log_max_len))
-        }
+        (None, Some(url)) => Box::new(
+            RedisBus::new(url, prefix, config.cluster.sharded)?
+                .with_log_max_len(config.cluster.log_max_len),
+        ),
         (None, None) => return Ok((Arc::new(MemoryBroker::new(node.clone())), None)),
     };
     let on_node_gone = {

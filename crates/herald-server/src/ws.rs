@@ -31,6 +31,8 @@ use crate::Shared;
 
 /// A socket whose writes stall this long is dropped as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a drained socket's 4200 waits for its departures to be on the cluster's log.
+const DEPARTURE_WAIT: Duration = Duration::from_secs(1);
 
 /// Protocol versions whose wire format this server speaks (pusher-js sends 7).
 const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 4..=7;
@@ -402,7 +404,7 @@ fn connection_loop<'a>(
                 Step::Continue => session.outbox().release(),
                 Step::Flush => {
                     if let Some(reason) =
-                        Box::pin(flush(socket, session.outbox(), &app_metrics)).await
+                        Box::pin(flush(shared, session, socket, &app_metrics)).await
                     {
                         return reason;
                     }
@@ -613,11 +615,19 @@ fn on_message(
 /// Writes what the outbox holds, then carries out its close request, if any. Returns why the
 /// connection ended, or `None` to keep going.
 async fn flush(
+    shared: &Shared,
+    session: &mut Session,
     socket: &mut WebSocket,
-    outbox: &Outbox,
     app_metrics: &AppMetrics,
 ) -> Option<DisconnectReason> {
+    let outbox = session.outbox().clone();
     let (remainder, batch, close) = outbox.take_all();
+    if close
+        .as_ref()
+        .is_some_and(|close| close.reason == DisconnectReason::Drain)
+    {
+        Box::pin(depart(shared, session)).await;
+    }
     if remainder.is_some() || !batch.is_empty() {
         if let Err(reason) = write_batch(socket, remainder, batch, app_metrics).await {
             return Some(reason);
@@ -641,6 +651,20 @@ async fn flush(
         socket.await_close().await;
     }
     Some(reason)
+}
+
+/// A drain: leaves every channel and announces where the socket stopped, and waits until that
+/// is on the cluster's log, before the 4200 goes out (not after the close handshake), so that
+/// the node the client reconnects to at once already knows the departure and replays. Nothing
+/// is queued after a close request; what was queued is written before the close frame.
+async fn depart(shared: &Shared, session: &mut Session) {
+    let socket_id = session.socket_id();
+    for left in &session.close() {
+        shared
+            .webhooks
+            .record_left(session.app().id(), socket_id, left);
+    }
+    let _ = tokio::time::timeout(DEPARTURE_WAIT, shared.broker.announced()).await;
 }
 
 /// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, after a

@@ -1,6 +1,7 @@
 //! Several nodes as one cluster. Each scenario runs over every transport (`over_every_engine!`):
-//! an in-process memory hub, Redis pub/sub and Redis sharded pub/sub (a real `redis-server`
-//! started per test on a free port); a few tests need a real process or a Redis Cluster.
+//! an in-process memory hub, and `RedisBus` on one server and in cluster mode (`sharded`) (a real
+//! `redis-server` started per test on a free port); a few tests need a real process or a Redis
+//! Cluster.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -95,7 +96,9 @@ impl RedisServer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Memory,
+    /// `RedisBus` on one server.
     Redis,
+    /// `RedisBus` in cluster mode (`cluster.sharded`), on a standalone Redis 7.
     RedisSharded,
 }
 

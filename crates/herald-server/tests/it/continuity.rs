@@ -593,6 +593,48 @@ async fn a_member_drained_from_one_node_resumes_on_another() {
     late.expect_nothing_more().await;
 }
 
+/// pusher-js reconnects the moment it reads the 4200, before the close handshake is over, and
+/// through a balancer it lands on another node: that node must already know where the drained
+/// socket stopped. The client here never answers the close frame, so a departure recorded only
+/// after the close handshake would come seconds too late.
+#[tokio::test]
+async fn a_drained_client_that_reconnects_at_once_elsewhere_resumes() {
+    let hub = herald_cluster::MemoryHub::new();
+    let start = |hub: &herald_cluster::MemoryHub| {
+        let hub = hub.clone();
+        TestServer::start(move |c| {
+            c.cluster.hub = Some(hub);
+            c.cluster.heartbeat_interval = Duration::from_millis(200);
+        })
+    };
+    let (a, b) = (start(&hub).await, start(&hub).await);
+    let mut alice = a.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    b.trigger("presence-room", "msg", "1").await;
+    assert_eq!(
+        expect_events(&mut alice, "presence-room", "msg", 1).await,
+        ["1"]
+    );
+    for outbox in a.shared.node.outboxes() {
+        outbox.close(CloseRequest {
+            code: CloseCode::ReconnectImmediately,
+            message: "Server is shutting down; reconnect",
+            reason: DisconnectReason::Drain,
+        });
+    }
+    // Read the 4200 and leave the close unanswered (the old socket stays half-closed).
+    assert_eq!(alice.expect_close().await, Closed::Code(4200));
+    b.trigger("presence-room", "msg", "2").await;
+    let mut again = b.client().await;
+    again.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(
+        expect_events(&mut again, "presence-room", "msg", 1).await,
+        ["2"]
+    );
+    again.expect_nothing_more().await;
+    drop(alice);
+}
+
 /// The bus lost data (an outage that loses everything, as a Redis restart without persistence):
 /// every subscriber hears `herald:resume_failed` with `log_lost`, then live events flow again.
 #[tokio::test]

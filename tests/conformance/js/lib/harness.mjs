@@ -113,11 +113,12 @@ export function buildConfig({ top = {}, limits = {}, webhooks = {}, cluster = {}
 }
 
 /**
- * Start herald on a free port and wait until GET /up answers 200.
- * `redisUrl` joins it to a cluster (--redis-url).
+ * Start herald on a free port (or on `port`) and wait until GET /up answers 200.
+ * `redisUrl` joins it to a cluster (--redis-url); `env` adds environment variables
+ * (`HERALD_DRAIN__WINDOW`, ...: the environment overrides the config file).
  * Returns { port, base, stop(), kill(signal), logs() }.
  */
-export async function startServer(configOpts = {}, { readyTimeout = 15000, redisUrl } = {}) {
+export async function startServer(configOpts = {}, { readyTimeout = 15000, redisUrl, port: fixedPort, env = {} } = {}) {
   const bin = heraldBinary();
   const dir = mkdtempSync(join(tmpdir(), 'herald-conf-'));
   const cfgPath = join(dir, 'herald.toml');
@@ -125,12 +126,12 @@ export async function startServer(configOpts = {}, { readyTimeout = 15000, redis
 
   let lastErr;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
+    const port = fixedPort ?? (await freePort());
     const args = ['start', '--host', '127.0.0.1', '--port', String(port), '--config', cfgPath];
     if (redisUrl) args.push('--redis-url', redisUrl);
     const child = spawn(bin, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG ?? 'warn', ...env },
     });
     let output = '';
     child.stdout.on('data', (d) => (output += d));

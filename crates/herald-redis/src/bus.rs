@@ -1,5 +1,5 @@
-//! The single-server Redis transport: the bus is Redis Streams on one Redis server (see
-//! `commands.rs`). The name is historical: the bus was classic pub/sub before it became a log.
+//! The Redis engine: the bus is Redis Streams (see `commands.rs`), on one Redis server or spread
+//! over a Redis Cluster's hash slots, one stream per shard, each under its own hash tag.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -10,35 +10,36 @@ use crate::commands::Commands;
 use crate::conn::Target;
 use crate::BrokerError;
 
-/// The bus on one Redis server.
+/// The bus on one Redis server, or on a Redis Cluster (or a standalone Redis 7) in cluster mode.
 #[derive(Debug)]
-pub struct RedisPubSub {
+pub struct RedisBus {
     commands: Commands,
 }
 
-impl RedisPubSub {
-    /// `url` is `redis://` or `rediss://`; keys and the bus are under `prefix`.
+impl RedisBus {
+    /// `urls` is one `redis://` or `rediss://` URL, or with `cluster` one URL or comma-separated
+    /// Redis Cluster seed nodes (`cluster.sharded`). Keys and the bus are under `prefix`; in
+    /// cluster mode every key carries the `{prefix}` hash tag, except the bus's shards past the
+    /// first, which have their own.
     ///
     /// # Errors
     /// A malformed URL.
-    pub fn new(url: &str, prefix: &str) -> Result<RedisPubSub, BrokerError> {
-        let target = Target::parse(url, false).map_err(BrokerError::InvalidUrl)?;
-        Ok(RedisPubSub {
+    pub fn new(urls: &str, prefix: &str, cluster: bool) -> Result<RedisBus, BrokerError> {
+        let target = Target::parse(urls, cluster).map_err(BrokerError::InvalidUrl)?;
+        Ok(RedisBus {
             commands: Commands::new(target, prefix),
         })
     }
-}
 
-impl RedisPubSub {
     /// Keeps about `n` entries per shard of the bus (`cluster.log_max_len`).
     #[must_use]
-    pub fn with_log_max_len(mut self, n: usize) -> RedisPubSub {
+    pub fn with_log_max_len(mut self, n: usize) -> RedisBus {
         self.commands.log_max_len = n;
         self
     }
 }
 
-impl Transport for RedisPubSub {
+impl Transport for RedisBus {
     fn publish<'a>(
         &'a self,
         batch: &'a [Outgoing],
