@@ -154,8 +154,14 @@ mod tests {
 
     #[test]
     fn urls_name_their_dialect() {
-        assert_eq!(Dialect::of_url("postgres://u@h/db"), Some(Dialect::Postgres));
-        assert_eq!(Dialect::of_url("PostgreSQL://h/db"), Some(Dialect::Postgres));
+        assert_eq!(
+            Dialect::of_url("postgres://u@h/db"),
+            Some(Dialect::Postgres)
+        );
+        assert_eq!(
+            Dialect::of_url("PostgreSQL://h/db"),
+            Some(Dialect::Postgres)
+        );
         assert_eq!(Dialect::of_url("mysql://h/db"), Some(Dialect::MySql));
         assert_eq!(Dialect::of_url("mariadb://h/db"), Some(Dialect::MySql));
         assert_eq!(Dialect::of_url("sqlite://x.db"), None);

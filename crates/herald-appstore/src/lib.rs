@@ -172,7 +172,8 @@ impl SqlAppStore {
                 sqlx::query(d.create_schema_table())
                     .execute(&mut *conn)
                     .await?;
-                let locked: Option<i64> = sqlx::query_scalar(d.lock()).fetch_one(&mut *conn).await?;
+                let locked: Option<i64> =
+                    sqlx::query_scalar(d.lock()).fetch_one(&mut *conn).await?;
                 if locked != Some(1) {
                     return Err(sqlx::Error::Protocol(
                         "timed out waiting for another node's migration (GET_LOCK)".into(),
@@ -273,25 +274,24 @@ impl SqlAppStore {
         let res = bounded(async {
             let mut tx = self.pool.begin().await?;
             let touched = match op {
-                Write::Create(app) => {
-                    sqlx::query(&d.sql(&format!(
-                        "INSERT INTO herald_apps (id, app_key, secret, settings, updated_at) \
+                Write::Create(app) => sqlx::query(&d.sql(&format!(
+                    "INSERT INTO herald_apps (id, app_key, secret, settings, updated_at) \
                          VALUES (?, ?, ?, ?, {})",
-                        d.now()
-                    )))
-                    .bind(app.id.as_str())
-                    .bind(app.key.as_str())
-                    .bind(app.secret.expose())
-                    .bind(settings_json(app))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                }
+                    d.now()
+                )))
+                .bind(app.id.as_str())
+                .bind(app.key.as_str())
+                .bind(app.secret.expose())
+                .bind(settings_json(app))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
                 Write::Update(app) => {
-                    let exists = sqlx::query(&d.sql("SELECT id FROM herald_apps WHERE id = ? FOR UPDATE"))
-                        .bind(app.id.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                    let exists =
+                        sqlx::query(&d.sql("SELECT id FROM herald_apps WHERE id = ? FOR UPDATE"))
+                            .bind(app.id.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
                     if exists.is_none() {
                         0
                     } else {

@@ -101,7 +101,11 @@ pub fn redact_password(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let hidden = if userinfo.contains(':') { ":<redacted>" } else { "" };
+            let hidden = if userinfo.contains(':') {
+                ":<redacted>"
+            } else {
+                ""
+            };
             format!("{scheme}://{user}{hidden}@{host}{tail}")
         }
         None => url.to_owned(),
@@ -679,13 +683,19 @@ mod tests {
     fn the_app_store_url_is_checked_and_its_password_never_printed() {
         let config = Config::load_from(
             None,
-            env(&[("HERALD_APP_STORE__URL", "postgres://herald:hunter2@db:5432/herald")]),
+            env(&[(
+                "HERALD_APP_STORE__URL",
+                "postgres://herald:hunter2@db:5432/herald",
+            )]),
             &Overrides::default(),
         )
         .unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(debug.contains("postgres://herald:<redacted>@db:5432/herald"), "{debug}");
+        assert!(
+            debug.contains("postgres://herald:<redacted>@db:5432/herald"),
+            "{debug}"
+        );
         assert_eq!(redact_password("mysql://h/db"), "mysql://h/db");
         assert_eq!(redact_password("mysql://u@h/db?x=@"), "mysql://u@h/db?x=@");
         let err = Config::load_from(

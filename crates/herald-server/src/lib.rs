@@ -363,11 +363,7 @@ pub async fn serve(
         housekeeping.clone(),
         ws::sweep_liveness(shared.clone()),
     ));
-    if !shared
-        .apps
-        .wait_loaded(app_store::FIRST_LOAD_WAIT)
-        .await
-    {
+    if !shared.apps.wait_loaded(app_store::FIRST_LOAD_WAIT).await {
         tracing::warn!("serving without the app store's apps: it did not answer yet (retrying)");
     }
     let accept = shared.tracker.spawn(accept_loop(

@@ -1,10 +1,12 @@
 //! Integration tests over real sockets: each test starts its own server on 127.0.0.1:0.
 //! Every wait has a timeout; nothing sleeps to synchronise.
 
+mod app_store;
 mod client_events;
 mod cluster;
 mod connect;
 mod continuity;
+mod databases;
 mod deflate;
 mod drain;
 mod hostile;
