@@ -64,7 +64,7 @@ pub fn decode(id: String, key: String, secret: String, settings: &str) -> Result
             // The columns are the truth; a copy in settings is ignored.
             continue;
         }
-        if known.iter().any(|k| *k == name) {
+        if known.contains(&name) {
             map.insert(name, value);
         } else {
             unknown.push(name);
