@@ -50,7 +50,7 @@ pub struct AppStoreStatus {
 
 /// How long [`crate::serve`] waits for a database's apps before it starts serving without them
 /// (the sync loop keeps trying).
-pub const FIRST_LOAD_WAIT: Duration = Duration::from_secs(5);
+pub const FIRST_LOAD_WAIT: Duration = Duration::from_secs(3);
 
 /// The sync loop's longest pause between failed attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);

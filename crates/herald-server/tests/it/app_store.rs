@@ -392,3 +392,33 @@ async fn postgres_malformed_row_is_skipped() {
 async fn mariadb_malformed_row_is_skipped() {
     a_malformed_row_is_skipped(Kind::MariaDb).await;
 }
+
+/// A node started while its database is down serves (after a bounded wait), ready and without
+/// apps, says so in `/ready`, and loads the apps once the database answers.
+#[tokio::test]
+async fn a_node_started_during_an_outage_serves_and_loads_the_apps_later() {
+    use herald_core::AppStore;
+    let mut db = Database::start(Kind::Postgres).await;
+    let store = herald_appstore::SqlAppStore::connect(&db.url()).unwrap();
+    store.create(app("50")).await.unwrap();
+    db.stop().await;
+
+    let url = db.url();
+    let server = TestServer::start(move |c| c.app_store.url = Some(url)).await;
+    // `serve` waits a few seconds for the database, then serves anyway.
+    let (status, body) = ready(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app_store"]["ok"], false, "{body}");
+    assert_eq!(body["app_store"]["last_sync_ms"], 0, "{body}");
+    let refused = try_connect(&server, "key-50").await.err().expect("no apps yet");
+    assert_eq!(data(&refused)["code"], 4001, "{refused}");
+    assert_eq!(metric(&server, "herald_app_store_up{kind=\"postgres\"}").await, Some(0.0));
+
+    db.resume().await;
+    eventually(Duration::from_secs(5), "the apps load once the database answers", || async {
+        try_connect(&server, "key-50").await.is_ok()
+    })
+    .await;
+    let (_, body) = ready(&server).await;
+    assert_eq!(body["app_store"]["ok"], true, "{body}");
+}
