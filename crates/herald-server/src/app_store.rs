@@ -218,9 +218,10 @@ impl Apps {
     }
 }
 
-/// Starts the sync loop on `shared.background_tasks` (stopped by `shared.background`): it loads
-/// the store's apps whenever [`AppStore::changed`] says they may have changed, and retries
-/// with backoff (at most 1 s) while the store is unreachable, keeping the apps it has.
+/// Starts the sync loop (`serve` does) on `shared.background_tasks`, stopped by
+/// `shared.background`: it loads the store's apps whenever [`AppStore::changed`] says they may
+/// have changed, and retries with backoff (at most 1 s) while the store is unreachable,
+/// keeping the apps it has. It holds `shared` weakly.
 pub fn spawn_sync(shared: &Arc<Shared>) {
     let stop = shared.background.clone();
     let store = shared.apps.store().clone();

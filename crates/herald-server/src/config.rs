@@ -680,6 +680,29 @@ mod tests {
     }
 
     #[test]
+    fn environment_sets_nested_keys_and_ignores_the_scripts_variables() {
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("HERALD_PORT", "7000"),
+                ("HERALD_DRAIN__WINDOW", "2s"),
+                ("HERALD_REDIS_URL", "redis://a:1,redis://b:2"),
+                ("HERALD_LOG", "debug"),
+                ("HERALD_BIN", "/bin/herald"),
+                ("HERALD_TEST_REDIS_URL", "redis://x"),
+                ("HERALD_BENCH", "1"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.port, 7000);
+        assert_eq!(config.drain.window, Duration::from_secs(2));
+        assert_eq!(config.redis_url.as_deref(), Some("redis://a:1,redis://b:2"));
+        assert_eq!(config.apps, vec![App::demo()]);
+    }
+
+    #[test]
     fn the_app_store_url_is_checked_and_its_password_never_printed() {
         let config = Config::load_from(
             None,
@@ -706,28 +729,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("app_store.url"), "{err}");
-    }
-
-    #[test]
-    fn environment_sets_nested_keys_and_ignores_the_scripts_variables() {
-        let config = Config::load_from(
-            None,
-            env(&[
-                ("HERALD_PORT", "7000"),
-                ("HERALD_DRAIN__WINDOW", "2s"),
-                ("HERALD_REDIS_URL", "redis://a:1,redis://b:2"),
-                ("HERALD_LOG", "debug"),
-                ("HERALD_BIN", "/bin/herald"),
-                ("HERALD_TEST_REDIS_URL", "redis://x"),
-                ("HERALD_BENCH", "1"),
-                ("PATH", "/bin"),
-            ]),
-            &Overrides::default(),
-        )
-        .unwrap();
-        assert_eq!(config.port, 7000);
-        assert_eq!(config.drain.window, Duration::from_secs(2));
-        assert_eq!(config.redis_url.as_deref(), Some("redis://a:1,redis://b:2"));
-        assert_eq!(config.apps, vec![App::demo()]);
     }
 }

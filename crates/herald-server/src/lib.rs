@@ -79,7 +79,7 @@ impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         // Installed first: metric handles taken before it would be no-ops.
         let prometheus = metrics::install();
-        // A database's apps arrive with the sync loop's first load (`app_store::spawn_sync`).
+        // A database's apps arrive with the sync loop's first load (started by `serve`).
         let apps = app_store::Apps::from_config(&config)?;
         let start_apps = if apps.file().is_some() {
             config.apps()
@@ -103,7 +103,7 @@ impl Shared {
         let webhooks = start_webhooks(&config, &start_apps, &background_tasks, &background)?;
         let (broker, broker_stats) =
             start_broker(&config, &node, &webhooks, &background_tasks, &background)?;
-        let shared = Arc::new(Shared {
+        Ok(Arc::new(Shared {
             node,
             broker,
             broker_stats,
@@ -117,9 +117,7 @@ impl Shared {
             app_metrics,
             apps,
             config,
-        });
-        app_store::spawn_sync(&shared);
-        Ok(shared)
+        }))
     }
 
     /// The app's metric handles, shared by its sockets. Made (and its series registered at
@@ -363,6 +361,9 @@ pub async fn serve(
         housekeeping.clone(),
         ws::sweep_liveness(shared.clone()),
     ));
+    // The app store's sync loop; a database's apps are loaded before the first accept (or a
+    // few seconds passed: an outage must not keep the node from serving).
+    app_store::spawn_sync(&shared);
     if !shared.apps.wait_loaded(app_store::FIRST_LOAD_WAIT).await {
         tracing::warn!("serving without the app store's apps: it did not answer yet (retrying)");
     }

@@ -410,14 +410,22 @@ async fn a_node_started_during_an_outage_serves_and_loads_the_apps_later() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["app_store"]["ok"], false, "{body}");
     assert_eq!(body["app_store"]["last_sync_ms"], 0, "{body}");
-    let refused = try_connect(&server, "key-50").await.err().expect("no apps yet");
+    let refused = try_connect(&server, "key-50")
+        .await
+        .err()
+        .expect("no apps yet");
     assert_eq!(data(&refused)["code"], 4001, "{refused}");
-    assert_eq!(metric(&server, "herald_app_store_up{kind=\"postgres\"}").await, Some(0.0));
+    assert_eq!(
+        metric(&server, "herald_app_store_up{kind=\"postgres\"}").await,
+        Some(0.0)
+    );
 
     db.resume().await;
-    eventually(Duration::from_secs(5), "the apps load once the database answers", || async {
-        try_connect(&server, "key-50").await.is_ok()
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the apps load once the database answers",
+        || async { try_connect(&server, "key-50").await.is_ok() },
+    )
     .await;
     let (_, body) = ready(&server).await;
     assert_eq!(body["app_store"]["ok"], true, "{body}");
