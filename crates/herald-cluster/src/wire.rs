@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Delivery, Durability, Envelope, Frame, LocalState, Node, Position,
+    Announcement, Delivery, Durability, Envelope, Frame, LocalState, MonitorRecord, Node, Position,
     PresenceMember, SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
@@ -18,6 +18,12 @@ use serde_json::value::RawValue;
 /// Channel names from the bus are validated without the per-app length limit, which the
 /// publishing node already enforced.
 const MAX_CHANNEL_NAME: usize = 1024;
+
+/// The longest a `Watching` from another node keeps an app's monitor active here.
+const MAX_WATCH_TTL_MS: u64 = 60_000;
+
+/// Most records in one `Monitor` batch: a node sends at most a second's worth.
+pub const MAX_MONITOR_BATCH: usize = herald_core::monitor::FORWARD_QUEUE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -78,6 +84,23 @@ pub enum BusMessage {
         node: u64,
         /// Open connections per app on that node.
         connections: HashMap<String, usize>,
+        /// Unix time in milliseconds the node started (0 from nodes that predate it).
+        #[serde(default)]
+        started_at_ms: u64,
+        /// Per app, the node's message counters since it started: `(in, out)` (HTTP publishes
+        /// and client events accepted; messages written to its sockets).
+        #[serde(default)]
+        messages: HashMap<String, (u64, u64)>,
+    },
+    /// `node` has a watcher of `app`'s live stream: the others send their records for it for
+    /// the next `ttl_ms` (re-sent every heartbeat while watched).
+    Watching { node: u64, app: String, ttl_ms: u64 },
+    /// Monitor records `node` made for `app`, for the nodes watching it: a batch, best effort,
+    /// never logged in a channel nor replayed.
+    Monitor {
+        node: u64,
+        app: String,
+        records: Vec<serde_json::Value>,
     },
     /// A node's complete state for one app; replaces what others knew of it.
     State {
@@ -139,6 +162,8 @@ pub struct Applied {
     pub removed: Vec<SubscriptionEntry>,
     /// What an event's delivery on this node did, with its app.
     pub delivered: Option<(String, Delivery)>,
+    /// Monitor records that failed validation and were dropped.
+    pub invalid: usize,
 }
 
 /// Where an event read from the bus sits in the cluster's log, and what to do with it.
@@ -221,7 +246,9 @@ impl BusMessage {
             | BusMessage::State { node, .. }
             | BusMessage::SyncRequest { node, .. }
             | BusMessage::Departed { node, .. }
-            | BusMessage::Resumed { node, .. } => *node,
+            | BusMessage::Resumed { node, .. }
+            | BusMessage::Watching { node, .. }
+            | BusMessage::Monitor { node, .. } => *node,
         }
     }
 
@@ -361,8 +388,8 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             };
             let delivery = app.deliver(&channel, &frame, except, durability);
             return Ok(Applied {
-                removed: Vec::new(),
                 delivered: Some((app.id().to_owned(), delivery)),
+                ..Applied::default()
             });
         }
         BusMessage::Subscribed {
@@ -446,12 +473,52 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
         BusMessage::Heartbeat {
             node: from,
             connections,
+            started_at_ms,
+            messages,
         } => {
-            for (app, count) in connections {
-                if let Some(app) = node.app_by_id(&app) {
-                    app.set_remote_connections(from, count);
+            let mut known = Vec::with_capacity(connections.len());
+            for (app_id, count) in &connections {
+                if let Some(app) = node.app_by_id(app_id) {
+                    app.set_remote_connections(from, *count);
+                    known.push((app_id.as_str(), *count));
                 }
             }
+            node.heard_from(from, started_at_ms, &known);
+            for (app, counters) in messages {
+                if let Some(app) = node.app_by_id(&app) {
+                    app.traffic().sample(from, counters);
+                }
+            }
+        }
+        BusMessage::Watching { app, ttl_ms, .. } => {
+            app_state(&app)?
+                .monitor()
+                .remote_watch(ttl_ms.min(MAX_WATCH_TTL_MS));
+        }
+        BusMessage::Monitor {
+            node: from,
+            app,
+            records,
+        } => {
+            let app = app_state(&app)?;
+            if records.len() > MAX_MONITOR_BATCH {
+                return Err(WireError::Invalid("monitor batch"));
+            }
+            let monitor = app.monitor();
+            if monitor.local_watchers() == 0 {
+                return Ok(Applied::default());
+            }
+            let mut invalid = 0;
+            for record in records {
+                match MonitorRecord::from_remote(from, record) {
+                    Some(record) => monitor.publish(std::sync::Arc::new(record)),
+                    None => invalid += 1,
+                }
+            }
+            return Ok(Applied {
+                invalid,
+                ..Applied::default()
+            });
         }
         BusMessage::State {
             node: from,
@@ -461,7 +528,7 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             let app = app_state(&app)?;
             return Ok(Applied {
                 removed: app.replace_node(from, &state.into_local(from)?),
-                delivered: None,
+                ..Applied::default()
             });
         }
         // Answered by the broker, which owns the publisher.
@@ -603,5 +670,63 @@ mod tests {
         let channel = ChannelName::parse("presence-x", 200).unwrap();
         let info = node.app_by_id("1").unwrap().channel_info(&channel);
         assert_eq!((info.subscription_count, info.user_count), (1, Some(1)));
+    }
+
+    #[test]
+    fn heartbeats_of_older_and_newer_nodes_decode() {
+        let node = node();
+        // An older node: no start time, no counters.
+        decode_and_apply(&node, r#"{"t":"heartbeat","node":1,"connections":{"1":3}}"#).unwrap();
+        let app = node.app_by_id("1").unwrap();
+        assert_eq!(app.counts().connections, 3);
+        decode_and_apply(
+            &node,
+            r#"{"t":"heartbeat","node":2,"connections":{"1":1,"nope":5},"started_at_ms":7,"messages":{"1":[10,20],"nope":[1,1]}}"#,
+        )
+        .unwrap();
+        let nodes = node.nodes();
+        assert_eq!(nodes.len(), 3);
+        let two = nodes.iter().find(|n| n.id == "2").unwrap();
+        assert_eq!(
+            (two.started_at_ms, two.connections),
+            (7, 1),
+            "unknown apps left out"
+        );
+        assert_eq!(app.counts().connections, 4);
+    }
+
+    #[test]
+    fn monitor_records_from_the_bus_are_validated() {
+        let node = node();
+        let app = node.app_by_id("1").unwrap();
+        let mut watch = app.monitor().watch();
+        let record = |socket: &str| serde_json::json!({"node": "1", "time_ms": 1, "type": "connection_opened", "socket_id": socket});
+        let message = BusMessage::Monitor {
+            node: 4,
+            app: "1".into(),
+            records: vec![record("4.1"), record("5.1"), serde_json::json!("junk")],
+        };
+        let applied = apply(&node, message, Placement::Live(Position { ms: 1, seq: 0 })).unwrap();
+        assert_eq!(applied.invalid, 2, "another node's socket, and junk");
+        let got = futures_util::FutureExt::now_or_never(watch.recv()).flatten();
+        let Some(herald_core::MonitorItem::Record(got)) = got else {
+            panic!("the valid record is published: {got:?}");
+        };
+        assert_eq!(got.node, "4");
+        let too_many = BusMessage::Monitor {
+            node: 4,
+            app: "1".into(),
+            records: vec![record("4.1"); MAX_MONITOR_BATCH + 1],
+        };
+        assert!(apply(&node, too_many, Placement::Live(Position { ms: 1, seq: 0 })).is_err());
+        // A watch from another node is bounded.
+        drop(watch);
+        app.monitor().refresh();
+        decode_and_apply(
+            &node,
+            r#"{"t":"watching","node":4,"app":"1","ttl_ms":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert!(app.monitor().active() && app.monitor().forwarding());
     }
 }

@@ -113,6 +113,35 @@ struct State {
     close: Option<CloseRequest>,
     /// Frames ever queued (wrapping), to know whether anything was sent since the last ping.
     pushed: u64,
+    /// The socket's non-blocking writer, while the connection may be written from the
+    /// delivering thread.
+    direct: Option<Direct>,
+    /// The socket task is writing (or has frames to write): nobody else may write now.
+    task_writing: bool,
+    /// The unwritten end of a frame written in part from the delivering thread: it goes to the
+    /// socket before anything else.
+    remainder: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+struct Direct {
+    writer: Arc<dyn DirectWrite>,
+    deflate: Option<Deflate>,
+}
+
+/// A socket's write that never blocks, so a frame can be written by whoever delivers it when
+/// nothing else is queued for the socket: no task is woken for it (issue 14). Implemented by
+/// the server over the `TcpStream` (herald-core does no IO itself).
+pub trait DirectWrite: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes now of `buf`: `Ok(n)` bytes taken (maybe fewer than
+    /// asked), `WouldBlock` when it takes nothing now, another error when the socket is broken.
+    ///
+    /// # Errors
+    /// As described: `WouldBlock` or the socket's error.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+
+    /// `frame` was written whole from the delivering thread (for metrics and frame logs).
+    fn written(&self, frame: &Frame);
 }
 
 /// While frames flow, a connection is pinged at least this often, so that the pong confirms
@@ -327,12 +356,69 @@ impl Outbox {
             self.0.notify.notify_one();
             return Err(PushError::Overflow);
         }
+        state.pushed = state.pushed.wrapping_add(1);
+        if state.frames.is_empty() && !state.task_writing {
+            if let Some(direct) = &state.direct {
+                // Nothing is queued and the task is not writing: write it from here. The lock
+                // is held through the write, so frames keep their order.
+                let wire = frame.wire(direct.deflate);
+                match direct.writer.try_write(&wire) {
+                    Ok(n) if n == wire.len() => {
+                        let writer = direct.writer.clone();
+                        drop(state);
+                        writer.written(&frame);
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        // The kernel took part: the task writes the rest before anything else.
+                        state.remainder = Some(wire.slice(n..));
+                        state.task_writing = true;
+                        state.bytes += wire.len() - n;
+                        drop(state);
+                        self.0.notify.notify_one();
+                        return Ok(());
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        // The socket is broken: the task finds out, and ends the connection.
+                        state.direct = None;
+                    }
+                }
+            }
+        }
         state.bytes += frame.text.len();
         state.frames.push(frame);
-        state.pushed = state.pushed.wrapping_add(1);
         drop(state);
         self.0.notify.notify_one();
         Ok(())
+    }
+
+    /// Lets deliveries write to the socket themselves while nothing is queued for it; the
+    /// socket task calls it once it is ready to serve (after the handshake).
+    pub fn set_direct(&self, writer: Arc<dyn DirectWrite>, deflate: Option<Deflate>) {
+        self.0.state.lock().direct = Some(Direct { writer, deflate });
+    }
+
+    /// Ends writes from delivering threads: the socket task is done with the socket.
+    pub fn clear_direct(&self) {
+        let mut state = self.0.state.lock();
+        state.direct = None;
+        state.task_writing = true;
+    }
+
+    /// The socket task is about to write something of its own (a pong, a close frame): until
+    /// [`Outbox::release`], deliveries queue instead of writing.
+    pub fn claim(&self) {
+        self.0.state.lock().task_writing = true;
+    }
+
+    /// The socket task wrote what it took: deliveries may write directly again, unless
+    /// something was queued meanwhile (then the task has been notified and writes it).
+    pub fn release(&self) {
+        let mut state = self.0.state.lock();
+        if state.frames.is_empty() && state.remainder.is_none() && state.close.is_none() {
+            state.task_writing = false;
+        }
     }
 
     /// Asks the socket task to close the connection after what is already queued. The first
@@ -355,10 +441,26 @@ impl Outbox {
     ///
     /// The queue moves out with the frames, so an idle connection holds no queue memory; the
     /// first frame is stored inline, so a wake-up for a single frame allocates nothing.
+    ///
+    /// The task writes what it took, then calls [`Outbox::release`]; until then deliveries
+    /// queue rather than write themselves.
     pub fn take(&self) -> (Batch, Option<CloseRequest>) {
+        let (remainder, batch, close) = self.take_all();
+        debug_assert!(remainder.is_none(), "use take_all with direct writes");
+        (batch, close)
+    }
+
+    /// [`Outbox::take`], with the unwritten end of a frame that a delivery wrote in part: it
+    /// goes first.
+    pub fn take_all(&self) -> (Option<Bytes>, Batch, Option<CloseRequest>) {
         let mut state = self.0.state.lock();
         state.bytes = 0;
-        (std::mem::take(&mut state.frames), state.close.clone())
+        state.task_writing = true;
+        (
+            state.remainder.take(),
+            std::mem::take(&mut state.frames),
+            state.close.clone(),
+        )
     }
 
     /// Waits until something was pushed or a close was requested since the last `take`.
@@ -512,5 +614,125 @@ mod tests {
             [b"aaaa", b"bbbb"]
         );
         outbox.push(Frame::new("cccccccc".into())).unwrap();
+    }
+
+    /// A socket's send buffer in memory: takes up to `room` bytes, then would block.
+    #[derive(Debug, Default)]
+    struct Buffer {
+        state: Mutex<(Vec<u8>, usize, bool)>,
+        written: AtomicU64,
+    }
+
+    impl Buffer {
+        fn with_room(room: usize) -> Arc<Buffer> {
+            let buffer = Arc::new(Buffer::default());
+            buffer.state.lock().1 = room;
+            buffer
+        }
+        fn bytes(&self) -> Vec<u8> {
+            self.state.lock().0.clone()
+        }
+    }
+
+    impl DirectWrite for Buffer {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut state = self.state.lock();
+            if state.2 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            let n = buf.len().min(state.1);
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            state.1 -= n;
+            state.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn written(&self, _frame: &Frame) {
+            self.written.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn wire(text: &str) -> Vec<u8> {
+        Frame::new(text.into()).wire(None).to_vec()
+    }
+
+    #[test]
+    fn an_idle_socket_is_written_by_the_delivery_itself() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(1 << 20);
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("one".into())).unwrap();
+        outbox.push(Frame::new("two".into())).unwrap();
+        assert_eq!(socket.bytes(), [wire("one"), wire("two")].concat());
+        assert_eq!(socket.written.load(Relaxed), 2);
+        let (rest, batch, close) = outbox.take_all();
+        assert!(rest.is_none() && batch.is_empty() && close.is_none());
+    }
+
+    #[test]
+    fn a_partial_write_leaves_the_rest_first_for_the_task_and_later_frames_queue() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(3);
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("first".into())).unwrap();
+        outbox.push(Frame::new("second".into())).unwrap();
+        assert_eq!(socket.bytes(), wire("first")[..3]);
+        let (rest, batch, _) = outbox.take_all();
+        assert_eq!(rest.as_deref(), Some(&wire("first")[3..]));
+        assert_eq!(
+            batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(),
+            [b"second"]
+        );
+        // The task wrote them; deliveries write directly again.
+        socket.state.lock().1 = 1 << 20;
+        outbox.release();
+        outbox.push(Frame::new("third".into())).unwrap();
+        assert!(socket.bytes().ends_with(&wire("third")));
+    }
+
+    #[test]
+    fn a_full_socket_or_a_busy_task_queues_the_frame() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(0);
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("blocked".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        socket.state.lock().1 = 1 << 20;
+        // Queued frames go first: the next delivery queues behind them.
+        outbox.push(Frame::new("behind".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        let (_, batch, _) = outbox.take_all();
+        assert_eq!(batch.len(), 2);
+        // While the task writes (a pong, input being handled), deliveries queue.
+        outbox.claim();
+        outbox.push(Frame::new("while claimed".into())).unwrap();
+        outbox.release();
+        assert!(socket.bytes().is_empty(), "a queued frame keeps the claim");
+        let (_, batch, _) = outbox.take_all();
+        assert_eq!(batch.len(), 1);
+        outbox.release();
+        outbox.push(Frame::new("idle again".into())).unwrap();
+        assert_eq!(socket.bytes(), wire("idle again"));
+    }
+
+    #[test]
+    fn a_broken_socket_stops_direct_writes_and_cleared_direct_never_writes() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(1 << 20);
+        socket.state.lock().2 = true;
+        outbox.set_direct(socket.clone(), None);
+        outbox.push(Frame::new("lost".into())).unwrap();
+        socket.state.lock().2 = false;
+        outbox.push(Frame::new("queued".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        assert_eq!(outbox.take_all().1.len(), 2);
+
+        let outbox = Outbox::new(1024);
+        outbox.set_direct(socket.clone(), None);
+        outbox.clear_direct();
+        outbox.release();
+        outbox.push(Frame::new("after the end".into())).unwrap();
+        assert!(socket.bytes().is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //! stopped by a token that [`serve`] cancels, so [`serve`] returns once they ended (or their
 //! deadline passed).
 
+pub mod admin;
 pub mod app_store;
 pub mod config;
 pub mod http_api;
@@ -63,6 +64,9 @@ pub struct Shared {
     pub background_tasks: TaskTracker,
     /// Set when the drain starts: readiness fails from then on.
     pub draining: AtomicBool,
+    /// Cancelled when the drain starts: long-lived responses (the admin event stream) end, so
+    /// their connections can close.
+    pub drain_started: CancellationToken,
     pub metrics: PrometheusHandle,
     /// Where apps come from (the file or a database), and the admin API's way to change them.
     pub apps: app_store::Apps,
@@ -101,6 +105,7 @@ impl Shared {
         let background_tasks = TaskTracker::new();
         let background = CancellationToken::new();
         let webhooks = start_webhooks(&config, &start_apps, &background_tasks, &background)?;
+        webhooks.set_node(node.clone());
         let (broker, broker_stats) =
             start_broker(&config, &node, &webhooks, &background_tasks, &background)?;
         Ok(Arc::new(Shared {
@@ -113,11 +118,27 @@ impl Shared {
             background,
             background_tasks,
             draining: AtomicBool::new(false),
+            drain_started: CancellationToken::new(),
             metrics: prometheus,
             app_metrics,
             apps,
             config,
         }))
+    }
+
+    /// [`Shared::new`] with apps kept in `store` instead of the configured one (tests, embedding).
+    /// The node starts with `config.apps`; [`app_store::Apps::sync`] loads the store's.
+    ///
+    /// # Errors
+    /// As [`Shared::new`].
+    pub fn with_app_store(
+        config: Config,
+        store: Arc<dyn herald_core::AppStore>,
+    ) -> anyhow::Result<Arc<Shared>> {
+        let mut shared = Shared::new(config)?;
+        let only = Arc::get_mut(&mut shared).expect("nothing else holds a new Shared");
+        only.apps = app_store::Apps::new(store);
+        Ok(shared)
     }
 
     /// The app's metric handles, shared by its sockets. Made (and its series registered at
@@ -254,6 +275,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .merge(pusher)
+        .merge(admin::router(&shared))
         .fallback(ws::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,7 +17,6 @@ use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
 use herald_ws::{Decoder, Deflate, Message, OpCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub use herald_ws::Error as ProtocolError;
@@ -34,7 +34,9 @@ const LINGER_BYTES: usize = 1 << 20;
 /// A WebSocket connection, server side.
 #[derive(Debug)]
 pub struct WebSocket {
-    stream: TcpStream,
+    /// Shared with the outbox's direct writer ([`WebSocket::writer`]): deliveries write to an
+    /// idle socket themselves. Every write here goes through `&TcpStream`, never `&mut`.
+    stream: Arc<TcpStream>,
     decoder: Decoder,
     deflate: Option<Deflate>,
     /// The payload of the latest ping not answered yet (RFC 6455 §5.5.3 lets a server answer
@@ -128,11 +130,16 @@ impl WebSocket {
         let mut decoder = Decoder::new(max_message, deflate.is_some());
         decoder.buffer(early);
         WebSocket {
-            stream,
+            stream: Arc::new(stream),
             decoder,
             deflate,
             pong: None,
         }
+    }
+
+    /// The socket, for the outbox's direct writer (shared: it is only written through `&`).
+    pub fn stream(&self) -> &Arc<TcpStream> {
+        &self.stream
     }
 
     /// What this connection negotiated, for [`herald_core::Frame::wire`].
@@ -199,7 +206,7 @@ impl WebSocket {
     /// The socket's write error.
     pub async fn send_pong(&mut self) -> io::Result<()> {
         match self.take_pong() {
-            Some(pong) => self.stream.write_all(&pong).await,
+            Some(pong) => write_all(&self.stream, &pong).await,
             None => Ok(()),
         }
     }
@@ -210,7 +217,7 @@ impl WebSocket {
     /// The socket's write error.
     pub async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
         if let [frame] = frames {
-            return self.stream.write_all(frame).await;
+            return write_all(&self.stream, frame).await;
         }
         let (mut idx, mut offset) = (0, 0);
         while idx < frames.len() {
@@ -219,7 +226,13 @@ impl WebSocket {
                 .take(64)
                 .map(IoSlice::new)
                 .collect();
-            let mut n = self.stream.write_vectored(&slices).await?;
+            let mut n = loop {
+                self.stream.writable().await?;
+                match self.stream.try_write_vectored(&slices) {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                    res => break res?,
+                }
+            };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -238,7 +251,7 @@ impl WebSocket {
     pub async fn close(&mut self, code: u16, reason: &str, wait: Duration) -> bool {
         let frame = herald_ws::close_frame(code, reason);
         matches!(
-            tokio::time::timeout(wait, self.stream.write_all(&frame)).await,
+            tokio::time::timeout(wait, write_all(&self.stream, &frame)).await,
             Ok(Ok(()))
         )
     }
@@ -250,7 +263,7 @@ impl WebSocket {
             Some(code) => herald_ws::close_frame(code, ""),
             None => herald_ws::encode(OpCode::Close, false, &[]),
         };
-        let _ = tokio::time::timeout(wait, self.stream.write_all(&frame)).await;
+        let _ = tokio::time::timeout(wait, write_all(&self.stream, &frame)).await;
     }
 
     /// Reads until the peer's close frame, EOF or an error, for at most [`CLOSE_WAIT`].
@@ -293,20 +306,41 @@ impl WebSocket {
     /// Shuts the write side (the peer reads our close frame, then EOF) and discards what the
     /// peer still sends until it hangs up, for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
     async fn linger(&mut self) {
-        use tokio::io::AsyncReadExt;
-        if self.stream.shutdown().await.is_err() {
+        if socket2::SockRef::from(&*self.stream)
+            .shutdown(std::net::Shutdown::Write)
+            .is_err()
+        {
             return;
         }
         let _ = tokio::time::timeout(LINGER_TIME, async {
             let mut buf = [0u8; 1024];
             let mut discarded = 0;
             while discarded < LINGER_BYTES {
-                match self.stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                if self.readable().await.is_err() {
+                    break;
+                }
+                match self.stream.try_read(&mut buf) {
+                    Ok(0) => break,
                     Ok(n) => discarded += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         })
         .await;
     }
+}
+
+/// Writes all of `buf` through a shared socket.
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
 use herald_core::{
     AppState, CloseRequest, ConnectionError, ConnectionRefused, DisconnectReason, Frame,
-    MessageError, Outbox, Session,
+    MessageError, MonitorEvent, Outbox, Session,
 };
 use herald_protocol::server_message;
 use herald_protocol::ClientMessage;
@@ -238,6 +238,7 @@ fn admit(
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !app.app().origin_allowed(origin) {
         metrics::limit_rejected_for(app.id(), Limit::Origin);
+        limit_hit(&app, None, "allowed_origins");
         return Err(ConnectionError::OriginNotAllowed);
     }
     Ok(app.clone())
@@ -290,12 +291,18 @@ fn serve(
         let reason = connection_loop(&shared, &mut session, &mut socket)
             .instrument(span)
             .await;
+        // From here on only this task touches the socket (and it is dropped below).
+        session.outbox().clear_direct();
 
         let socket_id = session.socket_id();
         let left = session.close();
         let app_id = app.id();
         for left in &left {
             shared.webhooks.record_left(app_id, socket_id, left);
+        }
+        if app.monitor().active() {
+            let code = close_code(&session, reason);
+            monitor_closed(&app, socket_id, reason, code, &left);
         }
         app.remove_connection(socket_id);
         shared.node.remove_connection();
@@ -316,6 +323,7 @@ async fn admit_socket(
         .try_add_connection(shared.config.max_connections)
     {
         metrics::limit_rejected_for(app.id(), Limit::NodeConnections);
+        limit_hit(app, None, "node_max_connections");
         reject(socket, ConnectionError::NodeOverCapacity).await;
         return None;
     }
@@ -326,6 +334,7 @@ async fn admit_socket(
         let err = match refused {
             ConnectionRefused::OverQuota => {
                 metrics::limit_rejected_for(app.id(), Limit::AppConnections);
+                limit_hit(app, None, "max_connections");
                 ConnectionError::AppOverQuota
             }
             ConnectionRefused::Disabled => ConnectionError::AppDisabled,
@@ -334,6 +343,9 @@ async fn admit_socket(
         return None;
     }
     metrics::connection_opened(app.id());
+    app.monitor().emit_with(|| MonitorEvent::ConnectionOpened {
+        socket_id: socket_id.to_string(),
+    });
     let _ = outbox.push(Frame::new(server_message::connection_established(
         socket_id,
         shared.config.activity_timeout.as_secs(),
@@ -361,8 +373,20 @@ fn connection_loop<'a>(
     async move {
         let app_metrics = shared.app_metrics(session.app().id());
         let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
+        // Deliveries write to this socket themselves while nothing is queued for it, instead
+        // of waking this task (issue 14); everything else queues, and this task writes it.
+        session.outbox().set_direct(
+            Arc::new(SocketWriter {
+                stream: socket.stream().clone(),
+                metrics: app_metrics.clone(),
+            }),
+            socket.deflate(),
+        );
 
         // What the client sent along with its handshake, if anything, comes first.
+        // While the task handles input it holds the writer, so that its answers (a pong, then
+        // replies) keep the order of what they answer.
+        session.outbox().claim();
         let mut step = on_readable(
             shared,
             session,
@@ -375,7 +399,7 @@ fn connection_loop<'a>(
         // else is held across an await, so an idle socket's task stays small (memory per connection).
         loop {
             match step {
-                Step::Continue => {}
+                Step::Continue => session.outbox().release(),
                 Step::Flush => {
                     if let Some(reason) =
                         Box::pin(flush(socket, session.outbox(), &app_metrics)).await
@@ -385,7 +409,9 @@ fn connection_loop<'a>(
                 }
                 Step::Pong => {
                     let write = tokio::time::timeout(WRITE_TIMEOUT, socket.send_pong());
-                    match Box::pin(write).await {
+                    let written = Box::pin(write).await;
+                    session.outbox().release();
+                    match written {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return DisconnectReason::Error,
                         Err(_) => return DisconnectReason::SlowConsumer,
@@ -393,7 +419,7 @@ fn connection_loop<'a>(
                 }
                 Step::PeerClosed(code) => {
                     // Left on purpose: no replay is kept for it (issue 12).
-                    session.closed_by_client();
+                    session.closed_by_client_with(code);
                     // The server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
                     Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
                     return DisconnectReason::ClientClose;
@@ -413,7 +439,10 @@ fn connection_loop<'a>(
             step = tokio::select! {
                 () = session.outbox().changed() => Step::Flush,
                 res = socket.readable() => match res {
-                    Ok(()) => on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket),
+                    Ok(()) => {
+                        session.outbox().claim();
+                        on_readable(shared, session, &app_metrics, &mut message_budget, socket, Read::Socket)
+                    }
                     Err(_) => Step::End(DisconnectReason::Error),
                 },
             };
@@ -529,6 +558,11 @@ fn on_message(
             app_metrics.message_received(text.len());
             if !message_budget.try_take(Instant::now()) {
                 metrics::limit_rejected(Limit::MessageRate);
+                limit_hit(
+                    session.app(),
+                    Some(session.socket_id()),
+                    "max_messages_per_second",
+                );
                 session.refuse_message(&MessageError::TooManyMessages);
                 return Step::Continue;
             }
@@ -554,6 +588,14 @@ fn on_message(
                     shared
                         .webhooks
                         .record_outcome(app_id, session.socket_id(), &outcome);
+                    let monitor = session.app().monitor();
+                    if monitor.active() {
+                        if let Some(event) =
+                            MonitorEvent::from_outcome(session.socket_id(), &outcome)
+                        {
+                            monitor.emit(shared.node.id(), event);
+                        }
+                    }
                 }
                 Err(err) => session.refuse_message(&MessageError::Invalid(err)),
             }
@@ -575,11 +617,14 @@ async fn flush(
     outbox: &Outbox,
     app_metrics: &AppMetrics,
 ) -> Option<DisconnectReason> {
-    let (batch, close) = outbox.take();
-    if !batch.is_empty() {
-        if let Err(reason) = write_batch(socket, batch, app_metrics).await {
+    let (remainder, batch, close) = outbox.take_all();
+    if remainder.is_some() || !batch.is_empty() {
+        if let Err(reason) = write_batch(socket, remainder, batch, app_metrics).await {
             return Some(reason);
         }
+    }
+    if close.is_none() {
+        outbox.release();
     }
     let CloseRequest {
         code,
@@ -625,8 +670,14 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outboxes: Vec<Outbox> = Vec::new();
+    let mut last_monitor_tick = Instant::now();
     loop {
         tick.tick().await;
+        // The monitors' upkeep, once a second: watchers that left, rate samples.
+        if last_monitor_tick.elapsed() >= Duration::from_millis(900) {
+            last_monitor_tick = Instant::now();
+            shared.node.tick_monitors();
+        }
         // Copied out so that connects and disconnects never wait for a whole pass.
         outboxes.extend(shared.node.outboxes());
         let now = herald_core::outbox::clock_ms();
@@ -639,6 +690,7 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
 /// Writes every queued frame and flushes once.
 async fn write_batch(
     socket: &mut WebSocket,
+    remainder: Option<Bytes>,
     batch: Batch,
     app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
@@ -647,12 +699,12 @@ async fn write_batch(
     let oldest = batch.iter().filter_map(|f| f.published_at).min();
     // Each frame was built (and compressed) once for every socket it goes to.
     let deflate = socket.deflate();
-    let frames: Vec<Bytes> = batch
-        .iter()
-        .map(|frame| {
+    let frames: Vec<Bytes> = remainder
+        .into_iter()
+        .chain(batch.iter().map(|frame| {
             tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
             frame.wire(deflate)
-        })
+        }))
         .collect();
     match tokio::time::timeout(WRITE_TIMEOUT, socket.write_frames(&frames)).await {
         Ok(res) => res.map_err(|_| DisconnectReason::Error)?,
@@ -663,4 +715,81 @@ async fn write_batch(
         app_metrics.delivery_latency(at.elapsed());
     }
     Ok(())
+}
+
+/// Tells the app's watchers that a limit refused something (only while watched).
+fn limit_hit(app: &AppState, socket: Option<herald_protocol::SocketId>, limit: &'static str) {
+    app.monitor().emit_with(|| MonitorEvent::LimitHit {
+        socket_id: socket.map(|s| s.to_string()),
+        limit: limit.to_owned(),
+        channel: None,
+    });
+}
+
+/// The close code a connection ended with: the client's close frame's, the one the server
+/// sent, or what the reason implies (1006 when the connection was lost without a close frame).
+fn close_code(session: &Session, reason: DisconnectReason) -> u16 {
+    if let Some(code) = session.client_close_code() {
+        return code;
+    }
+    if let Some(request) = session.outbox().close_request() {
+        return request.code.code();
+    }
+    match reason {
+        DisconnectReason::ClientClose => 1005,
+        DisconnectReason::Limit => 1009,
+        DisconnectReason::SlowConsumer => 4100,
+        DisconnectReason::PingTimeout => 4201,
+        DisconnectReason::Drain => 4200,
+        DisconnectReason::Terminated => 4009,
+        DisconnectReason::Error => 1006,
+    }
+}
+
+/// A closed connection, for the app's watchers: the channels it left, the slow consumer limit
+/// if that was why, then the close.
+#[cold]
+fn monitor_closed(
+    app: &AppState,
+    socket: herald_protocol::SocketId,
+    reason: DisconnectReason,
+    code: u16,
+    left: &[herald_core::session::Left],
+) {
+    let monitor = app.monitor();
+    for left in left {
+        monitor.emit_with(|| MonitorEvent::Unsubscribed {
+            socket_id: socket.to_string(),
+            channel: left.channel.to_string(),
+        });
+    }
+    if reason == DisconnectReason::SlowConsumer {
+        limit_hit(app, Some(socket), "outbox_max_bytes");
+    }
+    monitor.emit_with(|| MonitorEvent::ConnectionClosed {
+        socket_id: socket.to_string(),
+        code,
+        reason: reason.as_str().to_owned(),
+    });
+}
+
+/// An outbox's direct writer: a delivery writes to an idle socket from its own thread.
+#[derive(Debug)]
+struct SocketWriter {
+    stream: Arc<tokio::net::TcpStream>,
+    metrics: Arc<AppMetrics>,
+}
+
+impl herald_core::outbox::DirectWrite for SocketWriter {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.try_write(buf)
+    }
+
+    fn written(&self, frame: &Frame) {
+        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
+        self.metrics.messages_sent(1, frame.text.len());
+        if let Some(at) = frame.published_at {
+            self.metrics.delivery_latency(at.elapsed());
+        }
+    }
 }

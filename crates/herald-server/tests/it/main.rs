@@ -1,6 +1,7 @@
 //! Integration tests over real sockets: each test starts its own server on 127.0.0.1:0.
 //! Every wait has a timeout; nothing sleeps to synchronise.
 
+mod admin;
 mod app_store;
 mod client_events;
 mod cluster;
@@ -13,6 +14,7 @@ mod hostile;
 mod http_api;
 mod limits;
 mod metrics;
+mod monitor;
 mod presence;
 mod prop_api;
 mod prop_bus;

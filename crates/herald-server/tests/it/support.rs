@@ -33,6 +33,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_with(configure, |config| {
+            Shared::new(config).expect("server state")
+        })
+        .await
+    }
+
+    /// [`TestServer::start`] with the server's state built by `build` (another app store).
+    pub async fn start_with(
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Config) -> Arc<Shared>,
+    ) -> TestServer {
         let mut config = Config {
             host: "127.0.0.1".into(),
             drain: DrainConfig {
@@ -52,7 +63,7 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared::new(config).expect("server state");
+        let shared = build(config);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(herald_server::serve(
             shared.clone(),
@@ -333,8 +344,15 @@ impl TestClient {
     }
 
     /// Asserts the very next frame is this event.
+    /// The next frame, which must be `event`. A `pusher:ping` the server sends meanwhile (while
+    /// frames flow it pings every 5 s to confirm delivery) is answered, as pusher-js does, and
+    /// skipped, unless it is what the caller waits for.
     pub async fn expect_next(&mut self, event: &str) -> Value {
-        let frame = self.next().await;
+        let mut frame = self.next().await;
+        while event != "pusher:ping" && frame["event"] == "pusher:ping" {
+            self.send(json!({"event": "pusher:pong", "data": {}})).await;
+            frame = self.next().await;
+        }
         assert_eq!(frame["event"], event, "unexpected frame {frame}");
         frame
     }
