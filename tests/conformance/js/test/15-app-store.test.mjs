@@ -4,10 +4,6 @@
 // makes the old signature fail in the Node SDK; disabling it closes the
 // pusher-js socket with 4003; with Postgres stopped the known apps keep
 // working (connect and publish) and /ready stays 200, saying so.
-//
-// HERALD_TEST_APPS_VIA_SQL=1 writes the apps with SQL (a row, the version
-// bump and NOTIFY, as the README tells operators) instead of the admin API,
-// for a herald built without it.
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +13,6 @@ import { eventually, startNode, startRedis } from '../lib/cluster.mjs';
 import { startPostgres } from '../lib/postgres.mjs';
 
 const TOKEN = `admin-${randomBytes(8).toString('hex')}`;
-const VIA_SQL = process.env.HERALD_TEST_APPS_VIA_SQL === '1';
 /** Every node sees a change within this long (the issue's bound). */
 const PROPAGATION_MS = 2000;
 const errCode = (e) => e?.data?.code ?? e?.error?.data?.code;
@@ -39,45 +34,21 @@ async function adminApi(node, method, path, body) {
   return { status: res.status, body: json };
 }
 
-/** Writes apps through node 1's admin API (or SQL, see above). */
-function appWriter(node, pg) {
-  const sqlText = (s) => `'${String(s).replaceAll("'", "''")}'`;
-  const bump = 'UPDATE herald_apps_version SET version = version + 1 WHERE id = 1; NOTIFY herald_apps;';
+/** Writes apps through node 1's admin API. */
+function appWriter(node) {
   return {
     async create(fields) {
-      if (VIA_SQL) {
-        const app = {
-          id: String(100000 + Math.floor(Math.random() * 800000)),
-          key: randomBytes(10).toString('hex'),
-          secret: randomBytes(16).toString('hex'),
-        };
-        pg.sql(
-          `BEGIN; INSERT INTO herald_apps (id, app_key, secret, settings) VALUES (${sqlText(app.id)}, ${sqlText(app.key)}, ${sqlText(app.secret)}, ${sqlText(JSON.stringify(fields))}); ${bump} COMMIT;`,
-        );
-        return app;
-      }
       const { status, body } = await adminApi(node, 'POST', '/apps', fields);
       assert.equal(status, 201, `POST /admin/api/apps: ${JSON.stringify(body)}`);
       assert.equal(body.app.secret, undefined, 'the app view never carries the secret');
       return { id: body.app.id, key: body.app.key, secret: body.secret };
     },
     async rotate(id) {
-      if (VIA_SQL) {
-        const secret = randomBytes(16).toString('hex');
-        pg.sql(`BEGIN; UPDATE herald_apps SET secret = ${sqlText(secret)} WHERE id = ${sqlText(id)}; ${bump} COMMIT;`);
-        return secret;
-      }
       const { status, body } = await adminApi(node, 'POST', `/apps/${id}/rotate-secret`);
       assert.equal(status, 200, `rotate-secret: ${JSON.stringify(body)}`);
       return body.secret;
     },
     async setEnabled(id, enabled) {
-      if (VIA_SQL) {
-        pg.sql(
-          `BEGIN; UPDATE herald_apps SET settings = ${sqlText(JSON.stringify({ client_events: true, enabled }))} WHERE id = ${sqlText(id)}; ${bump} COMMIT;`,
-        );
-        return;
-      }
       const { status, body } = await adminApi(node, 'PATCH', `/apps/${id}`, { enabled });
       assert.equal(status, 200, `PATCH enabled=${enabled}: ${JSON.stringify(body)}`);
       assert.equal(body.enabled, enabled);
@@ -127,7 +98,7 @@ describe('apps in Postgres, two nodes on one Redis', () => {
     one = await startNode(redis, config);
     two = await startNode(redis, config);
     clients2 = new Clients(two);
-    writer = appWriter(one, pg);
+    writer = appWriter(one);
   });
   after(async () => {
     clients2?.closeAll();
@@ -142,6 +113,8 @@ describe('apps in Postgres, two nodes on one Redis', () => {
     const c = await eventually(() => attempt(clients2, app.key), PROPAGATION_MS, `node 2 serving key ${app.key}`, 20);
     const took = Date.now() - start;
     assert.ok(took < PROPAGATION_MS, `node 2 served the new app after ${took} ms`);
+    // The app is a row in Postgres, its secret stored as given.
+    assert.equal(pg.sql(`SELECT app_key || ' ' || secret FROM herald_apps WHERE id = '${app.id}'`), `${app.key} ${app.secret}`);
     // It works cluster-wide: a publish through node 1 reaches the socket on node 2.
     const name = uniq('store-');
     const { channel } = await subscribed(c, name);
@@ -228,10 +201,8 @@ describe('apps in Postgres, two nodes on one Redis', () => {
       }, 5000, `node 1 seeing the subscription to ${name}`);
       await sdkFor(one, app).trigger(name, 'still-here', { ok: true });
       assert.deepEqual((await got.atLeast(1))[0].data, { ok: true });
-      if (!VIA_SQL) {
-        const res = await adminApi(one, 'POST', '/apps', {});
-        assert.equal(res.status, 503, `a write while the database is down: ${JSON.stringify(res.body)}`);
-      }
+      const res = await adminApi(one, 'POST', '/apps', {});
+      assert.equal(res.status, 503, `a write while the database is down: ${JSON.stringify(res.body)}`);
     } finally {
       await pg.start();
     }
