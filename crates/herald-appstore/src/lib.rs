@@ -263,10 +263,11 @@ impl SqlAppStore {
         Ok(apps)
     }
 
-    /// One write: `statement` (returning how many rows it touched), the version bump and the
-    /// notification, in one transaction.
-    async fn write(&self, app: Option<&App>, op: Write<'_>) -> AppStoreResult<()> {
-        if let Some(app) = app {
+    /// One change (the insert, update or delete), the version bump and, on Postgres, the
+    /// `NOTIFY`, in one transaction. `NotFound` when the app to change does not exist.
+    async fn write(&self, op: Write<'_>) -> AppStoreResult<()> {
+        if let Write::Create(app) | Write::Update(app) = op {
+            // The admin API validates first; this keeps rows that no node could load out.
             validate(app).map_err(AppStoreError::Conflict)?;
         }
         self.migrate().await?;
@@ -496,15 +497,15 @@ impl AppStore for SqlAppStore {
     }
 
     fn create(&self, app: App) -> AppStoreFuture<'_, ()> {
-        Box::pin(async move { self.write(Some(&app), Write::Create(&app)).await })
+        Box::pin(async move { self.write(Write::Create(&app)).await })
     }
 
     fn update(&self, app: App) -> AppStoreFuture<'_, ()> {
-        Box::pin(async move { self.write(Some(&app), Write::Update(&app)).await })
+        Box::pin(async move { self.write(Write::Update(&app)).await })
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> AppStoreFuture<'a, ()> {
-        Box::pin(async move { self.write(None, Write::Delete(id)).await })
+        Box::pin(async move { self.write(Write::Delete(id)).await })
     }
 
     fn changed(&self) -> AppStoreFuture<'_, ()> {
