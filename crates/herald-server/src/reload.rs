@@ -47,6 +47,9 @@ pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Ov
                         Some(file) => {
                             let _ = reload(&shared, file, &overrides);
                         }
+                        None if shared.apps.store().kind() != "file" => {
+                            let _ = reload(&shared, std::path::Path::new(""), &overrides);
+                        }
                         None => tracing::warn!("SIGHUP ignored: herald runs without a configuration file (--config)"),
                     }
                 }

@@ -121,6 +121,19 @@ async fn tables_are_created_on_first_start_and_reused(kind: Kind) {
         .create(&first.shared, app("10"))
         .await
         .unwrap();
+
+    // SIGHUP reloads nothing while a database holds the apps.
+    let file = std::env::temp_dir().join(format!("herald-store-{}.toml", rand::random::<u32>()));
+    std::fs::write(
+        &file,
+        "[[apps]]\nid = \"9\"\nkey = \"from-file\"\nsecret = \"s\"\n",
+    )
+    .unwrap();
+    let changed = herald_server::reload::reload(&first.shared, &file, &Default::default()).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(changed.is_empty(), "{changed:?}");
+    assert!(first.shared.node.app_by_key("from-file").is_none());
+    assert!(first.shared.node.app_by_key("key-10").is_some());
     first.stop().await;
 
     // A second start finds the tables (and their version) and serves what they hold.
