@@ -75,4 +75,10 @@ pub trait AppStore: Send + Sync + fmt::Debug {
     /// calls it in a loop and reloads on every return; a store without change notification may
     /// resolve on a timer.
     fn changed(&self) -> AppStoreFuture<'_, ()>;
+
+    /// Rows the last [`AppStore::load`] skipped because they are not valid apps (a database
+    /// row written by hand, say); 0 for a store that cannot hold such rows.
+    fn invalid_rows(&self) -> u64 {
+        0
+    }
 }

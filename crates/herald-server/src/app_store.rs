@@ -8,12 +8,15 @@
 //! Invariant: the connection and publish paths never call the store; they read the registry.
 //! A store that cannot be reached changes nothing: the last apps applied stay.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use herald_core::{App, AppStore, AppStoreError, AppStoreFuture, AppStoreResult, AppsChanged};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::Shared;
 
 /// The app store in use, and how its last sync went.
@@ -21,6 +24,13 @@ use crate::Shared;
 pub struct Apps {
     store: Arc<dyn AppStore>,
     status: Mutex<AppStoreStatus>,
+    /// The configuration file's store, which SIGHUP updates; `None` for a database.
+    file: Option<Arc<FileStore>>,
+    /// True once the node has the store's apps (at once for the file, whose apps the node is
+    /// built with; after the first successful load for a database).
+    loaded: tokio::sync::watch::Sender<bool>,
+    syncs_ok: AtomicU64,
+    syncs_failed: AtomicU64,
 }
 
 /// How the app store is doing: `/ready`'s JSON body and the admin API show it.
@@ -34,20 +44,112 @@ pub struct AppStoreStatus {
     pub error: Option<String>,
     /// Unix time in milliseconds of the last successful load.
     pub last_sync_ms: u64,
+    /// Rows of the last load that are not valid apps (skipped; the log says why).
+    pub invalid_rows: u64,
 }
 
+/// How long [`crate::serve`] waits for a database's apps before it starts serving without them
+/// (the sync loop keeps trying).
+pub const FIRST_LOAD_WAIT: Duration = Duration::from_secs(3);
+
+/// The sync loop's longest pause between failed attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 impl Apps {
+    /// A store whose apps the node already has (it was built with them).
     pub fn new(store: Arc<dyn AppStore>) -> Apps {
         let status = AppStoreStatus {
             kind: store.kind(),
             ok: true,
             error: None,
             last_sync_ms: herald_core::monitor::now_ms(),
+            invalid_rows: 0,
         };
         Apps {
             store,
             status: Mutex::new(status),
+            file: None,
+            loaded: tokio::sync::watch::Sender::new(true),
+            syncs_ok: AtomicU64::new(0),
+            syncs_failed: AtomicU64::new(0),
         }
+    }
+
+    /// The configuration file's apps (which the node is built with).
+    pub fn from_file(store: Arc<FileStore>) -> Apps {
+        Apps {
+            file: Some(store.clone()),
+            ..Apps::new(store)
+        }
+    }
+
+    /// A store whose apps the node does not have yet: the sync loop's first load brings them.
+    pub fn to_load(store: Arc<dyn AppStore>) -> Apps {
+        let kind = store.kind();
+        let apps = Apps::new(store);
+        *apps.status.lock() = AppStoreStatus {
+            kind,
+            ok: false,
+            error: Some("not loaded yet".into()),
+            last_sync_ms: 0,
+            invalid_rows: 0,
+        };
+        apps.loaded.send_replace(false);
+        apps
+    }
+
+    /// The store `config` names: a database for `app_store.url` (the file's `apps` are then
+    /// ignored), else the configuration file's apps. Call it within a tokio runtime.
+    ///
+    /// # Errors
+    /// `app_store.url` names no supported database.
+    pub fn from_config(config: &Config) -> anyhow::Result<Apps> {
+        match &config.app_store.url {
+            Some(url) => {
+                let store = herald_appstore::SqlAppStore::connect(url)
+                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+                tracing::info!(
+                    kind = store.dialect().kind(),
+                    "apps come from the database (app_store.url); the configuration's apps                      (file or HERALD_APPS) are ignored"
+                );
+                Ok(Apps::to_load(Arc::new(store)))
+            }
+            None => Ok(Apps::from_file(Arc::new(FileStore::new(config.apps())))),
+        }
+    }
+
+    /// The configuration file's store, when apps come from it.
+    pub fn file(&self) -> Option<&Arc<FileStore>> {
+        self.file.as_ref()
+    }
+
+    /// Whether the node has had the store's apps since start-up.
+    pub fn loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    /// Waits until the node has the store's apps, at most `timeout`; false when it does not.
+    pub async fn wait_loaded(&self, timeout: Duration) -> bool {
+        let mut loaded = self.loaded.subscribe();
+        tokio::time::timeout(timeout, loaded.wait_for(|loaded| *loaded))
+            .await
+            .is_ok_and(|res| res.is_ok())
+    }
+
+    /// Loads that succeeded and failed (the sync loop's, and those after each admin change).
+    pub fn syncs(&self) -> (u64, u64) {
+        (
+            self.syncs_ok.load(Ordering::Relaxed),
+            self.syncs_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The store failed outside a load (waiting for a change): the status says so.
+    pub fn record_error(&self, err: &AppStoreError) {
+        self.syncs_failed.fetch_add(1, Ordering::Relaxed);
+        let mut status = self.status.lock();
+        status.ok = false;
+        status.error = Some(err.to_string());
     }
 
     pub fn store(&self) -> &Arc<dyn AppStore> {
@@ -96,19 +198,101 @@ impl Apps {
     pub async fn sync(&self, shared: &Shared) -> AppStoreResult<AppsChanged> {
         match self.store.load().await {
             Ok(apps) => {
+                let changed = shared.apply_apps(apps);
                 *self.status.lock() = AppStoreStatus {
                     kind: self.store.kind(),
                     ok: true,
                     error: None,
                     last_sync_ms: herald_core::monitor::now_ms(),
+                    invalid_rows: self.store.invalid_rows(),
                 };
-                Ok(shared.apply_apps(apps))
+                self.syncs_ok.fetch_add(1, Ordering::Relaxed);
+                self.loaded.send_replace(true);
+                Ok(changed)
             }
             Err(err) => {
-                let mut status = self.status.lock();
-                status.ok = false;
-                status.error = Some(err.to_string());
+                self.record_error(&err);
                 Err(err)
+            }
+        }
+    }
+}
+
+/// Starts the sync loop (`serve` does) on `shared.background_tasks`, stopped by
+/// `shared.background`: it loads the store's apps whenever [`AppStore::changed`] says they may
+/// have changed, and retries with backoff (at most 1 s) while the store is unreachable,
+/// keeping the apps it has. It holds `shared` weakly.
+pub fn spawn_sync(shared: &Arc<Shared>) {
+    let stop = shared.background.clone();
+    let store = shared.apps.store().clone();
+    let weak = Arc::downgrade(shared);
+    shared.background_tasks.spawn(async move {
+        tokio::select! {
+            () = sync_loop(weak, store) => {}
+            () = stop.cancelled() => {}
+        }
+    });
+}
+
+async fn sync_loop(shared: Weak<Shared>, store: Arc<dyn AppStore>) {
+    let mut backoff = Duration::from_millis(100);
+    // A database's apps are not on the node yet: load them first.
+    let mut must_load = shared.upgrade().is_some_and(|s| !s.apps.loaded());
+    let mut failing = false;
+    loop {
+        let failed = if must_load {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match shared.apps.sync(&shared).await {
+                Ok(changed) => {
+                    must_load = false;
+                    if failing || !changed.is_empty() {
+                        tracing::info!(
+                            kind = store.kind(),
+                            added = ?changed.added,
+                            changed = ?changed.changed,
+                            removed = ?changed.removed,
+                            closed_sockets = changed.closed_sockets,
+                            "apps loaded from the app store and applied"
+                        );
+                    }
+                    None
+                }
+                Err(err) => Some(err),
+            }
+        } else {
+            match store.changed().await {
+                Ok(()) => {
+                    must_load = true;
+                    None
+                }
+                Err(err) => {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.apps.record_error(&err);
+                    }
+                    // Load again once it answers: the apps may have changed meanwhile.
+                    must_load = true;
+                    Some(err)
+                }
+            }
+        };
+        match failed {
+            None => {
+                failing = false;
+                backoff = Duration::from_millis(100);
+            }
+            Some(err) => {
+                if !failing {
+                    tracing::warn!(
+                        kind = store.kind(),
+                        error = %err,
+                        "app store unreachable; the known apps keep working, retrying"
+                    );
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -104,12 +104,42 @@ impl From<String> for AdminToken {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppStoreConfig {
     /// `postgres://...` or `mysql://...` (`HERALD_APP_STORE__URL`): apps are kept in that
     /// database and `apps` is ignored. Unset: apps come from the configuration file.
     pub url: Option<String>,
+}
+
+impl std::fmt::Debug for AppStoreConfig {
+    // The URL's password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppStoreConfig")
+            .field("url", &self.url.as_deref().map(redact_password))
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') {
+                ":<redacted>"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -415,6 +445,11 @@ impl Config {
         if let Some(url) = &self.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("webhook_url: must be an http:// or https:// URL");
+            }
+        }
+        if let Some(url) = &self.app_store.url {
+            if herald_appstore::Dialect::of_url(url).is_none() {
+                bail!("app_store.url: must start with postgres://, postgresql://, mysql:// or mariadb://");
             }
         }
         if self.webhooks.max_batch == 0 {
@@ -748,5 +783,34 @@ mod tests {
         assert_eq!(config.drain.window, Duration::from_secs(2));
         assert_eq!(config.redis_url.as_deref(), Some("redis://a:1,redis://b:2"));
         assert_eq!(config.apps, vec![App::demo()]);
+    }
+
+    #[test]
+    fn the_app_store_url_is_checked_and_its_password_never_printed() {
+        let config = Config::load_from(
+            None,
+            env(&[(
+                "HERALD_APP_STORE__URL",
+                "postgres://herald:hunter2@db:5432/herald",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("postgres://herald:<redacted>@db:5432/herald"),
+            "{debug}"
+        );
+        assert_eq!(redact_password("mysql://h/db"), "mysql://h/db");
+        assert_eq!(redact_password("mysql://u@h/db?x=@"), "mysql://u@h/db?x=@");
+        let err = Config::load_from(
+            None,
+            env(&[("HERALD_APP_STORE__URL", "sqlite://apps.db")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("app_store.url"), "{err}");
     }
 }

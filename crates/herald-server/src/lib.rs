@@ -83,9 +83,15 @@ impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         // Installed first: metric handles taken before it would be no-ops.
         let prometheus = metrics::install();
+        // A database's apps arrive with the sync loop's first load (started by `serve`).
+        let apps = app_store::Apps::from_config(&config)?;
+        let start_apps = if apps.file().is_some() {
+            config.apps()
+        } else {
+            Vec::new()
+        };
         let app_metrics = parking_lot::RwLock::new(
-            config
-                .apps
+            start_apps
                 .iter()
                 .map(|a| (a.id.clone(), Arc::new(metrics::AppMetrics::new(&a.id))))
                 .collect(),
@@ -94,11 +100,11 @@ impl Shared {
             .node_id
             .unwrap_or_else(|| rand::random::<u32>().into());
         let limits = Arc::new(config.node_limits());
-        let node = Arc::new(Node::new(node_id, config.apps(), (*limits).clone()));
+        let node = Arc::new(Node::new(node_id, start_apps.clone(), (*limits).clone()));
         let tracker = TaskTracker::new();
         let background_tasks = TaskTracker::new();
         let background = CancellationToken::new();
-        let webhooks = start_webhooks(&config, &background_tasks, &background)?;
+        let webhooks = start_webhooks(&config, &start_apps, &background_tasks, &background)?;
         webhooks.set_node(node.clone());
         let (broker, broker_stats) =
             start_broker(&config, &node, &webhooks, &background_tasks, &background)?;
@@ -115,7 +121,7 @@ impl Shared {
             drain_started: CancellationToken::new(),
             metrics: prometheus,
             app_metrics,
-            apps: app_store::Apps::new(Arc::new(app_store::FileStore::new(config.apps()))),
+            apps,
             config,
         }))
     }
@@ -228,10 +234,11 @@ fn start_broker(
 /// at runtime); its state is in Redis for a cluster.
 fn start_webhooks(
     config: &Config,
+    apps: &[App],
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<Webhooks> {
-    let apps = reload::webhook_apps(&config.apps, config.webhook_url.as_deref());
+    let apps = reload::webhook_apps(apps, config.webhook_url.as_deref());
     let store = match &config.redis_url {
         Some(url) => Store::in_redis(
             herald_redis::conn::Target::parse(url, config.cluster.sharded)?,
@@ -318,8 +325,11 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    // The app store's health is reported, never a reason to be unready: an outage leaves the
+    // known apps working.
+    let app_store = shared.apps.status();
     if shared.is_ready() {
-        Json(serde_json::json!({"ready": true})).into_response()
+        Json(serde_json::json!({"ready": true, "app_store": app_store})).into_response()
     } else {
         let reason = if shared.draining.load(Ordering::Acquire) {
             "draining"
@@ -328,7 +338,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
         };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reason": reason})),
+            Json(serde_json::json!({"ready": false, "reason": reason, "app_store": app_store})),
         )
             .into_response()
     }
@@ -371,6 +381,12 @@ pub async fn serve(
         housekeeping.clone(),
         ws::sweep_liveness(shared.clone()),
     ));
+    // The app store's sync loop; a database's apps are loaded before the first accept (or a
+    // few seconds passed: an outage must not keep the node from serving).
+    app_store::spawn_sync(&shared);
+    if !shared.apps.wait_loaded(app_store::FIRST_LOAD_WAIT).await {
+        tracing::warn!("serving without the app store's apps: it did not answer yet (retrying)");
+    }
     let accept = shared.tracker.spawn(accept_loop(
         listener,
         app,

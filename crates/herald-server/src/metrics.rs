@@ -345,6 +345,7 @@ pub fn render(shared: &Shared) -> String {
         "Resubscriptions of recognised returning clients, by result: replayed, or why not (the client got herald:resume_failed).",
         &resumes.iter().map(|(l, v)| (l.as_str(), *v)).collect::<Vec<_>>(),
     );
+    render_app_store(shared, &mut out);
     out.push_str(&shared.metrics.render());
     out
 }
@@ -484,3 +485,31 @@ pub fn webhook_queue_depth(depth: usize) {
 }
 
 pub const CLUSTER_NODES_REAPED: &str = "herald_cluster_nodes_reaped_total";
+
+pub const APP_STORE_UP: &str = "herald_app_store_up";
+pub const APP_STORE_SYNCS: &str = "herald_app_store_syncs_total";
+pub const APP_STORE_INVALID_ROWS: &str = "herald_app_store_invalid_rows";
+
+/// The app store's families, kept by `Shared::apps` (so each server in a process reports its
+/// own), at zero from start-up.
+fn render_app_store(shared: &Shared, out: &mut String) {
+    use std::fmt::Write;
+    let status = shared.apps.status();
+    let (ok, failed) = shared.apps.syncs();
+    let kind = status.kind;
+    let _ = write!(
+        out,
+        "# HELP {APP_STORE_UP} 1 while the app store answers (its last load or change check succeeded), else 0; the known apps keep working either way.\n\
+         # TYPE {APP_STORE_UP} gauge\n\
+         {APP_STORE_UP}{{kind=\"{kind}\"}} {}\n\n\
+         # HELP {APP_STORE_SYNCS} Loads of the apps from the app store, by result (ok, error; an unreachable store counts one error per attempt).\n\
+         # TYPE {APP_STORE_SYNCS} counter\n\
+         {APP_STORE_SYNCS}{{result=\"ok\"}} {ok}\n\
+         {APP_STORE_SYNCS}{{result=\"error\"}} {failed}\n\n\
+         # HELP {APP_STORE_INVALID_ROWS} Rows of the app store's last load that are not valid apps (skipped; the log says why).\n\
+         # TYPE {APP_STORE_INVALID_ROWS} gauge\n\
+         {APP_STORE_INVALID_ROWS} {}\n\n",
+        u8::from(status.ok),
+        status.invalid_rows,
+    );
+}

@@ -47,6 +47,9 @@ pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Ov
                         Some(file) => {
                             let _ = reload(&shared, file, &overrides);
                         }
+                        None if shared.apps.store().kind() != "file" => {
+                            let _ = reload(&shared, std::path::Path::new(""), &overrides);
+                        }
                         None => tracing::warn!("SIGHUP ignored: herald runs without a configuration file (--config)"),
                     }
                 }
@@ -61,6 +64,14 @@ pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Ov
 /// # Errors
 /// The file does not load or validate; nothing was changed, and the error was logged.
 pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Result<AppsChanged> {
+    if shared.apps.store().kind() != "file" {
+        tracing::warn!(
+            kind = shared.apps.store().kind(),
+            "SIGHUP: apps come from the database (app_store.url), which every node follows by \
+             itself; nothing reloaded"
+        );
+        return Ok(AppsChanged::default());
+    }
     let mut config = match Config::load(Some(file), overrides) {
         Ok(config) => config,
         Err(err) => {
@@ -81,6 +92,9 @@ pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Re
     }
     // `webhook_url` is not an apps setting: it stays as it was (and was warned about above).
     config.webhook_url.clone_from(&shared.config.webhook_url);
+    if let Some(file_store) = shared.apps.file() {
+        file_store.set(config.apps());
+    }
     let changed = shared.apply_apps(config.apps());
     tracing::info!(
         added = ?changed.added,

@@ -2,10 +2,12 @@
 //! Every wait has a timeout; nothing sleeps to synchronise.
 
 mod admin;
+mod app_store;
 mod client_events;
 mod cluster;
 mod connect;
 mod continuity;
+mod databases;
 mod deflate;
 mod drain;
 mod hostile;
