@@ -7,6 +7,7 @@
 //! stopped by a token that [`serve`] cancels, so [`serve`] returns once they ended (or their
 //! deadline passed).
 
+pub mod admin;
 pub mod app_store;
 pub mod config;
 pub mod http_api;
@@ -247,6 +248,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .merge(pusher)
+        .merge(admin::router(&shared))
         .fallback(ws::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
