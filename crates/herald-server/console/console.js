@@ -1,7 +1,7 @@
 // herald console: a single page over the admin API (/admin/api). No framework, no build step.
 //
 // Safety rule: every piece of data (app ids, channel and event names, user info, error messages)
-// reaches the DOM through textContent or a property, never innerHTML; the page's CSP forbids
+// reaches the DOM through textContent or a property, never parsed as HTML; the page's CSP forbids
 // inline script and any other origin. The admin token lives in sessionStorage and travels only
 // in the Authorization header (never in a URL).
 'use strict';
