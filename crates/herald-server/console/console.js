@@ -450,16 +450,16 @@
 
   // ---------------------------------------------------------------- chart
 
-  /** Rounds up to 1, 2 or 5 times a power of ten. */
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
+  /** Rounds up to 1, 2 or 5 times a power of ten, at least `min`. */
+  function niceStep(v, min) {
+    if (!(v > min)) return min;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
     for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
     return 10 * p;
   }
 
   /** A line chart: series [{key, label, color, area}] over state.samples. */
-  function chart(series, { format = fmtInt } = {}) {
+  function chart(series, { format = fmtInt, minStep = 1 } = {}) {
     const holder = h('div', { class: 'chart' });
     const legend = h(
       'div',
@@ -480,9 +480,11 @@
       const padT = 8;
       const padB = 20;
       const top = Math.max(0, ...samples.flatMap((x) => series.map((s) => Number(x[s.key]) || 0)));
-      const max = niceMax(top);
+      // Four grid steps of a round size, so every label is exact.
+      const max = 4 * niceStep(top / 4, minStep);
       const now = Date.now();
-      const span = HISTORY * POLL_MS;
+      // The last 5 minutes, or less while the page is young (at least one minute).
+      const span = Math.min(HISTORY * POLL_MS, Math.max(60000, samples.length ? now - samples[0].t : 0));
       const x = (t) => padL + ((t - (now - span)) / span) * (W - padL - padR);
       const y = (v) => padT + (1 - v / max) * (H - padT - padB);
       const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', 'aria-label': series.map((s) => s.label).join(', ') });
@@ -492,7 +494,7 @@
         root.append(svg('line', { x1: padL, x2: W - padR, y1: yy, y2: yy, class: i === 0 ? 'axis' : 'grid' }));
         root.append(svg('text', { x: padL - 6, y: yy + 4, 'text-anchor': 'end', class: 'tick', text: format(v) }));
       }
-      root.append(svg('text', { x: padL, y: H - 4, class: 'tick', text: '5 min ago' }));
+      root.append(svg('text', { x: padL, y: H - 4, class: 'tick', text: `${Math.round(span / 60000)} min ago` }));
       root.append(svg('text', { x: W - padR, y: H - 4, 'text-anchor': 'end', class: 'tick', text: 'now' }));
       for (const s of series) {
         const pts = samples.map((p) => [x(p.t), y(Number(p[s.key]) || 0)]).filter(([px]) => px >= padL - 1);
@@ -535,7 +537,7 @@
         { key: 'in', label: 'In / s', color: 'green' },
         { key: 'out', label: 'Out / s', color: 'amber' },
       ],
-      { format: fmtRate },
+      { format: fmtRate, minStep: 0.5 },
     );
     const nodes = table(['Node', { label: 'Connections', num: true }, { label: 'Apps', num: true }, { label: 'Uptime', num: true }, { label: 'Last seen', num: true }], { id: 'nodes' });
     const apps = table(['App', 'Key', { label: 'Connections', num: true }, { label: 'Channels', num: true }, { label: 'In / s', num: true }, { label: 'Out / s', num: true }], { id: 'overview-apps' });
