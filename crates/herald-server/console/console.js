@@ -645,7 +645,7 @@
         h('td', null, h('a', { href: `#/apps/${enc(a.id)}`, class: 'mono strong', text: a.id })),
         h('td', { class: 'mono muted', text: a.key }),
         h('td', null, a.enabled === false ? pill('disabled', 'gray') : pill('enabled', 'green')),
-        h('td', { class: 'num', text: fmtInt(a.counts?.connections) }),
+        h('td', { class: 'num conn-cell', text: fmtInt(a.counts?.connections) }),
         h('td', { class: 'num', text: fmtInt(a.counts?.occupied_channels) }),
         h('td', { class: 'num', text: fmtRate(a.counts?.messages_in_per_second) }),
         h('td', { class: 'num', text: fmtRate(a.counts?.messages_out_per_second) }),
@@ -843,6 +843,10 @@
     const sOut = stat('Messages out / s');
     const problem = h('div');
     const editBtn = h('button', { type: 'button', class: 'btn', text: 'Edit', onclick: () => app && editModal(app) });
+    const rotateBtn = h('button', { type: 'button', class: 'btn', text: 'Rotate secret', onclick: () => app && rotateModal(app) });
+    const toggleBtn = h('button', { type: 'button', class: 'btn', text: 'Disable', onclick: () => app && setEnabled(app, app.enabled === false) });
+    const deleteBtn = h('button', { type: 'button', class: 'btn btn-danger-ghost', text: 'Delete', onclick: () => app && deleteModal(app) });
+    const writeBtns = [editBtn, rotateBtn, toggleBtn, deleteBtn];
 
     const channels = table(['Channel', { label: 'Subscribers', num: true }, { label: 'Users', num: true }], { id: 'channels', class: 'clickable' });
     const members = h('div', { id: 'members' });
@@ -887,7 +891,7 @@
         'div',
         { class: 'page-head' },
         h('div', { class: 'page-title' }, h('p', { class: 'crumbs' }, h('a', { href: '#/apps', text: 'Apps' }), ' / '), h('div', { class: 'title-row' }, title, badge), sub),
-        h('div', { class: 'page-actions' }, editBtn),
+        h('div', { class: 'page-actions' }, writeBtns),
       ),
       problem,
       h('div', { class: 'stats stats-4' }, [sConn, sChan, sIn, sOut].map((s) => s.el)),
@@ -940,8 +944,11 @@
       setText(sub, `Key ${a.key}`);
       clear(badge);
       badge.append(a.enabled === false ? pill('disabled', 'gray') : pill('enabled', 'green'));
-      editBtn.disabled = state.readOnly;
-      editBtn.title = state.readOnly ? readOnlyReason() : '';
+      for (const b of writeBtns) {
+        b.disabled = state.readOnly;
+        b.title = state.readOnly ? readOnlyReason() : '';
+      }
+      setText(toggleBtn, a.enabled === false ? 'Enable' : 'Disable');
       setText(sConn.value, fmtInt(a.counts?.connections));
       setText(sChan.value, fmtInt(a.counts?.occupied_channels));
       setText(sIn.value, fmtRate(a.counts?.messages_in_per_second));
@@ -1170,6 +1177,7 @@
 
     function onRecord(r) {
       if (!r || typeof r !== 'object') return;
+      if (typeof r.time_ms !== 'number') r.time_ms = Date.now();
       if (r.type === 'hello') {
         setText(status, `live from node ${r.node ?? ''}`);
         status.className = 'log-status ok';
@@ -1197,6 +1205,11 @@
           });
           if (res.status === 401) {
             signOut('The admin API refused the token (401): sign in again.');
+            return;
+          }
+          if (res.status === 404) {
+            setText(status, 'no such app on this node');
+            status.className = 'log-status bad';
             return;
           }
           if (!res.ok || !res.body) {
