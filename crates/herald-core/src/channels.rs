@@ -482,6 +482,26 @@ impl Channels {
             .unwrap_or_default()
     }
 
+    /// Members of a presence channel with their `user_info` (raw JSON), sorted by user id.
+    pub(crate) fn presence_members(
+        &self,
+        channel: &ChannelName,
+    ) -> Vec<(UserId, Option<Box<RawValue>>)> {
+        let channels = self.table.read();
+        let mut members: Vec<_> = channels
+            .get(channel)
+            .and_then(|c| c.presence.as_ref())
+            .map(|r| {
+                r.members()
+                    .map(|m| (m.user_id.clone(), m.user_info.map(ToOwned::to_owned)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop(channels);
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members
+    }
+
     /// Another node's socket subscribed. Idempotent.
     pub(crate) fn remote_subscribe(
         &self,

@@ -467,6 +467,11 @@ impl AppState {
         self.channels.presence_users(channel)
     }
 
+    /// Members of a presence channel with their `user_info`, sorted by user id (admin API).
+    pub fn presence_members(&self, channel: &ChannelName) -> Vec<(UserId, Option<Box<RawValue>>)> {
+        self.channels.presence_members(channel)
+    }
+
     /// Registers a signed-in socket; true when the user just came online (cluster-wide).
     pub fn sign_in(&self, user: &UserId, socket: SocketId, outbox: &Outbox) -> bool {
         let came_online = self.users.sign_in(user, socket, outbox);

@@ -71,7 +71,37 @@ pub struct Config {
 pub struct AdminConfig {
     /// The bearer token of the admin API and the console (`HERALD_ADMIN__TOKEN`); both are off
     /// while it is unset.
-    pub token: Option<String>,
+    pub token: Option<AdminToken>,
+}
+
+/// The admin token; `Debug` prints `<redacted>`, so neither `Config`'s Debug output nor a log
+/// line shows it. Serialized as the plain string (the TOML key `token`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for AdminToken {
+    fn from(token: &str) -> AdminToken {
+        AdminToken(token.to_owned())
+    }
+}
+
+impl From<String> for AdminToken {
+    fn from(token: String) -> AdminToken {
+        AdminToken(token)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -350,8 +380,8 @@ impl Config {
         }
         let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
         for (i, app) in self.apps.iter().enumerate() {
-            if app.id.is_empty() || app.key.is_empty() || app.secret.expose().is_empty() {
-                bail!("apps[{i}]: id, key and secret must not be empty");
+            if let Err(err) = validate_app(app) {
+                bail!("apps[{i}].{err}");
             }
             if !ids.insert(&app.id) {
                 bail!("apps[{i}].id: duplicate app id {:?}", app.id);
@@ -359,20 +389,10 @@ impl Config {
             if !keys.insert(&app.key) {
                 bail!("apps[{i}].key: duplicate app key {:?}", app.key);
             }
-            for (j, hook) in app.webhooks.iter().enumerate() {
-                if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
-                    bail!("apps[{i}].webhooks[{j}].url: must be an http:// or https:// URL");
-                }
-                if let Some(bad) = hook
-                    .event_types
-                    .iter()
-                    .find(|t| !WEBHOOK_EVENTS.contains(&t.as_str()))
-                {
-                    bail!("apps[{i}].webhooks[{j}].event_types: unknown event type {bad:?}");
-                }
-            }
-            if app.max_client_events_per_second == 0 {
-                bail!("apps[{i}].max_client_events_per_second: must be at least 1");
+        }
+        if let Some(token) = &self.admin.token {
+            if token.expose().trim().is_empty() {
+                bail!("admin.token: must not be empty (leave it unset to turn the admin API off)");
             }
         }
         if !self.path_prefix.is_empty()
@@ -452,6 +472,43 @@ impl Config {
             ..NodeLimits::default()
         }
     }
+}
+
+/// Checks one app's settings, as start-up does for the file's apps and the admin API does for
+/// an app it creates or changes. Uniqueness of ids and keys is the caller's (or the store's).
+///
+/// # Errors
+/// The first rule broken, as `key: what is wrong` (the key relative to the app).
+pub fn validate_app(app: &App) -> Result<(), String> {
+    for (key, value) in [
+        ("id", app.id.as_str()),
+        ("key", app.key.as_str()),
+        ("secret", app.secret.expose()),
+    ] {
+        if value.is_empty() {
+            return Err(format!("{key}: id, key and secret must not be empty"));
+        }
+    }
+    for (j, hook) in app.webhooks.iter().enumerate() {
+        if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+            return Err(format!(
+                "webhooks[{j}].url: must be an http:// or https:// URL"
+            ));
+        }
+        if let Some(bad) = hook
+            .event_types
+            .iter()
+            .find(|t| !WEBHOOK_EVENTS.contains(&t.as_str()))
+        {
+            return Err(format!(
+                "webhooks[{j}].event_types: unknown event type {bad:?}"
+            ));
+        }
+    }
+    if app.max_client_events_per_second == 0 {
+        return Err("max_client_events_per_second: must be at least 1".to_owned());
+    }
+    Ok(())
 }
 
 /// The `HERALD_*` environment as a figment layer: `HERALD_DRAIN__WINDOW=10s` sets
@@ -642,6 +699,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_token_is_read_but_never_printed() {
+        let token = "admin-token-for-the-debug-test";
+        let config = Config::load_from(
+            None,
+            env(&[("HERALD_ADMIN__TOKEN", token)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.admin.token.as_ref().map(AdminToken::expose),
+            Some(token)
+        );
+        let debug = format!("{config:?} {:#?}", config.admin);
+        assert!(!debug.contains(token), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let err = Config::load_from(
+            None,
+            env(&[("HERALD_ADMIN__TOKEN", "\"\"")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("admin.token"), "{err}");
     }
 
     #[test]

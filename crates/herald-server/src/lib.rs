@@ -64,6 +64,9 @@ pub struct Shared {
     pub background_tasks: TaskTracker,
     /// Set when the drain starts: readiness fails from then on.
     pub draining: AtomicBool,
+    /// Cancelled when the drain starts: long-lived responses (the admin event stream) end, so
+    /// their connections can close.
+    pub drain_started: CancellationToken,
     pub metrics: PrometheusHandle,
     /// Where apps come from (the file or a database), and the admin API's way to change them.
     pub apps: app_store::Apps,
@@ -108,11 +111,27 @@ impl Shared {
             background,
             background_tasks,
             draining: AtomicBool::new(false),
+            drain_started: CancellationToken::new(),
             metrics: prometheus,
             app_metrics,
             apps: app_store::Apps::new(Arc::new(app_store::FileStore::new(config.apps()))),
             config,
         }))
+    }
+
+    /// [`Shared::new`] with apps kept in `store` instead of the configured one (tests, embedding).
+    /// The node starts with `config.apps`; [`app_store::Apps::sync`] loads the store's.
+    ///
+    /// # Errors
+    /// As [`Shared::new`].
+    pub fn with_app_store(
+        config: Config,
+        store: Arc<dyn herald_core::AppStore>,
+    ) -> anyhow::Result<Arc<Shared>> {
+        let mut shared = Shared::new(config)?;
+        let only = Arc::get_mut(&mut shared).expect("nothing else holds a new Shared");
+        only.apps = app_store::Apps::new(store);
+        Ok(shared)
     }
 
     /// The app's metric handles, shared by its sockets. Made (and its series registered at

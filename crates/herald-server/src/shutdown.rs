@@ -57,6 +57,7 @@ pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
     let started = Instant::now();
     let drain = &shared.config.drain;
     shared.draining.store(true, Ordering::Release);
+    shared.drain_started.cancel();
     tokio::time::sleep(drain.delay).await;
 
     stop_accepting.cancel();

@@ -55,7 +55,17 @@ pub async fn trigger(
     State(shared): State<Arc<Shared>>,
     req: Result<SignedRequest, ApiError>,
 ) -> Response {
-    let (event, acceptances) = match req.and_then(|req| trigger_inner(&shared, &req)) {
+    match req {
+        Ok(req) => publish_body(&shared, &req.app, &req.body).await,
+        Err(err) => respond("events", Err(err)),
+    }
+}
+
+/// Publishes one event given as the body of `POST /apps/{id}/events`, for a caller already
+/// authenticated (a signed request, or the admin API's token): the same validation, limits,
+/// broker path and answers (`{}` or the `info` asked for; 503 while the cluster's log is down).
+pub(crate) async fn publish_body(shared: &Shared, app: &AppState, body: &[u8]) -> Response {
+    let (event, acceptances) = match trigger_inner(shared, app, body) {
         Ok(published) => published,
         Err(err) => return respond("events", Err(err)),
     };
@@ -67,15 +77,16 @@ pub async fn trigger(
 
 fn trigger_inner(
     shared: &Shared,
-    req: &SignedRequest,
+    app: &AppState,
+    body: &[u8],
 ) -> Result<(Value, Vec<Acceptance>), ApiError> {
-    let parsed: EventBody = parse_json(&req.body)?;
-    let event = validate(shared, &req.app, parsed)?;
-    let acceptances = publish(shared, &req.app, &event);
+    let parsed: EventBody = parse_json(body)?;
+    let event = validate(shared, app, parsed)?;
+    let acceptances = publish(shared, app, &event);
     if event.info.is_empty() {
         return Ok((json!({}), acceptances));
     }
-    let body = json!({ "channels": info_response(&req.app, &event) });
+    let body = json!({ "channels": info_response(app, &event) });
     Ok((body, acceptances))
 }
 

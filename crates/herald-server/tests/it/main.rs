@@ -1,6 +1,7 @@
 //! Integration tests over real sockets: each test starts its own server on 127.0.0.1:0.
 //! Every wait has a timeout; nothing sleeps to synchronise.
 
+mod admin;
 mod client_events;
 mod cluster;
 mod connect;

@@ -33,6 +33,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_with(configure, |config| {
+            Shared::new(config).expect("server state")
+        })
+        .await
+    }
+
+    /// [`TestServer::start`] with the server's state built by `build` (another app store).
+    pub async fn start_with(
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Config) -> Arc<Shared>,
+    ) -> TestServer {
         let mut config = Config {
             host: "127.0.0.1".into(),
             drain: DrainConfig {
@@ -52,7 +63,7 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared::new(config).expect("server state");
+        let shared = build(config);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(herald_server::serve(
             shared.clone(),
