@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use herald_core::monitor::FORWARD_INTERVAL_MS;
 use herald_core::{
     Acceptance, Announcement, Broker, Delivery, Durability, Envelope, Node, Position,
     SubscriptionEntry, Unavailable,
@@ -191,6 +192,7 @@ impl<T: Transport> ClusterBroker<T> {
         for shard in 0..shards {
             tracker.spawn(subscriber(inner.clone(), shard, stop.clone()));
         }
+        tracker.spawn(forward_monitors(inner.clone(), stop.clone()));
         tracker.spawn(heartbeat(inner.clone(), stop));
         ClusterBroker(inner)
     }
@@ -256,7 +258,9 @@ impl<T: Transport> Inner<T> {
             | BusMessage::Terminate { app, .. }
             | BusMessage::State { app, .. }
             | BusMessage::Departed { app, .. }
-            | BusMessage::Resumed { app, .. } => self.shard(app, None),
+            | BusMessage::Resumed { app, .. }
+            | BusMessage::Watching { app, .. }
+            | BusMessage::Monitor { app, .. } => self.shard(app, None),
             BusMessage::Heartbeat { .. } | BusMessage::SyncRequest { .. } => 0,
         }
     }
@@ -272,6 +276,17 @@ impl<T: Transport> Inner<T> {
                 tracing::error!(%err, "could not encode a bus message");
                 None
             }
+        }
+    }
+
+    /// Sends a message whose loss needs no repair (monitor traffic): a full queue drops it
+    /// (counted), without marking the state for a resync.
+    fn send_best_effort(&self, message: &BusMessage) {
+        let Some(out) = self.encode(message, None) else {
+            return;
+        };
+        if self.tx.try_send(Queued { out, ack: None }).is_err() {
+            bump(&self.stats.dropped_unsent, 1);
         }
     }
 
@@ -397,6 +412,9 @@ impl<T: Transport> Inner<T> {
         };
         match wire::apply(&self.node, message, Placement::Live(position)) {
             Ok(applied) => {
+                if applied.invalid > 0 {
+                    bump(&self.stats.dropped_invalid, applied.invalid as u64);
+                }
                 if let (Some(app), Some(hook), false) =
                     (state_of, &self.on_node_gone, applied.removed.is_empty())
                 {
@@ -442,6 +460,7 @@ impl<T: Transport> Inner<T> {
                 "node stopped heartbeating: removing its connections"
             );
             bump(&self.stats.nodes_reaped, 1);
+            self.node.forget_peer(id);
             for app in self.node.apps() {
                 let removed = app.forget_node(id);
                 if let (Some(hook), false) = (&self.on_node_gone, removed.is_empty()) {
@@ -743,20 +762,86 @@ async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) 
             tracing::warn!(?gap, "this node stalled: resyncing cluster state");
             inner.resync();
         }
-        let connections = inner
-            .node
-            .apps()
+        let apps = inner.node.apps();
+        let connections = apps
             .iter()
             .map(|app| (app.id().to_owned(), app.connection_count()))
+            .collect();
+        let messages = apps
+            .iter()
+            .map(|app| (app.id().to_owned(), app.traffic().totals()))
             .collect();
         inner.send(
             &BusMessage::Heartbeat {
                 node: inner.node.id(),
                 connections,
+                started_at_ms: inner.node.started_at_ms(),
+                messages,
             },
             None,
         );
         inner.reap();
+    }
+}
+
+/// The monitor's cluster side, every [`FORWARD_INTERVAL_MS`]: announces the apps watched here
+/// (at once, then every heartbeat, for three heartbeats each), and sends this node's records of
+/// the apps watched elsewhere, in one batch per app. Best effort: monitor traffic is never
+/// repaired, and costs nothing while nobody watches (one relaxed load per app per round).
+async fn forward_monitors<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(FORWARD_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = inner.config.heartbeat_interval;
+    let ttl_ms = u64::try_from(every.saturating_mul(3).as_millis()).unwrap_or(u64::MAX);
+    let me = inner.node.id();
+    // When each app watched here was last announced.
+    let mut announced: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if inner.connected_since.lock().is_none() {
+            continue;
+        }
+        for app in inner.node.apps() {
+            let monitor = app.monitor();
+            if !monitor.active() {
+                continue;
+            }
+            if monitor.local_watchers() > 0 {
+                let due = announced
+                    .get(app.id())
+                    .is_none_or(|at| at.elapsed() >= every);
+                if due {
+                    announced.insert(app.id().to_owned(), Instant::now());
+                    inner.send_best_effort(&BusMessage::Watching {
+                        node: me,
+                        app: app.id().to_owned(),
+                        ttl_ms,
+                    });
+                }
+            }
+            let records = monitor.take_forward();
+            if records.is_empty() {
+                continue;
+            }
+            let records = records
+                .iter()
+                .filter_map(|record| serde_json::to_value(&**record).ok())
+                .collect();
+            inner.send_best_effort(&BusMessage::Monitor {
+                node: me,
+                app: app.id().to_owned(),
+                records,
+            });
+        }
+        announced.retain(|app, _| {
+            inner
+                .node
+                .app_by_id(app)
+                .is_some_and(|a| a.monitor().local_watchers() > 0)
+        });
     }
 }
 

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Delivery, Durability, Envelope, Frame, LocalState, Node, Position,
-    PresenceMember, SubscriptionEntry,
+    Announcement, Delivery, Durability, Envelope, Frame, LocalState, MonitorRecord, Node,
+    Position, PresenceMember, SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,12 @@ use serde_json::value::RawValue;
 /// Channel names from the bus are validated without the per-app length limit, which the
 /// publishing node already enforced.
 const MAX_CHANNEL_NAME: usize = 1024;
+
+/// The longest a `Watching` from another node keeps an app's monitor active here.
+const MAX_WATCH_TTL_MS: u64 = 60_000;
+
+/// Most records in one `Monitor` batch: a node sends at most a second's worth.
+pub const MAX_MONITOR_BATCH: usize = herald_core::monitor::FORWARD_QUEUE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -78,6 +84,23 @@ pub enum BusMessage {
         node: u64,
         /// Open connections per app on that node.
         connections: HashMap<String, usize>,
+        /// Unix time in milliseconds the node started (0 from nodes that predate it).
+        #[serde(default)]
+        started_at_ms: u64,
+        /// Per app, the node's message counters since it started: `(in, out)` (HTTP publishes
+        /// and client events accepted; messages written to its sockets).
+        #[serde(default)]
+        messages: HashMap<String, (u64, u64)>,
+    },
+    /// `node` has a watcher of `app`'s live stream: the others send their records for it for
+    /// the next `ttl_ms` (re-sent every heartbeat while watched).
+    Watching { node: u64, app: String, ttl_ms: u64 },
+    /// Monitor records `node` made for `app`, for the nodes watching it: a batch, best effort,
+    /// never logged in a channel nor replayed.
+    Monitor {
+        node: u64,
+        app: String,
+        records: Vec<serde_json::Value>,
     },
     /// A node's complete state for one app; replaces what others knew of it.
     State {
@@ -139,6 +162,8 @@ pub struct Applied {
     pub removed: Vec<SubscriptionEntry>,
     /// What an event's delivery on this node did, with its app.
     pub delivered: Option<(String, Delivery)>,
+    /// Monitor records that failed validation and were dropped.
+    pub invalid: usize,
 }
 
 /// Where an event read from the bus sits in the cluster's log, and what to do with it.
@@ -221,7 +246,9 @@ impl BusMessage {
             | BusMessage::State { node, .. }
             | BusMessage::SyncRequest { node, .. }
             | BusMessage::Departed { node, .. }
-            | BusMessage::Resumed { node, .. } => *node,
+            | BusMessage::Resumed { node, .. }
+            | BusMessage::Watching { node, .. }
+            | BusMessage::Monitor { node, .. } => *node,
         }
     }
 
@@ -361,8 +388,8 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             };
             let delivery = app.deliver(&channel, &frame, except, durability);
             return Ok(Applied {
-                removed: Vec::new(),
                 delivered: Some((app.id().to_owned(), delivery)),
+                ..Applied::default()
             });
         }
         BusMessage::Subscribed {
@@ -446,12 +473,52 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
         BusMessage::Heartbeat {
             node: from,
             connections,
+            started_at_ms,
+            messages,
         } => {
-            for (app, count) in connections {
-                if let Some(app) = node.app_by_id(&app) {
-                    app.set_remote_connections(from, count);
+            let mut known = Vec::with_capacity(connections.len());
+            for (app_id, count) in &connections {
+                if let Some(app) = node.app_by_id(app_id) {
+                    app.set_remote_connections(from, *count);
+                    known.push((app_id.as_str(), *count));
                 }
             }
+            node.heard_from(from, started_at_ms, &known);
+            for (app, counters) in messages {
+                if let Some(app) = node.app_by_id(&app) {
+                    app.traffic().sample(from, counters);
+                }
+            }
+        }
+        BusMessage::Watching { app, ttl_ms, .. } => {
+            app_state(&app)?
+                .monitor()
+                .remote_watch(ttl_ms.min(MAX_WATCH_TTL_MS));
+        }
+        BusMessage::Monitor {
+            node: from,
+            app,
+            records,
+        } => {
+            let app = app_state(&app)?;
+            if records.len() > MAX_MONITOR_BATCH {
+                return Err(WireError::Invalid("monitor batch"));
+            }
+            let monitor = app.monitor();
+            if monitor.local_watchers() == 0 {
+                return Ok(Applied::default());
+            }
+            let mut invalid = 0;
+            for record in records {
+                match MonitorRecord::from_remote(from, record) {
+                    Some(record) => monitor.publish(std::sync::Arc::new(record)),
+                    None => invalid += 1,
+                }
+            }
+            return Ok(Applied {
+                invalid,
+                ..Applied::default()
+            });
         }
         BusMessage::State {
             node: from,
@@ -461,7 +528,7 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             let app = app_state(&app)?;
             return Ok(Applied {
                 removed: app.replace_node(from, &state.into_local(from)?),
-                delivered: None,
+                ..Applied::default()
             });
         }
         // Answered by the broker, which owns the publisher.

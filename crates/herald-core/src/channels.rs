@@ -472,6 +472,12 @@ impl Channels {
             .collect()
     }
 
+    /// How many channels are occupied (on any node).
+    pub(crate) fn occupied(&self) -> usize {
+        let channels = self.table.read();
+        channels.values().filter(|entry| !entry.is_vacant()).count()
+    }
+
     /// Distinct users of a presence channel.
     pub(crate) fn presence_users(&self, channel: &ChannelName) -> Vec<UserId> {
         let channels = self.table.read();

@@ -81,6 +81,15 @@ impl Connections {
         self.table.lock().open.len()
     }
 
+    /// Open connections on every node (this one's, and the others' from their heartbeats).
+    pub(crate) fn total(&self) -> usize {
+        let table = self.table.lock();
+        table
+            .remote
+            .values()
+            .fold(table.open.len(), |a, n| a.saturating_add(*n))
+    }
+
     pub(crate) fn outboxes(&self) -> Vec<Outbox> {
         self.table.lock().open.values().cloned().collect()
     }

@@ -11,7 +11,7 @@
 //! non-blocking `Outbox::push` happens under a lock, and locks nest only in the order of
 //! [`crate::lock_order`] (checked in debug builds).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ use crate::channels::Channels;
 use crate::connections::Connections;
 use crate::history::{Departure, HistoryLimits, Identity, Resume, ResumeFailure, Resumed, Resumes};
 use crate::lock_order::{Level, OrderedRwLock};
-use crate::monitor::{AppCounts, Monitor, NodeView};
+use crate::monitor::{AppCounts, Monitor, NodeView, Peers, Traffic};
 use crate::outbox::{Frame, Outbox};
 use crate::registry::AppRegistry;
 use crate::users::Users;
@@ -47,11 +47,13 @@ pub struct Node {
     apps: AppRegistry,
     pub limits: NodeLimits,
     connections: AtomicUsize,
+    /// The other nodes, from their heartbeats.
+    peers: Peers,
 }
 
 impl Node {
     pub fn new(id: u64, apps: Vec<App>, limits: NodeLimits) -> Node {
-        let registry = AppRegistry::default();
+        let registry = AppRegistry::for_node(id);
         registry.replace(apps);
         Node {
             id,
@@ -60,6 +62,7 @@ impl Node {
             apps: registry,
             limits,
             connections: AtomicUsize::new(0),
+            peers: Peers::default(),
         }
     }
 
@@ -134,8 +137,8 @@ impl Node {
         self.started_at_ms
     }
 
-    /// The cluster's nodes as this node knows them, this node first.
-    // TODO(monitor): the other nodes, from their heartbeats.
+    /// The cluster's nodes as this node knows them (the others from their heartbeats), this
+    /// node first.
     pub fn nodes(&self) -> Vec<NodeView> {
         let apps = self
             .apps
@@ -143,14 +146,47 @@ impl Node {
             .iter()
             .map(|app| (app.id().to_owned(), app.connection_count()))
             .collect();
-        vec![NodeView {
+        let mut nodes = vec![NodeView {
             id: self.id.to_string(),
             this_node: true,
             started_at_ms: self.started_at_ms,
             connections: self.connection_count(),
             apps,
             last_seen_ms: crate::monitor::now_ms(),
-        }]
+        }];
+        nodes.extend(self.peers.views());
+        nodes
+    }
+
+    /// A heartbeat of `node`: when it started and its connections per app (unknown apps are
+    /// left out).
+    pub fn heard_from(&self, node: u64, started_at_ms: u64, connections: &[(&str, usize)]) {
+        if node == self.id {
+            return;
+        }
+        let apps: BTreeMap<String, usize> = connections
+            .iter()
+            .filter(|(app, _)| self.apps.by_id(app).is_some())
+            .map(|(app, n)| ((*app).to_owned(), *n))
+            .collect();
+        self.peers.heard(node, started_at_ms, apps);
+    }
+
+    /// `node` left the cluster (it stopped heartbeating).
+    pub fn forget_peer(&self, node: u64) {
+        self.peers.forget(node);
+        for app in self.apps.all() {
+            app.traffic().forget(node);
+        }
+    }
+
+    /// The monitors' periodic upkeep (about once a second): each app's monitor is refreshed
+    /// (inactive once its last watcher left) and its message counters sampled for the rates.
+    pub fn tick_monitors(&self) {
+        for app in self.apps.all() {
+            app.monitor().tick();
+            app.traffic().sample(self.id, app.traffic().totals());
+        }
     }
 }
 
@@ -178,6 +214,10 @@ pub struct AppState {
     pub continuity: ContinuityStats,
     /// The live event stream the admin console watches.
     monitor: Monitor,
+    /// Message counters and every node's samples of them, for the rates.
+    traffic: Traffic,
+    /// This node's id.
+    node: u64,
     /// [`crate::outbox::clock_ms`] of the next history sweep.
     next_sweep_ms: AtomicU64,
 }
@@ -199,7 +239,11 @@ pub struct ContinuityStats {
 const SWEEP_INTERVAL_MS: u64 = 1000;
 
 impl AppState {
-    pub(crate) fn new(app: App) -> AppState {
+    pub(crate) fn new(app: App, node: u64) -> AppState {
+        let traffic = Traffic::default();
+        // The counters start at zero now: the first rate covers what came before the first
+        // periodic sample.
+        traffic.sample(node, (0, 0));
         AppState {
             id: app.id.clone(),
             settings: OrderedRwLock::new(Level::Settings, Arc::new(app)),
@@ -210,7 +254,9 @@ impl AppState {
             connections: Connections::default(),
             resumes: Resumes::default(),
             continuity: ContinuityStats::default(),
-            monitor: Monitor::default(),
+            monitor: Monitor::new(node),
+            traffic,
+            node,
             next_sweep_ms: AtomicU64::new(0),
         }
     }
@@ -267,13 +313,21 @@ impl AppState {
         &self.monitor
     }
 
-    /// The app's live counts, cluster-wide.
-    // TODO(monitor): other nodes' connections and the message rates, from heartbeats.
+    /// The app's message counters (and every node's samples of them).
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// The app's live counts, cluster-wide: connections on every node (from heartbeats),
+    /// occupied channels (from the replica), message rates over the last seconds (from every
+    /// node's counters).
     pub fn counts(&self) -> AppCounts {
+        let (messages_in_per_second, messages_out_per_second) = self.traffic.rates(self.node);
         AppCounts {
-            connections: self.connection_count(),
-            occupied_channels: self.channels("").len(),
-            ..AppCounts::default()
+            connections: self.connections.total(),
+            occupied_channels: self.channels.occupied(),
+            messages_in_per_second,
+            messages_out_per_second,
         }
     }
 
@@ -398,8 +452,42 @@ impl AppState {
         let res = self
             .channels
             .deliver(&app, channel, frame, except, durability);
+        if res.delivered != 0 {
+            self.traffic.count_out(res.delivered as u64);
+        }
+        if self.monitor.active() {
+            self.monitor_delivery(channel, frame, except, durability, res);
+        }
         self.maybe_sweep(&app);
         res
+    }
+
+    /// A logged event's delivery on this node, for the watchers (only while watched). The
+    /// event's name and data size are read back from the frame, so nothing is carried for
+    /// them while nobody watches.
+    #[cold]
+    fn monitor_delivery(
+        &self,
+        channel: &ChannelName,
+        frame: &Frame,
+        except: Option<SocketId>,
+        durability: Durability,
+        res: Delivery,
+    ) {
+        if matches!(durability, Durability::Ephemeral | Durability::Backfill(_)) {
+            // Client events are shown where they are sent; backfill reaches nobody.
+            return;
+        }
+        self.monitor.emit_with(|| {
+            let (event, size) = crate::monitor::frame_event(&frame.text);
+            crate::monitor::MonitorEvent::Published {
+                channel: channel.to_string(),
+                event,
+                size,
+                excluded_socket_id: except.map(|s| s.to_string()),
+                reached: res.delivered,
+            }
+        });
     }
 
     /// Expires channel histories at most once a second, lazily from the publish path (the server
@@ -598,6 +686,7 @@ impl AppState {
         }
         if state == &LocalState::default() {
             self.connections.forget_remote(node);
+            self.traffic.forget(node);
         }
         removed
     }

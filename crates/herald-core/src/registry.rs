@@ -22,6 +22,8 @@ pub struct AppRegistry {
     snapshot: RwLock<Arc<Apps>>,
     /// Serializes writers, so that a change reads and replaces the snapshot atomically.
     writer: Mutex<()>,
+    /// The node's id, which each app's monitor stamps on its records.
+    node: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -66,6 +68,14 @@ impl AppsChanged {
 }
 
 impl AppRegistry {
+    /// An empty registry of node `node`.
+    pub fn for_node(node: u64) -> AppRegistry {
+        AppRegistry {
+            node,
+            ..AppRegistry::default()
+        }
+    }
+
     fn snapshot(&self) -> Arc<Apps> {
         self.snapshot.read().clone()
     }
@@ -101,7 +111,7 @@ impl AppRegistry {
         }
         let mut next = (*current).clone();
         let mut res = AppsChanged::default();
-        put(&mut next, app, &mut res);
+        put(&mut next, app, &mut res, self.node);
         *self.snapshot.write() = Arc::new(next);
         Ok(res)
     }
@@ -124,6 +134,7 @@ impl AppRegistry {
     /// new ids are added, known ones changed in place, missing ones removed.
     pub fn replace(&self, apps: Vec<App>) -> AppsChanged {
         let _writer = self.writer.lock();
+        let node = self.node;
         let current = self.snapshot();
         let mut next = Apps::default();
         let mut res = AppsChanged::default();
@@ -139,7 +150,7 @@ impl AppRegistry {
                 }
                 None => {
                     res.added.push(app.id.clone());
-                    let state = Arc::new(AppState::new(app));
+                    let state = Arc::new(AppState::new(app, node));
                     next.by_id.insert(state.id().to_owned(), state.clone());
                     next.by_key.insert(state.app().key.clone(), state);
                 }
@@ -163,7 +174,7 @@ impl AppRegistry {
     }
 }
 
-fn put(apps: &mut Apps, app: App, res: &mut AppsChanged) {
+fn put(apps: &mut Apps, app: App, res: &mut AppsChanged, node: u64) {
     match apps.by_id.get(&app.id).cloned() {
         Some(state) => {
             let old_key = state.app().key.clone();
@@ -177,7 +188,7 @@ fn put(apps: &mut Apps, app: App, res: &mut AppsChanged) {
         }
         None => {
             res.added.push(app.id.clone());
-            let state = Arc::new(AppState::new(app));
+            let state = Arc::new(AppState::new(app, node));
             apps.by_key.insert(state.app().key.clone(), state.clone());
             apps.by_id.insert(state.id().to_owned(), state);
         }

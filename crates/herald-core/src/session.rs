@@ -91,8 +91,9 @@ pub struct Session {
     client_events: TokenBucket,
     /// The signed resume cookie's token, when the handshake carried or set one.
     resume_token: Option<Box<str>>,
-    /// The client closed the connection itself (a close frame): it expects no replay.
-    closed_by_client: bool,
+    /// The client closed the connection itself (a close frame, with this code or 1005): it
+    /// expects no replay.
+    client_close_code: Option<u16>,
 }
 
 impl Session {
@@ -114,7 +115,7 @@ impl Session {
             signed_in: None,
             client_events,
             resume_token: None,
-            closed_by_client: false,
+            client_close_code: None,
         }
     }
 
@@ -126,7 +127,18 @@ impl Session {
     /// The client closed the connection with a close frame: it left on purpose (a closed tab,
     /// `pusher.disconnect()`), so no replay is kept for it.
     pub fn closed_by_client(&mut self) {
-        self.closed_by_client = true;
+        self.closed_by_client_with(None);
+    }
+
+    /// [`closed_by_client`](Self::closed_by_client), with the close frame's code (1005, "no
+    /// status", when it had none).
+    pub fn closed_by_client_with(&mut self, code: Option<u16>) {
+        self.client_close_code = Some(code.unwrap_or(1005));
+    }
+
+    /// The code of the client's close frame, if the client closed the connection.
+    pub fn client_close_code(&self) -> Option<u16> {
+        self.client_close_code
     }
 
     /// Who this connection is, for replay on `channel` (whose presence identity is `member`).
@@ -149,7 +161,7 @@ impl Session {
 
     /// How this connection is ending, from who closed it and why.
     fn leaving(&self) -> Leaving {
-        if self.closed_by_client {
+        if self.client_close_code.is_some() {
             return Leaving::OnPurpose;
         }
         match self.outbox.close_request().map(|r| r.reason) {
@@ -429,6 +441,7 @@ impl Session {
             cache: None,
             durability: Durability::Ephemeral,
         });
+        self.app.traffic().count_in(1);
         Ok(Outcome::ClientEvent {
             channel,
             delivery,

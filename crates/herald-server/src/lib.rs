@@ -99,6 +99,7 @@ impl Shared {
         let background_tasks = TaskTracker::new();
         let background = CancellationToken::new();
         let webhooks = start_webhooks(&config, &background_tasks, &background)?;
+        webhooks.set_node(node.clone());
         let (broker, broker_stats) =
             start_broker(&config, &node, &webhooks, &background_tasks, &background)?;
         Ok(Arc::new(Shared {

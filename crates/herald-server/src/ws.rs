@@ -18,7 +18,7 @@ use herald_core::rate_limit::TokenBucket;
 use herald_core::session::Outcome;
 use herald_core::{
     AppState, CloseRequest, ConnectionError, ConnectionRefused, DisconnectReason, Frame,
-    MessageError, Outbox, Session,
+    MessageError, MonitorEvent, Outbox, Session,
 };
 use herald_protocol::server_message;
 use herald_protocol::ClientMessage;
@@ -238,6 +238,7 @@ fn admit(
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !app.app().origin_allowed(origin) {
         metrics::limit_rejected_for(app.id(), Limit::Origin);
+        limit_hit(&app, None, "allowed_origins");
         return Err(ConnectionError::OriginNotAllowed);
     }
     Ok(app.clone())
@@ -297,6 +298,10 @@ fn serve(
         for left in &left {
             shared.webhooks.record_left(app_id, socket_id, left);
         }
+        if app.monitor().active() {
+            let code = close_code(&session, reason);
+            monitor_closed(&app, socket_id, reason, code, &left);
+        }
         app.remove_connection(socket_id);
         shared.node.remove_connection();
         metrics::connection_closed(app_id, reason.as_str());
@@ -316,6 +321,7 @@ async fn admit_socket(
         .try_add_connection(shared.config.max_connections)
     {
         metrics::limit_rejected_for(app.id(), Limit::NodeConnections);
+        limit_hit(app, None, "node_max_connections");
         reject(socket, ConnectionError::NodeOverCapacity).await;
         return None;
     }
@@ -326,6 +332,7 @@ async fn admit_socket(
         let err = match refused {
             ConnectionRefused::OverQuota => {
                 metrics::limit_rejected_for(app.id(), Limit::AppConnections);
+                limit_hit(app, None, "max_connections");
                 ConnectionError::AppOverQuota
             }
             ConnectionRefused::Disabled => ConnectionError::AppDisabled,
@@ -334,6 +341,9 @@ async fn admit_socket(
         return None;
     }
     metrics::connection_opened(app.id());
+    app.monitor().emit_with(|| MonitorEvent::ConnectionOpened {
+        socket_id: socket_id.to_string(),
+    });
     let _ = outbox.push(Frame::new(server_message::connection_established(
         socket_id,
         shared.config.activity_timeout.as_secs(),
@@ -393,7 +403,7 @@ fn connection_loop<'a>(
                 }
                 Step::PeerClosed(code) => {
                     // Left on purpose: no replay is kept for it (issue 12).
-                    session.closed_by_client();
+                    session.closed_by_client_with(code);
                     // The server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
                     Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
                     return DisconnectReason::ClientClose;
@@ -529,6 +539,11 @@ fn on_message(
             app_metrics.message_received(text.len());
             if !message_budget.try_take(Instant::now()) {
                 metrics::limit_rejected(Limit::MessageRate);
+                limit_hit(
+                    session.app(),
+                    Some(session.socket_id()),
+                    "max_messages_per_second",
+                );
                 session.refuse_message(&MessageError::TooManyMessages);
                 return Step::Continue;
             }
@@ -554,6 +569,14 @@ fn on_message(
                     shared
                         .webhooks
                         .record_outcome(app_id, session.socket_id(), &outcome);
+                    let monitor = session.app().monitor();
+                    if monitor.active() {
+                        if let Some(event) =
+                            MonitorEvent::from_outcome(session.socket_id(), &outcome)
+                        {
+                            monitor.emit(shared.node.id(), event);
+                        }
+                    }
                 }
                 Err(err) => session.refuse_message(&MessageError::Invalid(err)),
             }
@@ -625,8 +648,14 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outboxes: Vec<Outbox> = Vec::new();
+    let mut last_monitor_tick = Instant::now();
     loop {
         tick.tick().await;
+        // The monitors' upkeep, once a second: watchers that left, rate samples.
+        if last_monitor_tick.elapsed() >= Duration::from_millis(900) {
+            last_monitor_tick = Instant::now();
+            shared.node.tick_monitors();
+        }
         // Copied out so that connects and disconnects never wait for a whole pass.
         outboxes.extend(shared.node.outboxes());
         let now = herald_core::outbox::clock_ms();
@@ -663,4 +692,60 @@ async fn write_batch(
         app_metrics.delivery_latency(at.elapsed());
     }
     Ok(())
+}
+
+/// Tells the app's watchers that a limit refused something (only while watched).
+fn limit_hit(app: &AppState, socket: Option<herald_protocol::SocketId>, limit: &'static str) {
+    app.monitor().emit_with(|| MonitorEvent::LimitHit {
+        socket_id: socket.map(|s| s.to_string()),
+        limit: limit.to_owned(),
+        channel: None,
+    });
+}
+
+/// The close code a connection ended with: the client's close frame's, the one the server
+/// sent, or what the reason implies (1006 when the connection was lost without a close frame).
+fn close_code(session: &Session, reason: DisconnectReason) -> u16 {
+    if let Some(code) = session.client_close_code() {
+        return code;
+    }
+    if let Some(request) = session.outbox().close_request() {
+        return request.code.code();
+    }
+    match reason {
+        DisconnectReason::ClientClose => 1005,
+        DisconnectReason::Limit => 1009,
+        DisconnectReason::SlowConsumer => 4100,
+        DisconnectReason::PingTimeout => 4201,
+        DisconnectReason::Drain => 4200,
+        DisconnectReason::Terminated => 4009,
+        DisconnectReason::Error => 1006,
+    }
+}
+
+/// A closed connection, for the app's watchers: the channels it left, the slow consumer limit
+/// if that was why, then the close.
+#[cold]
+fn monitor_closed(
+    app: &AppState,
+    socket: herald_protocol::SocketId,
+    reason: DisconnectReason,
+    code: u16,
+    left: &[herald_core::session::Left],
+) {
+    let monitor = app.monitor();
+    for left in left {
+        monitor.emit_with(|| MonitorEvent::Unsubscribed {
+            socket_id: socket.to_string(),
+            channel: left.channel.to_string(),
+        });
+    }
+    if reason == DisconnectReason::SlowConsumer {
+        limit_hit(app, Some(socket), "outbox_max_bytes");
+    }
+    monitor.emit_with(|| MonitorEvent::ConnectionClosed {
+        socket_id: socket.to_string(),
+        code,
+        reason: reason.as_str().to_owned(),
+    });
 }

@@ -226,6 +226,7 @@ fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, A
 /// Hands the event to the broker for each of its channels, in order.
 fn publish(shared: &Shared, app: &AppState, event: &Event) -> Vec<Acceptance> {
     let now = Instant::now();
+    app.traffic().count_in(event.channels.len() as u64);
     let mut acceptances = Vec::with_capacity(event.channels.len());
     for channel in &event.channels {
         let frame = Frame::published(

@@ -98,6 +98,8 @@ struct Inner {
     active: AtomicBool,
     store: Store,
     next_id: AtomicU64,
+    /// The node, whose apps' monitors are told of each webhook sent or failed.
+    node: std::sync::OnceLock<Arc<herald_core::Node>>,
 }
 
 /// The webhook subsystem; cheap to clone.
@@ -124,10 +126,16 @@ impl Webhooks {
             apps: parking_lot::RwLock::new(apps),
             store,
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            node: std::sync::OnceLock::new(),
         });
         tracker.spawn(process(inner.clone(), rx, stop.clone()));
         tracker.spawn(sender::run(inner.clone(), tracker.clone(), stop));
         Webhooks { inner, tx }
+    }
+
+    /// Sets the node whose apps' monitors are told of webhooks sent or failed (once).
+    pub fn set_node(&self, node: Arc<herald_core::Node>) {
+        let _ = self.inner.node.set(node);
     }
 
     /// Whether `app` has any webhook target (so callers can skip building facts).

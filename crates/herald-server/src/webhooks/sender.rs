@@ -178,10 +178,14 @@ async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) 
         )
         .await
         {
-            Ok(()) => metrics::webhook_sent(&first.app, group.len(), started.elapsed()),
+            Ok(()) => {
+                metrics::webhook_sent(&first.app, group.len(), started.elapsed());
+                monitor(inner, &first.app, &events, None);
+            }
             Err(reason) => {
                 metrics::webhook_failed(&first.app);
                 tracing::debug!(url = %target.url, %reason, "webhook attempt failed");
+                monitor(inner, &first.app, &events, Some(reason));
                 failed.push(target_idx);
             }
         }
@@ -216,6 +220,21 @@ async fn send_group(inner: &Inner, client: &HttpClient, group: Vec<(Job, Job)>) 
         };
         let _ = inner.store.enqueue(&next, due).await;
     }
+}
+
+/// Tells the app's watchers about one webhook request (its events' names, never the body).
+fn monitor(inner: &Inner, app: &str, events: &[&serde_json::Value], error: Option<String>) {
+    let Some(app) = inner.node.get().and_then(|node| node.app_by_id(app)) else {
+        return;
+    };
+    app.monitor().emit_with(|| herald_core::MonitorEvent::Webhook {
+        events: events
+            .iter()
+            .filter_map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .collect(),
+        ok: error.is_none(),
+        error,
+    });
 }
 
 async fn post(

@@ -12,6 +12,7 @@ mod hostile;
 mod http_api;
 mod limits;
 mod metrics;
+mod monitor;
 mod presence;
 mod prop_api;
 mod prop_bus;
