@@ -1151,7 +1151,7 @@
       const batch = queue;
       queue = [];
       // Newest first: the batch arrived oldest first.
-      for (let i = batch.length - 1; i >= 0; i--) records.unshift(batch[i]);
+      for (const r of batch) records.unshift(r);
       const dropped = records.length > LOG_MAX ? records.splice(LOG_MAX) : [];
       if (paused) {
         pendingWhilePaused += batch.length;

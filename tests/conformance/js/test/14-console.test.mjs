@@ -199,11 +199,11 @@ describe('the console', () => {
   });
 
   test('an event published with the Node SDK shows in the live log within 1 s', async () => {
+    await page.evaluate((id) => (location.hash = `#/apps/${id}`), APP.id);
+    await page.waitForSelector('#log-status.ok', { timeout: 5000 });
     const channel = uniq('orders-');
     const listener = await clients.connected();
     await subscribed(listener, channel);
-    await page.evaluate((id) => (location.hash = `#/apps/${id}`), APP.id);
-    await page.waitForSelector('#log-status.ok', { timeout: 5000 });
 
     const event = 'order.shipped';
     const started = Date.now();
@@ -242,6 +242,9 @@ describe('the console', () => {
     assert.ok(!(await rows(page, '#log')).some((r) => r.includes('while-paused')));
     await page.click('#log-pause');
     await page.waitForFunction(() => document.querySelector('#log tbody').textContent.includes('while-paused'), { timeout: 1000 });
+    // Newest on top.
+    const order = (await rows(page, '#log')).filter((r) => r.includes(channel) && /published/.test(r));
+    assert.ok(order.length >= 2 && order[0].includes('while-paused') && order[1].includes(event), order.join('\n'));
   });
 
   test('hostile channel data and event names are shown as text, never run', async () => {
