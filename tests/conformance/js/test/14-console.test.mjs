@@ -323,13 +323,67 @@ describe('the console', () => {
     assert.match(secret, /^[0-9a-f]{32}$/);
     await page.screenshot({ path: join(ARTIFACTS, 'console-app-created.png') });
     await page.keyboard.press('Escape');
-    await page.waitForSelector('#apps tbody tr[data-app="console-made"]', { timeout: 5000 });
+    const row = 'tr[data-app="console-made"]';
+    await page.waitForSelector(`#apps tbody ${row}`, { timeout: 5000 });
     // The API has it, without its secret.
-    const res = await fetch(`${server.base}/admin/api/apps/console-made`, { headers: { Authorization: `Bearer ${TOKEN}` } });
-    assert.equal(res.status, 200);
-    const app = await res.json();
+    const get = async () => {
+      const res = await fetch(`${server.base}/admin/api/apps/console-made`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+      return { status: res.status, app: await res.json() };
+    };
+    let { status, app } = await get();
+    assert.equal(status, 200);
     assert.equal(app.id, 'console-made');
     assert.equal(app.secret, undefined);
+
+    // Rotate (confirmed): a new secret, shown once.
+    await page.click(`${row} button::-p-text(Rotate secret)`);
+    await page.click('.modal .btn-danger');
+    await page.waitForSelector('#secret-value', { timeout: 5000 });
+    const rotated = await page.$eval('#secret-value', (e) => e.textContent);
+    assert.match(rotated, /^[0-9a-f]{32}$/);
+    assert.notEqual(rotated, secret);
+    await page.keyboard.press('Escape');
+
+    // Edit a limit, then disable (confirmed).
+    await page.click(`${row} button::-p-text(Edit)`);
+    await page.$eval('#edit-max-connections', (e) => (e.value = ''));
+    await page.type('#edit-max-connections', '10');
+    await page.click('#edit-form button[type=submit]');
+    await page.waitForFunction(() => !document.querySelector('.modal'), { timeout: 5000 });
+    ({ app } = await get());
+    assert.equal(app.max_connections, 10);
+    await page.click(`${row} button::-p-text(Disable)`);
+    await page.click('.modal .btn-danger');
+    await page.waitForSelector(`${row} .pill-gray`, { timeout: 5000 });
+    ({ app } = await get());
+    assert.equal(app.enabled, false);
+
+    // Delete (confirmed).
+    await page.click(`${row} button::-p-text(Delete)`);
+    await page.click('.modal .btn-danger');
+    await page.waitForFunction((sel) => !document.querySelector(sel), { timeout: 5000 }, `#apps ${row}`);
+    ({ status } = await get());
+    assert.equal(status, 404);
+  });
+
+  test('a flood is sampled, and the log keeps at most 500 rows', async () => {
+    await page.evaluate((id) => (location.hash = `#/apps/${id}`), APP.id);
+    await page.waitForSelector('#log-status.ok', { timeout: 5000 });
+    const channel = uniq('flood-');
+    const listener = await clients.connected();
+    await subscribed(listener, channel);
+    // 2000 events in batches of 10, as fast as the node takes them: more than the stream
+    // carries per second.
+    const batches = Array.from({ length: 200 }, (_, b) =>
+      Array.from({ length: 10 }, (_, i) => ({ channel, name: 'flood', data: String(b * 10 + i) })),
+    );
+    for (let i = 0; i < batches.length; i += 20) {
+      await Promise.all(batches.slice(i, i + 20).map((batch) => sdk.triggerBatch(batch)));
+    }
+    await page.waitForSelector('#log-sampled:not([hidden])', { timeout: 5000 });
+    assert.match(await page.$eval('#log-sampled', (e) => e.textContent), /Sampled/);
+    const count = await page.$$eval('#log tbody tr', (trs) => trs.length);
+    assert.ok(count <= 500, `${count} rows`);
   });
 
   test('is usable on a phone', async () => {
