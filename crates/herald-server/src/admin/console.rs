@@ -70,3 +70,33 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ];
     (headers, body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_only_its_own_files_and_has_no_inline_code() {
+        assert!(INDEX_HTML.contains(r#"<script src="/console/console.js" defer></script>"#));
+        assert!(INDEX_HTML.contains(r#"<link rel="stylesheet" href="/console/console.css">"#));
+        // One script tag (with src), no style element or attribute, no inline handler.
+        assert_eq!(INDEX_HTML.matches("<script").count(), 1);
+        for banned in ["<style", " style=", " onclick=", " onload=", "http://", "https://"] {
+            assert!(!INDEX_HTML.contains(banned), "{banned}");
+        }
+        // The script never parses data as HTML.
+        for banned in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+            assert!(!CONSOLE_JS.contains(banned), "{banned}");
+        }
+        assert!(!CONSOLE_CSS.contains("@import") && !CONSOLE_CSS.contains("url("));
+    }
+
+    #[test]
+    fn the_policy_is_the_contracts() {
+        assert_eq!(
+            CSP,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        );
+    }
+}
