@@ -81,11 +81,24 @@ mod tests {
         assert!(INDEX_HTML.contains(r#"<link rel="stylesheet" href="/console/console.css">"#));
         // One script tag (with src), no style element or attribute, no inline handler.
         assert_eq!(INDEX_HTML.matches("<script").count(), 1);
-        for banned in ["<style", " style=", " onclick=", " onload=", "http://", "https://"] {
+        for banned in [
+            "<style",
+            " style=",
+            " onclick=",
+            " onload=",
+            "http://",
+            "https://",
+        ] {
             assert!(!INDEX_HTML.contains(banned), "{banned}");
         }
         // The script never parses data as HTML.
-        for banned in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!CONSOLE_JS.contains(banned), "{banned}");
         }
         assert!(!CONSOLE_CSS.contains("@import") && !CONSOLE_CSS.contains("url("));
