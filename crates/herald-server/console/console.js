@@ -562,27 +562,30 @@
       connChart.draw();
       msgChart.draw();
 
-      clear(nodes.tbody);
-      for (const n of state.nodes) {
-        const appsWith = Object.values(n.apps || {}).filter((c) => c > 0).length;
-        nodes.tbody.append(
+      syncRows(nodes.tbody, state.nodes, {
+        key: (n) => n.id,
+        shape: (n) => String(!!n.this_node),
+        cols: 5,
+        empty: 'No nodes.',
+        build: (n) =>
           h(
             'tr',
             null,
             h('td', { class: 'mono' }, n.id, n.this_node ? h('span', { class: 'pill pill-blue pill-inline', text: 'this node' }) : null),
             h('td', { class: 'num', text: fmtInt(n.connections) }),
-            h('td', { class: 'num', text: fmtInt(appsWith) }),
+            h('td', { class: 'num', text: fmtInt(Object.values(n.apps || {}).filter((c) => c > 0).length) }),
             h('td', { class: 'num', text: n.started_at_ms ? fmtDuration(Date.now() - n.started_at_ms) : '–' }),
             h('td', { class: 'num', text: n.last_seen_ms ? fmtAgo(n.last_seen_ms) : '–' }),
           ),
-        );
-      }
-      if (!state.nodes.length) nodes.tbody.append(emptyRow(5, 'No nodes.'));
+      });
 
-      clear(apps.tbody);
       const sorted = [...state.apps].sort((a, b) => (b.counts?.connections || 0) - (a.counts?.connections || 0) || String(a.id).localeCompare(String(b.id)));
-      for (const a of sorted) {
-        apps.tbody.append(
+      syncRows(apps.tbody, sorted, {
+        key: (a) => a.id,
+        shape: (a) => String(a.enabled !== false),
+        cols: 6,
+        empty: 'No apps.',
+        build: (a) =>
           h(
             'tr',
             null,
@@ -593,9 +596,7 @@
             h('td', { class: 'num', text: fmtRate(a.counts?.messages_in_per_second) }),
             h('td', { class: 'num', text: fmtRate(a.counts?.messages_out_per_second) }),
           ),
-        );
-      }
-      if (!sorted.length) apps.tbody.append(emptyRow(6, 'No apps.'));
+      });
     }
     return {
       nav: 'overview',
@@ -609,6 +610,53 @@
 
   function emptyRow(cols, text) {
     return h('tr', { class: 'empty' }, h('td', { colspan: cols, text }));
+  }
+
+  /**
+   * Shows `items` in `tbody`, one row per `key`. A row whose `shape` (what changes its
+   * structure: buttons, pills) is unchanged is kept and only its text refreshed, so the polled
+   * tables do not flicker and a click is never lost to a redraw.
+   */
+  function syncRows(tbody, items, { key, build, shape = () => '', cols, empty }) {
+    const cache = tbody.rowCache || (tbody.rowCache = new Map());
+    const rows = [];
+    const seen = new Set();
+    for (const item of items) {
+      const k = key(item);
+      seen.add(k);
+      const sig = shape(item);
+      const fresh = build(item);
+      let entry = cache.get(k);
+      if (!entry || entry.sig !== sig) {
+        entry = { tr: fresh, sig };
+        cache.set(k, entry);
+      } else {
+        patchRow(entry.tr, fresh);
+      }
+      rows.push(entry.tr);
+    }
+    for (const k of [...cache.keys()]) if (!seen.has(k)) cache.delete(k);
+    if (!rows.length) {
+      if (!tbody.emptyRow || tbody.emptyRow.textContent !== empty) tbody.emptyRow = emptyRow(cols, empty);
+      rows.push(tbody.emptyRow);
+    }
+    rows.forEach((tr, i) => {
+      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    });
+    while (tbody.children.length > rows.length) tbody.lastElementChild.remove();
+  }
+
+  /** Copies `fresh`'s texts into `row` (cells with elements are replaced when they differ). */
+  function patchRow(row, fresh) {
+    if (row.className !== fresh.className) row.className = fresh.className;
+    const oc = [...row.cells];
+    const fc = [...fresh.cells];
+    for (let i = 0; i < fc.length && i < oc.length; i++) {
+      const o = oc[i];
+      const f = fc[i];
+      if (!o.children.length && !f.children.length) setText(o, f.textContent);
+      else if (o.textContent !== f.textContent) row.replaceChild(f, o);
+    }
   }
 
   // ---------------------------------------------------------------- apps
@@ -629,15 +677,22 @@
       if (state.appStore && state.appStore.ok === false) {
         storeNote.append(notice('error', h('strong', { text: 'App store unreachable. ' }), state.appStore.error || '', ' The known apps keep working; changes wait until it is back.'));
       }
-      clear(list.tbody);
       const apps = [...state.apps].sort((a, b) => String(a.id).localeCompare(String(b.id), undefined, { numeric: true }));
-      for (const a of apps) list.tbody.append(appRow(a));
-      if (!apps.length) list.tbody.append(emptyRow(8, 'No apps yet.'));
+      syncRows(list.tbody, apps, {
+        key: (a) => a.id,
+        shape: (a) => `${a.enabled !== false}|${state.readOnly}|${a.key}`,
+        cols: 8,
+        empty: 'No apps yet.',
+        build: appRow,
+      });
     }
 
-    function appRow(a) {
+    function appRow(app) {
       const ro = state.readOnly;
       const why = ro ? readOnlyReason() : null;
+      const a = app;
+      // The app as last polled, when a button is clicked.
+      const cur = () => state.apps.find((x) => x.id === app.id) || app;
       const act = (label, cls, onclick) => h('button', { type: 'button', class: `btn btn-sm ${cls}`, text: label, disabled: ro, title: why, onclick });
       return h(
         'tr',
@@ -652,10 +707,10 @@
         h(
           'td',
           { class: 'actions' },
-          act('Edit', '', () => editModal(a)),
-          act('Rotate secret', '', () => rotateModal(a)),
-          a.enabled === false ? act('Enable', '', () => setEnabled(a, true)) : act('Disable', '', () => setEnabled(a, false)),
-          act('Delete', 'btn-danger-ghost', () => deleteModal(a)),
+          act('Edit', '', () => editModal(cur())),
+          act('Rotate secret', '', () => rotateModal(cur())),
+          a.enabled === false ? act('Enable', '', () => setEnabled(cur(), true)) : act('Disable', '', () => setEnabled(cur(), false)),
+          act('Delete', 'btn-danger-ghost', () => deleteModal(cur())),
         ),
       );
     }
@@ -899,37 +954,64 @@
       log.el,
     );
 
+    let membersView = null; // {name, count, tbody} of the channel shown
+
     async function loadMembers() {
-      clear(members);
-      if (!selected) return;
+      if (!selected) {
+        membersView = null;
+        clear(members);
+        return;
+      }
+      const name = selected;
       let ch;
       try {
-        ch = await api('GET', `/apps/${enc(id)}/channels/${enc(selected)}`);
+        ch = await api('GET', `/apps/${enc(id)}/channels/${enc(name)}`);
       } catch (e) {
+        membersView = null;
+        clear(members);
         members.append(notice('error', e.message));
         return;
       }
-      if (stopped.v) return;
-      clear(members);
+      if (stopped.v || name !== selected) return;
       const list = (ch && ch.members) || [];
-      const t = table(['User id', 'User info'], { id: 'members-table' });
-      for (const m of list) {
-        t.tbody.append(h('tr', null, h('td', { class: 'mono', text: m.user_id }), h('td', { class: 'mono small', text: m.user_info === undefined || m.user_info === null ? '' : JSON.stringify(m.user_info) })));
+      if (!membersView || membersView.name !== name) {
+        const count = h('span');
+        const t = table(['User id', 'User info'], { id: 'members-table' });
+        membersView = { name, count, tbody: t.tbody };
+        clear(members);
+        members.append(
+          h(
+            'div',
+            { class: 'members-head' },
+            h('h3', null, 'Members of ', h('span', { class: 'mono', text: name }), ' ', count),
+            h('button', {
+              type: 'button',
+              class: 'btn btn-ghost btn-sm',
+              text: 'Close',
+              onclick: () => {
+                selected = null;
+                membersView = null;
+                clear(members);
+                for (const r of channels.tbody.children) r.classList.remove('selected');
+              },
+            }),
+          ),
+          t.el,
+        );
       }
-      if (!list.length) t.tbody.append(emptyRow(2, ch && ch.occupied === false ? 'Channel no longer occupied.' : 'No members.'));
-      members.append(
-        h(
-          'div',
-          { class: 'members-head' },
-          h('h3', null, 'Members of ', h('span', { class: 'mono', text: selected }), ` (${list.length})`),
-          h('button', { type: 'button', class: 'btn btn-ghost btn-sm', text: 'Close', onclick: () => {
-            selected = null;
-            clear(members);
-            update();
-          } }),
-        ),
-        t.el,
-      );
+      setText(membersView.count, `(${list.length})`);
+      syncRows(membersView.tbody, list, {
+        key: (m) => String(m.user_id),
+        cols: 2,
+        empty: ch && ch.occupied === false ? 'Channel no longer occupied.' : 'No members.',
+        build: (m) =>
+          h(
+            'tr',
+            null,
+            h('td', { class: 'mono', text: m.user_id }),
+            h('td', { class: 'mono small', text: m.user_info === undefined || m.user_info === null ? '' : JSON.stringify(m.user_info) }),
+          ),
+      });
     }
 
     async function update() {
@@ -960,31 +1042,32 @@
         return;
       }
       if (stopped.v) return;
-      clear(channels.tbody);
-      const list = (res && res.channels) || [];
-      for (const c of list) {
-        const presence = String(c.name).startsWith('presence-');
-        const row = h(
-          'tr',
-          { class: `${presence ? 'link-row' : ''} ${c.name === selected ? 'selected' : ''}`, title: presence ? 'Show members' : null },
-          h('td', { class: 'mono' }, c.name, presence ? h('span', { class: 'pill pill-violet pill-inline', text: 'presence' }) : null),
-          h('td', { class: 'num', text: fmtInt(c.subscription_count) }),
-          h('td', { class: 'num', text: c.user_count === undefined || c.user_count === null ? '' : fmtInt(c.user_count) }),
-        );
-        if (presence) {
-          row.tabIndex = 0;
-          const open = () => {
-            selected = c.name;
-            for (const r of channels.tbody.children) r.classList.remove('selected');
-            row.classList.add('selected');
-            loadMembers();
-          };
-          row.addEventListener('click', open);
-          row.addEventListener('keydown', (e) => (e.key === 'Enter' || e.key === ' ') && (e.preventDefault(), open()));
-        }
-        channels.tbody.append(row);
-      }
-      if (!list.length) channels.tbody.append(emptyRow(3, 'No occupied channels.'));
+      syncRows(channels.tbody, (res && res.channels) || [], {
+        key: (c) => c.name,
+        cols: 3,
+        empty: 'No occupied channels.',
+        build: (c) => {
+          const presence = String(c.name).startsWith('presence-');
+          const row = h(
+            'tr',
+            { class: `${presence ? 'link-row' : ''}${c.name === selected ? ' selected' : ''}`, title: presence ? 'Show members' : null },
+            h('td', { class: 'mono' }, c.name, presence ? h('span', { class: 'pill pill-violet pill-inline', text: 'presence' }) : null),
+            h('td', { class: 'num', text: fmtInt(c.subscription_count) }),
+            h('td', { class: 'num', text: c.user_count === undefined || c.user_count === null ? '' : fmtInt(c.user_count) }),
+          );
+          if (presence) {
+            row.tabIndex = 0;
+            const open = () => {
+              selected = c.name;
+              for (const r of channels.tbody.children) r.classList.toggle('selected', r === row);
+              loadMembers();
+            };
+            row.addEventListener('click', open);
+            row.addEventListener('keydown', (e) => (e.key === 'Enter' || e.key === ' ') && (e.preventDefault(), open()));
+          }
+          return row;
+        },
+      });
       if (selected) loadMembers();
     }
 
