@@ -156,7 +156,7 @@
     samples: [], // {t, connections, in, out}
     lastOk: 0,
     pollTimer: null,
-    polling: false,
+    pollGen: 0, // bumped to cancel the polls in flight
     page: null, // the current page object {name, update(), leave()}
   };
 
@@ -230,16 +230,20 @@
     stopPolling();
     poll();
   }
+  /** Stops the timer and makes any poll in flight drop its answer (one chain of polls at most). */
   function stopPolling() {
     clearTimeout(state.pollTimer);
     state.pollTimer = null;
+    state.pollGen++;
   }
 
   async function poll() {
     if (!token()) return;
+    const gen = state.pollGen;
     const started = Date.now();
     try {
       const [nodes, apps] = await Promise.all([api('GET', '/nodes'), api('GET', '/apps')]);
+      if (gen !== state.pollGen) return;
       state.nodes = (nodes && nodes.nodes) || [];
       state.apps = (apps && apps.apps) || [];
       state.appStore = apps && apps.app_store;
@@ -256,10 +260,10 @@
       setLive(true);
       if (state.page && state.page.update) await state.page.update();
     } catch (err) {
-      if (!token()) return;
+      if (!token() || gen !== state.pollGen) return;
       setLive(false, err.message);
     }
-    if (!token()) return;
+    if (!token() || gen !== state.pollGen) return;
     state.pollTimer = setTimeout(poll, Math.max(200, POLL_MS - (Date.now() - started)));
   }
 
