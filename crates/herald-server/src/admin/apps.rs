@@ -77,7 +77,12 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     writable(&shared)?;
-    let mut fields = object(&body)?;
+    // No body at all: an app with every setting at its default.
+    let mut fields = if body.is_empty() {
+        Map::new()
+    } else {
+        object(&body)?
+    };
     for (name, generate) in [
         ("id", generate_id as fn() -> String),
         ("key", || random_hex(10)),

@@ -33,6 +33,7 @@ pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
         return Router::new();
     };
     let auth = Arc::new(Auth::new(token.expose()));
+    tracing::info!("admin API on /admin/api");
     let limits = &shared.config.limits;
     Router::new()
         .route("/admin/api/nodes", get(nodes))

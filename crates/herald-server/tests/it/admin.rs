@@ -327,6 +327,10 @@ async fn a_created_app_accepts_connections_with_its_new_key() {
     assert!(!one.to_string().contains(&secret), "{one}");
     assert_eq!(one["counts"]["connections"], 1);
 
+    // Without a body, everything is generated.
+    let (status, body) = call(&server, "POST", "/admin/api/apps", None).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["app"]["enabled"], true);
     // Given credentials are kept; a taken id or key is a conflict.
     let given = json!({"id": "42", "key": "given-key", "secret": "given-secret"});
     let (status, body) = call(&server, "POST", "/admin/api/apps", Some(&given)).await;
@@ -351,7 +355,7 @@ async fn a_created_app_accepts_connections_with_its_new_key() {
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body["error"].is_string(), "{body}");
     }
-    assert_eq!(store.apps.lock().len(), 3);
+    assert_eq!(store.apps.lock().len(), 4);
 }
 
 #[tokio::test]
@@ -450,10 +454,13 @@ async fn delete_removes_the_app_and_an_unreachable_store_answers_503() {
     .await;
     assert_eq!(status, 201, "{body}");
     let mut client = server.client_for("five").await;
+    let mut stream = EventStream::open(&server, "5").await;
+    assert_eq!(stream.next().await["type"], "hello");
     let (status, body) = call(&server, "DELETE", "/admin/api/apps/5", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"deleted": "5"}));
     assert_eq!(client.expect_close().await, Closed::Code(4003));
+    assert_eq!(stream.next_raw().await, None, "a removed app's stream ends");
     let (status, _) = call(&server, "GET", "/admin/api/apps/5", None).await;
     assert_eq!(status, 404);
     let (status, _) = call(&server, "DELETE", "/admin/api/apps/5", None).await;
