@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Delivery, Durability, Envelope, Frame, LocalState, MonitorRecord, Node,
-    Position, PresenceMember, SubscriptionEntry,
+    Announcement, Delivery, Durability, Envelope, Frame, LocalState, MonitorRecord, Node, Position,
+    PresenceMember, SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
@@ -670,5 +670,63 @@ mod tests {
         let channel = ChannelName::parse("presence-x", 200).unwrap();
         let info = node.app_by_id("1").unwrap().channel_info(&channel);
         assert_eq!((info.subscription_count, info.user_count), (1, Some(1)));
+    }
+
+    #[test]
+    fn heartbeats_of_older_and_newer_nodes_decode() {
+        let node = node();
+        // An older node: no start time, no counters.
+        decode_and_apply(&node, r#"{"t":"heartbeat","node":1,"connections":{"1":3}}"#).unwrap();
+        let app = node.app_by_id("1").unwrap();
+        assert_eq!(app.counts().connections, 3);
+        decode_and_apply(
+            &node,
+            r#"{"t":"heartbeat","node":2,"connections":{"1":1,"nope":5},"started_at_ms":7,"messages":{"1":[10,20],"nope":[1,1]}}"#,
+        )
+        .unwrap();
+        let nodes = node.nodes();
+        assert_eq!(nodes.len(), 3);
+        let two = nodes.iter().find(|n| n.id == "2").unwrap();
+        assert_eq!(
+            (two.started_at_ms, two.connections),
+            (7, 1),
+            "unknown apps left out"
+        );
+        assert_eq!(app.counts().connections, 4);
+    }
+
+    #[test]
+    fn monitor_records_from_the_bus_are_validated() {
+        let node = node();
+        let app = node.app_by_id("1").unwrap();
+        let mut watch = app.monitor().watch();
+        let record = |socket: &str| serde_json::json!({"node": "1", "time_ms": 1, "type": "connection_opened", "socket_id": socket});
+        let message = BusMessage::Monitor {
+            node: 4,
+            app: "1".into(),
+            records: vec![record("4.1"), record("5.1"), serde_json::json!("junk")],
+        };
+        let applied = apply(&node, message, Placement::Live(Position { ms: 1, seq: 0 })).unwrap();
+        assert_eq!(applied.invalid, 2, "another node's socket, and junk");
+        let got = futures_util::FutureExt::now_or_never(watch.recv()).flatten();
+        let Some(herald_core::MonitorItem::Record(got)) = got else {
+            panic!("the valid record is published: {got:?}");
+        };
+        assert_eq!(got.node, "4");
+        let too_many = BusMessage::Monitor {
+            node: 4,
+            app: "1".into(),
+            records: vec![record("4.1"); MAX_MONITOR_BATCH + 1],
+        };
+        assert!(apply(&node, too_many, Placement::Live(Position { ms: 1, seq: 0 })).is_err());
+        // A watch from another node is bounded.
+        drop(watch);
+        app.monitor().refresh();
+        decode_and_apply(
+            &node,
+            r#"{"t":"watching","node":4,"app":"1","ttl_ms":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert!(app.monitor().active() && app.monitor().forwarding());
     }
 }

@@ -193,9 +193,7 @@ impl MonitorEvent {
                 channel,
                 user_id,
             } => socket(socket_id) && text(channel) && user_id.as_deref().is_none_or(text),
-            MonitorEvent::Unsubscribed { socket_id, channel } => {
-                socket(socket_id) && text(channel)
-            }
+            MonitorEvent::Unsubscribed { socket_id, channel } => socket(socket_id) && text(channel),
             MonitorEvent::Published {
                 channel,
                 event,
@@ -390,8 +388,8 @@ impl Monitor {
     pub fn watch(&self) -> MonitorWatch {
         let tx = self.tx.get_or_init(|| broadcast::channel(WATCHER_QUEUE).0);
         let rx = tx.subscribe();
-        self.local_watchers.fetch_add(1, Ordering::AcqRel);
-        self.active.store(true, Ordering::Relaxed);
+        self.local_watchers.fetch_add(1, Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
         MonitorWatch {
             rx,
             watchers: self.local_watchers.clone(),
@@ -405,8 +403,30 @@ impl Monitor {
 
     /// Recomputes `active` (call periodically: a dropped watch does not clear it at once).
     pub fn refresh(&self) {
-        let active = self.local_watchers() > 0 || self.forwarding();
-        self.active.store(active, Ordering::Relaxed);
+        let watched = || {
+            self.local_watchers.load(Ordering::SeqCst) > 0
+                || self.remote_until_ms.load(Ordering::SeqCst) > clock_ms()
+        };
+        if watched() {
+            self.active.store(true, Ordering::SeqCst);
+            return;
+        }
+        self.active.store(false, Ordering::SeqCst);
+        // A watch that began meanwhile (`watch` counts itself, then sets `active`) keeps it set.
+        if watched() {
+            self.active.store(true, Ordering::SeqCst);
+            return;
+        }
+        let until = self.remote_until_ms.load(Ordering::SeqCst);
+        if until != 0
+            && self
+                .remote_until_ms
+                .compare_exchange(until, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            // The remote watch ended: what was not sent is for nobody.
+            *self.forward.lock() = Vec::new();
+        }
     }
 
     /// The periodic upkeep (about once a second): [`refresh`](Self::refresh), and the `Sampled`
@@ -426,8 +446,8 @@ impl Monitor {
     /// it ([`take_forward`](Self::take_forward)).
     pub fn remote_watch(&self, ttl_ms: u64) {
         self.remote_until_ms
-            .fetch_max(clock_ms().saturating_add(ttl_ms), Ordering::Relaxed);
-        self.active.store(true, Ordering::Relaxed);
+            .fetch_max(clock_ms().saturating_add(ttl_ms), Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
     }
 
     /// Whether another node watches this app.
@@ -521,7 +541,8 @@ struct Sample {
 const MAX_SAMPLES: usize = 32;
 
 impl Traffic {
-    /// Events accepted here (HTTP publishes, client events).
+    /// Events accepted here: HTTP publishes (per channel, as handed to the broker) and client
+    /// events.
     #[inline]
     pub fn count_in(&self, n: u64) {
         self.messages_in.fetch_add(n, Ordering::Relaxed);
@@ -697,7 +718,9 @@ mod tests {
         loop {
             match watch.rx.try_recv() {
                 Ok(record) => items.push(MonitorItem::Record(record)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => items.push(MonitorItem::Missed(n)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    items.push(MonitorItem::Missed(n))
+                }
                 Err(_) => return items,
             }
         }
@@ -710,7 +733,10 @@ mod tests {
         for _ in 0..10_000 {
             monitor.emit_with(|| unreachable!("an event built while nobody watches"));
         }
-        assert!(monitor.tx.get().is_none(), "no queue before the first watch");
+        assert!(
+            monitor.tx.get().is_none(),
+            "no queue before the first watch"
+        );
         assert!(monitor.forward.lock().capacity() == 0);
         assert_eq!(monitor.dropped.load(Ordering::Relaxed), 0);
     }
@@ -727,7 +753,10 @@ mod tests {
                 monitor.record(1, opened(seq));
             }
         }
-        assert_eq!(built, RECORDS_PER_SECOND, "records over the bound are never built");
+        assert_eq!(
+            built, RECORDS_PER_SECOND,
+            "records over the bound are never built"
+        );
         // The next second starts with the count of what the last one left out.
         emit_at(&monitor, 11, opened(9999));
         let items = drain(&mut watch);
@@ -785,7 +814,10 @@ mod tests {
         monitor.refresh();
         assert!(monitor.active(), "one watcher is left");
         drop(second);
-        assert!(monitor.active(), "cleared by the periodic refresh, not at once");
+        assert!(
+            monitor.active(),
+            "cleared by the periodic refresh, not at once"
+        );
         monitor.tick();
         assert!(!monitor.active());
         assert_eq!(monitor.local_watchers(), 0);
@@ -807,12 +839,19 @@ mod tests {
         }
         assert_eq!(monitor.take_forward().len(), FORWARD_QUEUE);
 
-        // A remote watch that expired leaves the monitor inactive at the next refresh.
+        // A remote watch that expired leaves the monitor inactive at the next refresh, and its
+        // unsent records are let go.
         let other = Monitor::new(2);
         other.remote_watch(0);
         assert!(!other.forwarding());
+        other.forward.lock().push(Arc::new(MonitorRecord {
+            node: "2".into(),
+            time_ms: 0,
+            event: opened(1),
+        }));
         other.refresh();
         assert!(!other.active());
+        assert!(other.forward.lock().capacity() == 0);
     }
 
     #[test]
@@ -839,7 +878,10 @@ mod tests {
                 "events": vec!["e"; MAX_REMOTE_NAMES + 1]}),
             serde_json::json!([1, 2]),
         ] {
-            assert!(MonitorRecord::from_remote(3, bad.clone()).is_none(), "{bad}");
+            assert!(
+                MonitorRecord::from_remote(3, bad.clone()).is_none(),
+                "{bad}"
+            );
         }
     }
 

@@ -227,14 +227,15 @@ fn monitor(inner: &Inner, app: &str, events: &[&serde_json::Value], error: Optio
     let Some(app) = inner.node.get().and_then(|node| node.app_by_id(app)) else {
         return;
     };
-    app.monitor().emit_with(|| herald_core::MonitorEvent::Webhook {
-        events: events
-            .iter()
-            .filter_map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_owned))
-            .collect(),
-        ok: error.is_none(),
-        error,
-    });
+    app.monitor()
+        .emit_with(|| herald_core::MonitorEvent::Webhook {
+            events: events
+                .iter()
+                .filter_map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                .collect(),
+            ok: error.is_none(),
+            error,
+        });
 }
 
 async fn post(

@@ -185,7 +185,10 @@ async fn a_watcher_sees_connections_subscriptions_events_and_limits() {
     })
     .await;
     assert!(
-        matches!(closed.event, MonitorEvent::ConnectionClosed { code: 4003, .. }),
+        matches!(
+            closed.event,
+            MonitorEvent::ConnectionClosed { code: 4003, .. }
+        ),
         "{closed:?}"
     );
 
@@ -222,9 +225,9 @@ async fn a_publish_flood_is_sampled_and_the_stream_stays_bounded() {
     let server = TestServer::default().await;
     let app = app(&server);
     let mut watch = app.monitor().watch();
-    // 25 publishes to 100 channels each: 2,500 deliveries, most within one second.
+    // 50 publishes to 100 channels each: 5,000 deliveries within a few seconds.
     let channels: Vec<String> = (0..100).map(|i| format!("flood-{i}")).collect();
-    let publishes = 25;
+    let publishes = 50;
     let total = publishes * channels.len() as u64;
     let reader = tokio::spawn(async move {
         // Published records per node and second, and what the Sampled records say was left out.
@@ -264,12 +267,13 @@ async fn a_publish_flood_is_sampled_and_the_stream_stays_bounded() {
         assert_eq!(status, 200, "{body}");
     }
     let (per_second, published, dropped, missed) = reader.await.unwrap();
-    assert_eq!(missed, 0, "the watcher kept up: the bound keeps the stream small");
     assert!(
         dropped > 0,
         "a flood over the bound is sampled ({published} published)"
     );
-    assert_eq!(published + dropped, total, "every delivery is shown or counted");
+    // Every delivery is shown or counted: sampled out on the node or, had this reader been
+    // starved of CPU, missed by it (its bounded queue says so instead of growing).
+    assert_eq!(published + dropped + missed, total);
     // Wall-clock seconds and the sampler's seconds are not aligned: allow two windows' worth.
     for (second, n) in per_second {
         assert!(
@@ -415,4 +419,94 @@ mod cluster {
     async fn redis() {
         super::a_watcher_on_one_node_sees_the_whole_cluster(Engine::Redis).await;
     }
+}
+
+#[tokio::test]
+async fn webhooks_sent_and_failed_are_seen_without_their_bodies() {
+    let mut receiver = crate::webhooks::Receiver::start(vec![500]).await;
+    let url = receiver.url();
+    let server = TestServer::start(|c| {
+        c.webhooks.retry_initial = Duration::from_millis(100);
+        c.apps[0]
+            .webhooks
+            .push(herald_server::config::WebhookTarget {
+                url,
+                event_types: Vec::new(),
+                channel_prefix: None,
+                channel_suffix: None,
+                headers: Default::default(),
+            });
+    })
+    .await;
+    let mut watch = app(&server).monitor().watch();
+    let mut client = server.client().await;
+    client.subscribe("room").await;
+    assert_eq!(receiver.next_request().await["_status"], 500);
+    let failed = until_record(&mut watch, "the failed webhook", |r| {
+        matches!(r.event, MonitorEvent::Webhook { ok: false, .. })
+    })
+    .await;
+    let MonitorEvent::Webhook { events, error, .. } = failed.event else {
+        unreachable!()
+    };
+    assert!(
+        events.contains(&"channel_occupied".to_owned()),
+        "{events:?}"
+    );
+    assert_eq!(error.as_deref(), Some("status 500 Internal Server Error"));
+    receiver.next_event().await;
+    until_record(&mut watch, "the webhook sent on retry", |r| {
+        matches!(&r.event, MonitorEvent::Webhook { ok: true, events, .. } if events.contains(&"channel_occupied".to_owned()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_a_limit_hit_then_a_4100_close() {
+    let server = TestServer::start(|c| {
+        c.limits.outbox_max_bytes = 256 * 1024;
+        c.limits.max_request_body_bytes = 1024 * 1024;
+        c.apps[0].max_message_size = 512 * 1024;
+        // Large events: few records fill the socket's buffers, far under the sampling bound.
+        c.apps[0].history_events = 0;
+    })
+    .await;
+    let mut watch = app(&server).monitor().watch();
+    let mut stalled = server.client().await;
+    let stalled_id = stalled.socket_id.clone();
+    stalled.subscribe("firehose").await;
+    // `stalled` never reads from here on.
+    let payload = "x".repeat(256 * 1024);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.shared.node.connection_count() == 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client was never closed"
+        );
+        server.trigger("firehose", "bulk", &payload).await;
+    }
+    let limit = until_record(&mut watch, "the slow consumer", |r| {
+        matches!(r.event, MonitorEvent::LimitHit { .. })
+    })
+    .await;
+    assert_eq!(
+        limit.event,
+        MonitorEvent::LimitHit {
+            socket_id: Some(stalled_id.clone()),
+            limit: "outbox_max_bytes".into(),
+            channel: None,
+        }
+    );
+    let closed = until_record(&mut watch, "the close", |r| {
+        matches!(r.event, MonitorEvent::ConnectionClosed { .. })
+    })
+    .await;
+    assert_eq!(
+        closed.event,
+        MonitorEvent::ConnectionClosed {
+            socket_id: stalled_id,
+            code: 4100,
+            reason: "slow_consumer".into(),
+        }
+    );
 }
