@@ -9,6 +9,7 @@
 
 mod apps;
 mod channels;
+pub mod console;
 mod events;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::Shared;
 
-/// The admin API's routes, or none when no token is configured.
+/// The admin API's routes and the console's (`console.rs`), or none when no token is configured.
 pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
     let Some(token) = &shared.config.admin.token else {
         return Router::new();
@@ -58,6 +59,8 @@ pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
+        // The console's page (no bearer token: the page asks for it and sends it to the API).
+        .merge(console::routes())
 }
 
 /// Checks bearer tokens without revealing, through timing, how much of a guess was right: both
