@@ -460,7 +460,13 @@ async fn delete_removes_the_app_and_an_unreachable_store_answers_503() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"deleted": "5"}));
     assert_eq!(client.expect_close().await, Closed::Code(4003));
-    assert_eq!(stream.next_raw().await, None, "a removed app's stream ends");
+    // The stream tells what the removal did (the socket's close), then ends.
+    while let Some(record) = stream.next_raw().await {
+        assert!(
+            record.contains("connection_closed") || record.contains("unsubscribed"),
+            "{record}"
+        );
+    }
     let (status, _) = call(&server, "GET", "/admin/api/apps/5", None).await;
     assert_eq!(status, 404);
     let (status, _) = call(&server, "DELETE", "/admin/api/apps/5", None).await;
@@ -687,14 +693,14 @@ async fn the_event_stream_stays_bounded_under_a_flood() {
     let mut stream = EventStream::open(&server, "1").await;
     assert_eq!(stream.next().await["type"], "hello");
     let app = server.shared.node.app_by_id("1").unwrap();
-    // Far more than a watcher's queue, faster than anyone reads.
+    // Far more than a watcher's queue and the sampling bound, faster than anyone reads.
     const FLOOD: usize = 20 * herald_core::monitor::WATCHER_QUEUE;
     for n in 0..FLOOD {
         app.monitor().emit(node, client_event(n));
     }
-    app.monitor().emit(node, client_event(FLOOD));
-    let (mut received, mut dropped, mut sampled) = (0usize, 0u64, 0);
-    loop {
+    // What was left out is reported within about a second (the node's monitor tick).
+    let (mut received, mut dropped, mut sampled) = (0u64, 0u64, 0);
+    while received + dropped < FLOOD as u64 {
         let record = stream.next().await;
         match record["type"].as_str() {
             Some("sampled") => {
@@ -702,23 +708,19 @@ async fn the_event_stream_stays_bounded_under_a_flood() {
                 dropped += record["dropped"].as_u64().unwrap();
                 assert!(record["node"].is_string(), "{record}");
             }
-            Some("client_event") => {
-                received += 1;
-                if record["event"] == format!("client-{FLOOD}") {
-                    break;
-                }
-            }
+            Some("client_event") => received += 1,
             other => panic!("unexpected record {other:?}: {record}"),
         }
     }
     assert!(sampled >= 1, "the stream says it was sampled");
+    let bound = u64::from(herald_core::monitor::RECORDS_PER_SECOND);
     assert!(
-        received <= herald_core::monitor::WATCHER_QUEUE * 2,
-        "at most about a queue's worth was kept: {received}"
+        received <= 2 * bound,
+        "at most the sampling bound per second was kept: {received}"
     );
     assert_eq!(
-        received as u64 + dropped,
-        FLOOD as u64 + 1,
+        received + dropped,
+        FLOOD as u64,
         "every record accounted for"
     );
 }
