@@ -178,7 +178,7 @@ class Run {
    * its first subscription_succeeded unless `lost(sub, event)` excuses it.
    * Returns the per-subscription misses.
    */
-  check(lost) {
+  check(lost, inFlight = () => false) {
     const problems = [];
     const misses = [];
     for (const s of this.subs) {
@@ -193,7 +193,7 @@ class Run {
       for (const seq of got) {
         const p = pubs[seq];
         if (!p) problems.push(`${s.member.id} on ${s.channel}: unknown event ${seq}`);
-        else if (typeof p.status === 'number' && p.status !== 200) {
+        else if (typeof p.status === 'number' && p.status !== 200 && !inFlight(p)) {
           problems.push(`${s.member.id} on ${s.channel}: got event ${seq} whose publish was answered ${p.status}`);
         }
       }
@@ -393,7 +393,14 @@ describe('rolling restart of three nodes behind a /ready-following balancer, rea
     // event is excused only if it was answered in the last second before the kill and its
     // subscriber was told; events accepted after Redis is back are never excused.
     const told = (s) => s.failed.some((f) => f.data?.reason === 'log_lost');
-    const { problems, misses } = run.check((s, p) => told(s) && p.t1 >= killedAt - 1000 && p.t1 <= killedAt);
+    // A publish in flight when Redis died may have been appended (and read by the nodes) with
+    // its answer lost: it gets a 503 yet is delivered (ARCHITECTURE.md: the outcome of a 503
+    // answered to a broken connection is unknown; a retry may duplicate it). Only those.
+    const inFlight = (p) => p.t0 <= killedAt && p.t1 >= killedAt;
+    const { problems, misses } = run.check(
+      (s, p) => told(s) && p.t1 >= killedAt - 1000 && p.t1 <= killedAt,
+      inFlight,
+    );
     const stats = rollStats(run, killedAt, lastOutage, misses);
     console.log('redis blip:');
     console.table([
