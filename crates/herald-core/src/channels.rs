@@ -618,17 +618,24 @@ fn remove_remote(
     Some(removed)
 }
 
+/// Channels with at most this many local subscribers are written to by the delivering thread
+/// itself (sockets with nothing queued, `Outbox::push_with`): no task is woken. Larger ones queue,
+/// and their sockets' tasks write in parallel on every core: one thread writing 10,000 sockets
+/// in turn is slower than two (BENCHMARKS.md).
+pub const DIRECT_WRITE_MAX_SUBSCRIBERS: usize = 64;
+
 fn push_all(
     subscribers: &HashMap<SocketId, Subscriber>,
     frame: &Frame,
     except: Option<SocketId>,
 ) -> Delivery {
     let mut res = Delivery::default();
+    let direct = subscribers.len() <= DIRECT_WRITE_MAX_SUBSCRIBERS;
     for (socket, subscriber) in subscribers {
         if Some(*socket) == except {
             continue;
         }
-        match subscriber.outbox.push(frame.clone()) {
+        match subscriber.outbox.push_with(frame.clone(), direct) {
             Ok(()) => res.delivered += 1,
             Err(PushError::Overflow) => res.dropped_slow += 1,
             Err(PushError::Closed) => {}
@@ -646,9 +653,10 @@ fn push_logged(
     position: Position,
 ) -> Delivery {
     let mut res = Delivery::default();
+    let direct = subscribers.len() <= DIRECT_WRITE_MAX_SUBSCRIBERS;
     for (socket, subscriber) in subscribers {
         if Some(*socket) != except {
-            match subscriber.outbox.push(frame.clone()) {
+            match subscriber.outbox.push_with(frame.clone(), direct) {
                 Ok(()) => res.delivered += 1,
                 Err(PushError::Overflow) => {
                     res.dropped_slow += 1;

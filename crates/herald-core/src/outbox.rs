@@ -340,6 +340,16 @@ impl Outbox {
     /// `Overflow` when the queue is over its byte cap (the connection will be closed with 4100),
     /// `Closed` when a close was already requested.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        self.push_with(frame, true)
+    }
+
+    /// [`Outbox::push`], writing the frame to an idle socket from this thread only when `direct`
+    /// (a broadcast to many sockets queues instead: their tasks write in parallel, on every
+    /// core, rather than one thread writing to each socket in turn).
+    ///
+    /// # Errors
+    /// As [`Outbox::push`].
+    pub fn push_with(&self, frame: Frame, direct: bool) -> Result<(), PushError> {
         let mut state = self.0.state.lock();
         if state.close.is_some() {
             return Err(PushError::Closed);
@@ -357,7 +367,7 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         state.pushed = state.pushed.wrapping_add(1);
-        if state.frames.is_empty() && !state.task_writing {
+        if direct && state.frames.is_empty() && !state.task_writing {
             if let Some(direct) = &state.direct {
                 // Nothing is queued and the task is not writing: write it from here. The lock
                 // is held through the write, so frames keep their order.

@@ -691,9 +691,15 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
     let activity = shared.config.activity_timeout;
     let pong = shared.config.pong_timeout;
     let period = (activity.min(pong) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
+    // Each connection is checked once a period, but the pass is spread over SLICES ticks: the
+    // pings it sends (a connection that was sent frames is pinged every 5 s to confirm them)
+    // and the pongs that come back would otherwise arrive in one burst per period for every
+    // connection that started together, delaying deliveries behind thousands of reads.
+    const SLICES: usize = 10;
+    let mut tick = tokio::time::interval(period / SLICES as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outboxes: Vec<Outbox> = Vec::new();
+    let mut slice = 0;
     let mut last_monitor_tick = Instant::now();
     loop {
         tick.tick().await;
@@ -702,11 +708,18 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
             last_monitor_tick = Instant::now();
             shared.node.tick_monitors();
         }
-        // Copied out so that connects and disconnects never wait for a whole pass.
-        outboxes.extend(shared.node.outboxes());
+        if slice == 0 {
+            // Copied out once a period, so that connects and disconnects never wait for a pass.
+            outboxes.clear();
+            outboxes.extend(shared.node.outboxes());
+        }
         let now = herald_core::outbox::clock_ms();
-        for outbox in outboxes.drain(..) {
+        for outbox in outboxes.iter().skip(slice).step_by(SLICES) {
             outbox.check_liveness(now, activity, pong);
+        }
+        slice = (slice + 1) % SLICES;
+        if slice == 0 {
+            outboxes.clear();
         }
     }
 }
