@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Signed publishes/s: one node alone, and through a 3-node cluster on one Redis (publishes spread
-# over the three nodes), with Redis CPU and memory per 1,000 events from INFO.
+# Signed publishes/s: one node alone, and through node 1 of a 3-node cluster on one Redis (nodes 2
+# and 3 receive every event over Redis), with Redis CPU and memory per 1,000 events from INFO.
+#   crates/herald-bench/scripts/publish-cost.sh BIN TAG   (BENCH_DIR holds herald-bench, fanout-floor)
+here=$(cd "$(dirname "$0")" && pwd)
 cd "${BENCH_DIR:-target/release}"; mkdir -p pub
 BIN=${1:-./herald}; TAG=${2:-main}
 for i in 1 2 3; do
-  "$(dirname "$0")"/run-one.sh pub/single-$TAG-$i.json $BIN publish -k 32 -d 10s -n 1 -s 100
+  "$here"/run-one.sh pub/single-$TAG-$i.json $BIN publish -k 32 -d 10s -n 1 -s 100
   python3 -c "import json;r=json.load(open('pub/single-$TAG-$i.json'));print('single $TAG', r['publishes_per_sec'], r['cpu'])"
 done
 for i in 1 2 3; do
