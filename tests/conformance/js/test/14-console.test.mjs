@@ -9,8 +9,6 @@
 // the app store's tests' helper) and the page creates, rotates, edits, disables and deletes an
 // app. A second node on the file store (read-only) shows that the page disables its write
 // controls and says why, and that a forced submit shows the API's 409.
-// HERALD_TEST_CONSOLE_PG=0 runs the main node on the file store (no Postgres needed); the
-// writable-store test is then skipped.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -18,6 +16,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import puppeteer from 'puppeteer-core';
+
+import { startPostgres } from '../lib/postgres.mjs';
 
 import { APP, Clients, serverSdk, startServer, subscribed, uniq, waitFor } from '../lib/harness.mjs';
 
@@ -30,8 +30,6 @@ const CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; " +
   "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 const CLIENTS = 5;
-const WITH_PG =
-  process.env.HERALD_TEST_CONSOLE_PG !== '0' && existsSync(join(HERE, '..', 'lib', 'postgres.mjs'));
 
 /** Starts herald with `env` added to its environment (startServer passes process.env on). */
 async function startWithEnv(env, opts = {}, serverOpts = {}) {
@@ -77,15 +75,12 @@ describe('the console', () => {
   before(async () => {
     mkdirSync(ARTIFACTS, { recursive: true });
     const env = { HERALD_ADMIN__TOKEN: TOKEN };
-    if (WITH_PG) {
-      // The app store's helper: a real Postgres on a free port ({ url, destroy() }).
-      const { startPostgres } = await import('../lib/postgres.mjs');
-      pg = await startPostgres();
-      env.HERALD_APP_STORE__URL = pg.url;
-    }
+    // The app store's helper: a real Postgres on a free port ({ url, destroy() }).
+    pg = await startPostgres();
+    env.HERALD_APP_STORE__URL = pg.url;
     server = await startWithEnv(env);
     bases.push(server.base);
-    if (WITH_PG) {
+    {
       // A fresh database has no apps: add the suite's default app through the admin API.
       const res = await fetch(`${server.base}/admin/api/apps`, {
         method: 'POST',
@@ -339,7 +334,6 @@ describe('the console', () => {
 
   test(
     'apps page: create, rotate, edit, disable and delete an app from the page',
-    { skip: WITH_PG ? false : 'needs a writable app store (lib/postgres.mjs; HERALD_TEST_CONSOLE_PG=0 was set or it is missing)' },
     async () => {
       await page.evaluate(() => (location.hash = '#/apps'));
       await page.waitForSelector(`#apps tbody tr[data-app="${APP.id}"]`, { timeout: 5000 });
