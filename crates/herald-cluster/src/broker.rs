@@ -285,36 +285,31 @@ impl<T: Transport> Inner<T> {
     /// Sends a message whose loss needs no repair (monitor traffic): a full queue drops it
     /// (counted), without marking the state for a resync.
     fn send_best_effort(&self, message: &BusMessage) {
-        let Some(out) = self.encode(message, None) else {
-            return;
-        };
-        if self
-            .tx
-            .try_send(Queued {
-                out: Some(out),
-                ack: None,
-            })
-            .is_err()
-        {
-            bump(&self.stats.dropped_unsent, 1);
+        self.enqueue(message, None);
+    }
+
+    /// Sends a message; if the queue is full it is dropped (counted) and the state marked for a
+    /// resync, which repairs what the loss left out.
+    fn send(&self, message: &BusMessage, keep: Option<Kept>) {
+        if !self.enqueue(message, keep) {
+            self.state_dirty.store(true, Ordering::Relaxed);
         }
     }
 
-    fn send(&self, message: &BusMessage, keep: Option<Kept>) {
+    /// Queues `message` for the publisher; false when the queue was full (counted as unsent).
+    fn enqueue(&self, message: &BusMessage, keep: Option<Kept>) -> bool {
         let Some(out) = self.encode(message, keep) else {
-            return;
+            return true;
         };
-        if self
-            .tx
-            .try_send(Queued {
-                out: Some(out),
-                ack: None,
-            })
-            .is_err()
-        {
+        let queued = Queued {
+            out: Some(out),
+            ack: None,
+        };
+        if self.tx.try_send(queued).is_err() {
             bump(&self.stats.dropped_unsent, 1);
-            self.state_dirty.store(true, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
     /// Publishes this node's full state for every app.
