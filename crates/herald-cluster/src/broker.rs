@@ -944,7 +944,7 @@ mod tests {
             .take()
             .0
             .iter()
-            .map(|f| String::from_utf8_lossy(&f.text).into_owned())
+            .map(|f| String::from_utf8_lossy(f.text()).into_owned())
             .collect()
     }
 

@@ -257,7 +257,7 @@ impl BusMessage {
             node,
             app: envelope.app_id.clone(),
             channel: envelope.channel.to_string(),
-            frame: String::from_utf8_lossy(&envelope.frame.text).into_owned(),
+            frame: String::from_utf8_lossy(envelope.frame.text()).into_owned(),
             except: envelope.except.map(|s| s.to_string()),
             cache: envelope.cache.clone(),
             ephemeral: envelope.durability == Durability::Ephemeral,

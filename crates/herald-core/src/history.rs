@@ -237,7 +237,7 @@ impl Log {
     ) {
         let now = clock_ms();
         self.expire(limits, now);
-        self.bytes += frame.text.len();
+        self.bytes += frame.text().len();
         self.entries.push_back(Entry {
             position,
             frame: frame.clone(),
@@ -300,7 +300,7 @@ impl Log {
             let Some(entry) = self.entries.pop_front() else {
                 return;
             };
-            self.bytes -= entry.frame.text.len();
+            self.bytes -= entry.frame.text().len();
             self.trimmed = entry.position;
             self.trimmed_at_ms = entry.at_ms;
             self.trimmed_by = Some(why);
@@ -538,7 +538,7 @@ mod tests {
     fn texts<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Vec<String> {
         frames
             .into_iter()
-            .map(|f| String::from_utf8_lossy(&f.text).into_owned())
+            .map(|f| String::from_utf8_lossy(f.text()).into_owned())
             .collect()
     }
 

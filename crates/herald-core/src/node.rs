@@ -479,7 +479,7 @@ impl AppState {
             return;
         }
         self.monitor.emit_with(|| {
-            let (event, size) = crate::monitor::frame_event(&frame.text);
+            let (event, size) = crate::monitor::frame_event(frame.text());
             crate::monitor::MonitorEvent::Published {
                 channel: channel.to_string(),
                 event,

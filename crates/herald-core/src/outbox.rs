@@ -22,16 +22,20 @@ use herald_ws::{Deflate, OpCode, WireForms};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// One text message, shared by every recipient of a broadcast.
+/// One text message, shared by every recipient of a broadcast: cloning it is one reference
+/// count, and a queued frame is one pointer.
 #[derive(Debug, Clone)]
-pub struct Frame {
+pub struct Frame(Arc<FrameInner>);
+
+#[derive(Debug)]
+struct FrameInner {
     /// Invariant: valid UTF-8 JSON text (built from a `String`).
-    pub text: Bytes,
+    text: Bytes,
     /// When the publish was accepted, for the delivery latency histogram.
-    pub published_at: Option<Instant>,
+    published_at: Option<Instant>,
     /// The WebSocket frames of `text`, plain and compressed, each built at its first need and
     /// shared by every clone: a broadcast is framed (and compressed) once, not per subscriber.
-    wire: Arc<WireForms>,
+    wire: WireForms,
 }
 
 impl Frame {
@@ -49,26 +53,36 @@ impl Frame {
     }
 
     fn from_bytes(text: Bytes, published_at: Option<Instant>) -> Frame {
-        Frame {
+        Frame(Arc::new(FrameInner {
             text,
             published_at,
-            wire: Arc::default(),
-        }
+            wire: WireForms::default(),
+        }))
+    }
+
+    /// The message's JSON text.
+    pub fn text(&self) -> &Bytes {
+        &self.0.text
+    }
+
+    /// When the publish was accepted (`None` for server messages and replays).
+    pub fn published_at(&self) -> Option<Instant> {
+        self.0.published_at
     }
 
     /// The same message, without its publish time (a cache replay is not a delivery of the
-    /// publish), still sharing its wire frames.
+    /// publish); the text is shared, not copied.
     pub fn unpublished(&self) -> Frame {
-        Frame {
-            published_at: None,
-            ..self.clone()
+        if self.0.published_at.is_none() {
+            return self.clone();
         }
+        Frame::from_bytes(self.0.text.clone(), None)
     }
 
     /// The whole WebSocket frame (header and payload) for a socket that negotiated `deflate`
     /// (or not): the same bytes for every socket alike.
-    pub fn wire(&self, deflate: Option<Deflate>) -> Bytes {
-        self.wire.frame(OpCode::Text, &self.text, deflate)
+    pub fn wire(&self, deflate: Option<Deflate>) -> &Bytes {
+        self.0.wire.frame(OpCode::Text, &self.0.text, deflate)
     }
 }
 
@@ -140,8 +154,41 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
     /// As described: `WouldBlock` or the socket's error.
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
 
-    /// `frame` was written whole from the delivering thread (for metrics and frame logs).
-    fn written(&self, frame: &Frame);
+    /// `frames` frames of `bytes` text bytes, the oldest published at `oldest`, were written
+    /// whole from delivering threads (for metrics).
+    fn written(&self, frames: usize, bytes: usize, oldest: Option<Instant>);
+}
+
+/// What flushes wrote, reported once per flush task rather than per socket (the counters are
+/// shared by every core: one update per socket would bounce their cache lines).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Some flushed socket's writer: every socket of one flush task is of the same app.
+    writer: Option<Arc<dyn DirectWrite>>,
+    frames: usize,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl Tally {
+    fn add(&mut self, writer: &Arc<dyn DirectWrite>, frame: &Frame) {
+        if self.writer.is_none() {
+            self.writer = Some(writer.clone());
+        }
+        self.frames += 1;
+        self.bytes += frame.text().len();
+        if let Some(at) = frame.published_at() {
+            self.oldest = Some(self.oldest.map_or(at, |oldest| oldest.min(at)));
+        }
+        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(frame.text()));
+    }
+
+    /// Reports what was written.
+    pub fn report(self) {
+        if let Some(writer) = self.writer {
+            writer.written(self.frames, self.bytes, self.oldest);
+        }
+    }
 }
 
 /// While frames flow, a connection is pinged at least this often, so that the pong confirms
@@ -218,6 +265,16 @@ impl Batch {
     }
 }
 
+impl FromIterator<Frame> for Batch {
+    fn from_iter<I: IntoIterator<Item = Frame>>(iter: I) -> Batch {
+        let mut iter = iter.into_iter();
+        Batch {
+            first: iter.next(),
+            rest: iter.collect(),
+        }
+    }
+}
+
 impl IntoIterator for Batch {
     type Item = Frame;
     type IntoIter = std::iter::Chain<
@@ -227,6 +284,36 @@ impl IntoIterator for Batch {
 
     fn into_iter(self) -> Self::IntoIter {
         self.first.into_iter().chain(self.rest)
+    }
+}
+
+/// Sockets per flush task: few enough that a task holds its worker for about a millisecond,
+/// enough that spawning costs nothing per socket.
+const FLUSH_CHUNK: usize = 256;
+
+/// Flushes `outboxes` (each returned `true` from [`Outbox::push_deferred`]) on the runtime's
+/// workers, in chunks that run in parallel on every core: a large broadcast is written the way
+/// `fanout-floor` writes it, one `send()` per socket from a thread per core, without waking a
+/// task per socket (issue 14). Outside a runtime (unit tests), flushes here.
+pub fn flush_soon(outboxes: Vec<Outbox>) {
+    fn flush_all(outboxes: &[Outbox]) {
+        let mut tally = Tally::default();
+        for outbox in outboxes {
+            outbox.flush(&mut tally);
+        }
+        tally.report();
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        flush_all(&outboxes);
+        return;
+    };
+    let mut rest = outboxes.into_iter();
+    loop {
+        let chunk: Vec<Outbox> = rest.by_ref().take(FLUSH_CHUNK).collect();
+        if chunk.is_empty() {
+            return;
+        }
+        runtime.spawn(async move { flush_all(&chunk) });
     }
 }
 
@@ -351,32 +438,19 @@ impl Outbox {
     /// As [`Outbox::push`].
     pub fn push_with(&self, frame: Frame, direct: bool) -> Result<(), PushError> {
         let mut state = self.0.state.lock();
-        if state.close.is_some() {
-            return Err(PushError::Closed);
-        }
-        if state.bytes + frame.text.len() > self.0.max_bytes {
-            state.frames = Batch::default();
-            state.bytes = 0;
-            state.close = Some(CloseRequest {
-                code: CloseCode::OverCapacity,
-                message: "Slow consumer: too many queued messages",
-                reason: DisconnectReason::SlowConsumer,
-            });
-            drop(state);
-            self.0.notify.notify_one();
-            return Err(PushError::Overflow);
-        }
-        state.pushed = state.pushed.wrapping_add(1);
+        self.admit(&mut state, &frame)?;
         if direct && state.frames.is_empty() && !state.task_writing {
             if let Some(direct) = &state.direct {
                 // Nothing is queued and the task is not writing: write it from here. The lock
                 // is held through the write, so frames keep their order.
                 let wire = frame.wire(direct.deflate);
-                match direct.writer.try_write(&wire) {
+                match direct.writer.try_write(wire) {
                     Ok(n) if n == wire.len() => {
                         let writer = direct.writer.clone();
                         drop(state);
-                        writer.written(&frame);
+                        let mut tally = Tally::default();
+                        tally.add(&writer, &frame);
+                        tally.report();
                         return Ok(());
                     }
                     Ok(n) => {
@@ -396,11 +470,102 @@ impl Outbox {
                 }
             }
         }
-        state.bytes += frame.text.len();
+        state.bytes += frame.text().len();
         state.frames.push(frame);
         drop(state);
         self.0.notify.notify_one();
         Ok(())
+    }
+
+    /// Checks that `frame` may be queued: `Closed` when closing; `Overflow` (and the slow
+    /// consumer's close request) when it would go over the byte cap.
+    fn admit(&self, state: &mut State, frame: &Frame) -> Result<(), PushError> {
+        if state.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.bytes + frame.text().len() > self.0.max_bytes {
+            state.frames = Batch::default();
+            state.bytes = 0;
+            state.close = Some(CloseRequest {
+                code: CloseCode::OverCapacity,
+                message: "Slow consumer: too many queued messages",
+                reason: DisconnectReason::SlowConsumer,
+            });
+            self.0.notify.notify_one();
+            return Err(PushError::Overflow);
+        }
+        state.pushed = state.pushed.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Queues a frame of a large broadcast, to be written by [`Outbox::flush`] on whichever
+    /// thread takes that part of the broadcast: `Ok(true)` when the socket is idle and the
+    /// caller must call `flush` later, `Ok(false)` when its task was woken to write it (it is
+    /// writing already, or the socket cannot be written from outside). The frame's place in the
+    /// socket's order is fixed here, so flushes on several threads keep it.
+    ///
+    /// # Errors
+    /// As [`Outbox::push`].
+    pub fn push_deferred(&self, frame: Frame) -> Result<bool, PushError> {
+        let mut state = self.0.state.lock();
+        self.admit(&mut state, &frame)?;
+        state.bytes += frame.text().len();
+        state.frames.push(frame);
+        if state.direct.is_some() && !state.task_writing {
+            return Ok(true);
+        }
+        drop(state);
+        self.0.notify.notify_one();
+        Ok(false)
+    }
+
+    /// Writes what [`Outbox::push_deferred`] queued, from this thread, without waking the
+    /// socket's task; what the socket does not take now (or cannot be written from here) is
+    /// left to the task, which is woken for it. Calling it when there is nothing to do is
+    /// harmless: another flush, or the task, took the frames first.
+    pub fn flush(&self, tally: &mut Tally) {
+        let mut guard = self.0.state.lock();
+        let state = &mut *guard;
+        if state.frames.is_empty() {
+            return;
+        }
+        let direct = match &state.direct {
+            Some(direct) if !state.task_writing && state.close.is_none() => direct,
+            _ => {
+                drop(guard);
+                self.0.notify.notify_one();
+                return;
+            }
+        };
+        // The lock is held through the writes, so nothing can be queued before them.
+        let mut frames = std::mem::take(&mut state.frames).into_iter();
+        while let Some(frame) = frames.next() {
+            let wire = frame.wire(direct.deflate);
+            match direct.writer.try_write(wire) {
+                Ok(n) if n == wire.len() => {
+                    state.bytes = state.bytes.saturating_sub(frame.text().len());
+                    tally.add(&direct.writer, &frame);
+                    continue;
+                }
+                Ok(n) => {
+                    // The kernel took part: the task writes the rest, then what follows.
+                    state.remainder = Some(wire.slice(n..));
+                    state.task_writing = true;
+                    state.bytes = state.bytes.saturating_sub(frame.text().len()) + (wire.len() - n);
+                    state.frames = frames.collect();
+                }
+                Err(err) => {
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        // Broken: the task finds out, and ends the connection.
+                        state.direct = None;
+                    }
+                    state.frames = std::iter::once(frame).chain(frames).collect();
+                }
+            }
+            drop(guard);
+            self.0.notify.notify_one();
+            return;
+        }
     }
 
     /// Lets deliveries write to the socket themselves while nothing is queued for it; the
@@ -492,7 +657,7 @@ mod tests {
         frames
             .iter()
             .map(|f| {
-                let v: serde_json::Value = serde_json::from_slice(&f.text).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(f.text()).unwrap();
                 v["event"].as_str().unwrap().to_owned()
             })
             .collect()
@@ -620,7 +785,7 @@ mod tests {
         let (batch, close) = outbox.take();
         assert!(close.is_none());
         assert_eq!(
-            batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(),
+            batch.iter().map(|f| &f.text()[..]).collect::<Vec<_>>(),
             [b"aaaa", b"bbbb"]
         );
         outbox.push(Frame::new("cccccccc".into())).unwrap();
@@ -658,8 +823,8 @@ mod tests {
             state.0.extend_from_slice(&buf[..n]);
             Ok(n)
         }
-        fn written(&self, _frame: &Frame) {
-            self.written.fetch_add(1, Relaxed);
+        fn written(&self, frames: usize, _bytes: usize, _oldest: Option<Instant>) {
+            self.written.fetch_add(frames as u64, Relaxed);
         }
     }
 
@@ -691,7 +856,7 @@ mod tests {
         let (rest, batch, _) = outbox.take_all();
         assert_eq!(rest.as_deref(), Some(&wire("first")[3..]));
         assert_eq!(
-            batch.iter().map(|f| &f.text[..]).collect::<Vec<_>>(),
+            batch.iter().map(|f| &f.text()[..]).collect::<Vec<_>>(),
             [b"second"]
         );
         // The task wrote them; deliveries write directly again.
@@ -744,5 +909,117 @@ mod tests {
         outbox.release();
         outbox.push(Frame::new("after the end".into())).unwrap();
         assert!(socket.bytes().is_empty());
+    }
+
+    /// Whether the socket task was woken (a notification is pending), consuming it.
+    fn woken(outbox: &Outbox) -> bool {
+        let changed = std::pin::pin!(outbox.changed());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::future::Future::poll(changed, &mut cx).is_ready()
+    }
+
+    fn texts(batch: &Batch) -> Vec<&[u8]> {
+        batch.iter().map(|f| &f.text()[..]).collect()
+    }
+
+    #[test]
+    fn deferred_frames_wait_for_the_flush_which_writes_them_in_order_without_waking_the_task() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(1 << 20);
+        outbox.set_direct(socket.clone(), None);
+        assert_eq!(outbox.push_deferred(Frame::new("one".into())), Ok(true));
+        assert_eq!(outbox.push_deferred(Frame::new("two".into())), Ok(true));
+        assert!(socket.bytes().is_empty());
+        // A delivery that would write at once queues behind the deferred frames.
+        outbox.push(Frame::new("three".into())).unwrap();
+        assert!(socket.bytes().is_empty());
+        assert!(woken(&outbox), "queued behind others: the task is told");
+        let mut tally = Tally::default();
+        outbox.flush(&mut tally);
+        outbox.flush(&mut tally);
+        tally.report();
+        assert_eq!(
+            socket.bytes(),
+            [wire("one"), wire("two"), wire("three")].concat()
+        );
+        assert_eq!(socket.written.load(Relaxed), 3);
+        assert!(!woken(&outbox));
+        let (rest, batch, _) = outbox.take_all();
+        assert!(rest.is_none() && batch.is_empty());
+    }
+
+    #[test]
+    fn a_deferred_frame_for_a_busy_task_wakes_it_and_the_flush_leaves_it_alone() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(1 << 20);
+        outbox.set_direct(socket.clone(), None);
+        outbox.claim();
+        assert_eq!(outbox.push_deferred(Frame::new("busy".into())), Ok(false));
+        assert!(woken(&outbox));
+        outbox.flush(&mut Tally::default());
+        assert!(socket.bytes().is_empty());
+
+        // Claimed between the push and the flush: the flush wakes the task instead of writing.
+        let outbox = Outbox::new(1024);
+        outbox.set_direct(socket.clone(), None);
+        assert_eq!(outbox.push_deferred(Frame::new("raced".into())), Ok(true));
+        outbox.claim();
+        outbox.release();
+        assert!(!woken(&outbox));
+        outbox.flush(&mut Tally::default());
+        assert!(woken(&outbox), "the flush hands the frame to the task");
+        assert!(socket.bytes().is_empty());
+        assert_eq!(texts(&outbox.take_all().1), [b"raced"]);
+    }
+
+    #[test]
+    fn a_flush_the_socket_takes_in_part_leaves_the_rest_to_the_task_in_order() {
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(wire("first").len() + 2);
+        outbox.set_direct(socket.clone(), None);
+        for text in ["first", "second", "third"] {
+            assert_eq!(outbox.push_deferred(Frame::new(text.into())), Ok(true));
+        }
+        outbox.flush(&mut Tally::default());
+        assert_eq!(
+            socket.bytes(),
+            [wire("first"), wire("second")[..2].to_vec()].concat()
+        );
+        assert!(woken(&outbox));
+        let (rest, batch, _) = outbox.take_all();
+        assert_eq!(rest.as_deref(), Some(&wire("second")[2..]));
+        assert_eq!(texts(&batch), [b"third"]);
+
+        // A socket that takes nothing keeps every frame queued for the task.
+        let outbox = Outbox::new(1024);
+        let socket = Buffer::with_room(0);
+        outbox.set_direct(socket.clone(), None);
+        for text in ["a", "b"] {
+            assert_eq!(outbox.push_deferred(Frame::new(text.into())), Ok(true));
+        }
+        outbox.flush(&mut Tally::default());
+        assert!(woken(&outbox));
+        let (rest, batch, _) = outbox.take_all();
+        assert!(rest.is_none());
+        assert_eq!(texts(&batch), [b"a", b"b"]);
+    }
+
+    #[test]
+    fn a_deferred_frame_over_the_cap_closes_as_slow_consumer() {
+        let outbox = Outbox::new(8);
+        outbox.set_direct(Buffer::with_room(0), None);
+        assert_eq!(outbox.push_deferred(Frame::new("12345".into())), Ok(true));
+        assert_eq!(
+            outbox.push_deferred(Frame::new("67890".into())),
+            Err(PushError::Overflow)
+        );
+        assert_eq!(
+            outbox.push_deferred(Frame::new("x".into())),
+            Err(PushError::Closed)
+        );
+        outbox.flush(&mut Tally::default());
+        let (_, batch, close) = outbox.take_all();
+        assert!(batch.is_empty());
+        assert_eq!(close.map(|c| c.code), Some(CloseCode::OverCapacity));
     }
 }

@@ -91,7 +91,7 @@ mod tests {
         watchlists.notify(&bob, Transition::Online);
         let (batch, _) = outbox.take();
         assert_eq!(batch.len(), 1);
-        let text = std::str::from_utf8(&batch.iter().next().unwrap().text).unwrap();
+        let text = std::str::from_utf8(batch.iter().next().unwrap().text()).unwrap();
         assert!(text.contains("online") && text.contains("alice"), "{text}");
         watchlists.unwatch(socket, std::slice::from_ref(&alice));
         watchlists.notify(&alice, Transition::Offline);

@@ -13,7 +13,7 @@ fn events(outbox: &Outbox) -> Vec<String> {
     batch
         .iter()
         .map(|f| {
-            let v: serde_json::Value = serde_json::from_slice(&f.text).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(f.text()).unwrap();
             let data: serde_json::Value = v["data"]
                 .as_str()
                 .and_then(|d| serde_json::from_str(d).ok())

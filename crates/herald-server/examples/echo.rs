@@ -108,7 +108,7 @@ async fn echo(mut ws: WebSocket) {
                     let packed = compress_always(payload, d.server_max_window_bits);
                     herald_ws::encode(opcode, true, &packed)
                 }
-                Some(_) | None => WireForms::default().frame(opcode, payload, None),
+                Some(_) | None => WireForms::default().frame(opcode, payload, None).clone(),
             });
             ControlFlow::Continue(())
         };

@@ -252,7 +252,7 @@ async fn reject(socket: &mut WebSocket, err: ConnectionError) {
     metrics::connection_refused(refusal_reason(err));
     let (code, message) = (err.close_code(), err.message());
     let error = Frame::new(server_message::error(Some(code.code()), message));
-    let frames = [error.wire(socket.deflate())];
+    let frames = [error.wire(socket.deflate()).clone()];
     if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, socket.write_frames(&frames)).await {
         if socket.close(code.code(), message, WRITE_TIMEOUT).await {
             socket.await_close().await;
@@ -677,7 +677,7 @@ async fn fail(socket: &mut WebSocket, failure: Failure, max_frame_bytes: usize) 
                 None,
                 &format!("Message too large: the limit is {max_frame_bytes} bytes"),
             );
-            Some(Frame::new(text).wire(socket.deflate()))
+            Some(Frame::new(text).wire(socket.deflate()).clone())
         }
         Failure::Protocol | Failure::InvalidUtf8 => None,
     };
@@ -732,15 +732,15 @@ async fn write_batch(
     app_metrics: &AppMetrics,
 ) -> Result<(), DisconnectReason> {
     let count = batch.len();
-    let bytes: usize = batch.iter().map(|f| f.text.len()).sum();
-    let oldest = batch.iter().filter_map(|f| f.published_at).min();
+    let bytes: usize = batch.iter().map(|f| f.text().len()).sum();
+    let oldest = batch.iter().filter_map(|f| f.published_at()).min();
     // Each frame was built (and compressed) once for every socket it goes to.
     let deflate = socket.deflate();
     let frames: Vec<Bytes> = remainder
         .into_iter()
         .chain(batch.iter().map(|frame| {
-            tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
-            frame.wire(deflate)
+            tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(frame.text()));
+            frame.wire(deflate).clone()
         }))
         .collect();
     match tokio::time::timeout(WRITE_TIMEOUT, socket.write_frames(&frames)).await {
@@ -819,13 +819,15 @@ struct SocketWriter {
 
 impl herald_core::outbox::DirectWrite for SocketWriter {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.try_write(buf)
+        // Straight to the socket, not through the reactor's readiness: a send that would block
+        // hands the frame to the task, whose own write finds out and waits for the socket. (A
+        // broken pipe is an error, not a signal: Rust programs start with SIGPIPE ignored.)
+        socket2::SockRef::from(&*self.stream).send(buf)
     }
 
-    fn written(&self, frame: &Frame) {
-        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(&frame.text));
-        self.metrics.messages_sent(1, frame.text.len());
-        if let Some(at) = frame.published_at {
+    fn written(&self, frames: usize, bytes: usize, oldest: Option<std::time::Instant>) {
+        self.metrics.messages_sent(frames, bytes);
+        if let Some(at) = oldest {
             self.metrics.delivery_latency(at.elapsed());
         }
     }

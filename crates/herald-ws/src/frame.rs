@@ -68,20 +68,18 @@ impl WireForms {
     /// The frame for a socket: compressed when it negotiated `deflate`, the message is within
     /// its window, and compressing pays; plain otherwise (RSV1 clear, which may be mixed freely
     /// with compressed frames).
-    pub fn frame(&self, opcode: OpCode, payload: &[u8], deflate: Option<Deflate>) -> Bytes {
+    pub fn frame(&self, opcode: OpCode, payload: &[u8], deflate: Option<Deflate>) -> &Bytes {
         if let Some(deflate) = deflate {
             if payload.len() <= deflate.max_compressed_message() {
                 let compressed = self.compressed.get_or_init(|| {
                     deflate::compress(payload).map(|packed| encode(opcode, true, &packed))
                 });
                 if let Some(frame) = compressed {
-                    return frame.clone();
+                    return frame;
                 }
             }
         }
-        self.plain
-            .get_or_init(|| encode(opcode, false, payload))
-            .clone()
+        self.plain.get_or_init(|| encode(opcode, false, payload))
     }
 }
 
