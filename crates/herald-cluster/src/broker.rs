@@ -127,6 +127,8 @@ struct Inner<T> {
     connected_since: Mutex<Option<Instant>>,
     /// Shards currently being read.
     shards_up: std::sync::atomic::AtomicUsize,
+    /// Shards whose backfill was read (this node's `CaughtUp` mark came back); each counts once.
+    shards_caught_up: std::sync::atomic::AtomicUsize,
     /// Wall-clock ms when the node started: entries older than this are backfill.
     started_ms: u64,
     /// Told about the subscriptions of a node declared dead (for webhooks).
@@ -183,6 +185,7 @@ impl<T: Transport> ClusterBroker<T> {
             peers: Mutex::default(),
             connected_since: Mutex::default(),
             shards_up: std::sync::atomic::AtomicUsize::new(0),
+            shards_caught_up: std::sync::atomic::AtomicUsize::new(0),
             started_ms: wire::now_ms(),
             on_node_gone,
             order: Mutex::new(()),
@@ -211,6 +214,12 @@ impl<T: Transport> ClusterBroker<T> {
     /// Whether the node is currently subscribed to the bus.
     pub fn is_connected(&self) -> bool {
         self.0.connected_since.lock().is_some()
+    }
+
+    /// Whether the node has read every shard's log up to when it started: the departures and
+    /// events a client resuming here needs are known. Stays true once it was.
+    pub fn is_caught_up(&self) -> bool {
+        self.0.shards_caught_up.load(Ordering::Acquire) >= self.0.shards()
     }
 
     /// The engine underneath, for what goes beyond the bus (ordered logs).
@@ -265,6 +274,7 @@ impl<T: Transport> Inner<T> {
             | BusMessage::Watching { app, .. }
             | BusMessage::Monitor { app, .. } => self.shard(app, None),
             BusMessage::Heartbeat { .. } | BusMessage::SyncRequest { .. } => 0,
+            BusMessage::CaughtUp { shard, .. } => *shard % self.shards(),
         }
     }
 
@@ -342,7 +352,7 @@ impl<T: Transport> Inner<T> {
         );
     }
 
-    fn handle(&self, position: Position, payload: &[u8]) {
+    fn handle(&self, position: Position, payload: &[u8], caught_up: &mut CatchUp<'_>) {
         bump(&self.stats.receives, 1);
         let backfill = position.ms < self.started_ms;
         if payload.len() > MAX_MESSAGE_BYTES {
@@ -359,6 +369,12 @@ impl<T: Transport> Inner<T> {
         };
         let me = self.node.id();
         let from = message.node();
+        if let BusMessage::CaughtUp { node, .. } = message {
+            if node == me {
+                caught_up.mark();
+            }
+            return;
+        }
         if backfill {
             // Before this node started: only what replay needs (events, departures); the state
             // of other nodes comes from the resync.
@@ -653,6 +669,10 @@ impl<T: Transport> Broker for ClusterBroker<T> {
         );
         local
     }
+
+    fn caught_up(&self) -> bool {
+        self.is_caught_up()
+    }
 }
 
 /// Hands queued messages to the transport in batches (one pipeline each), and tells whoever
@@ -707,6 +727,28 @@ async fn publisher<T: Transport>(
     }
 }
 
+/// One shard reader's progress through its backfill.
+struct CatchUp<'a> {
+    shard: usize,
+    /// This shard's mark came back.
+    done: &'a mut bool,
+    /// Shards of the node whose mark came back.
+    count: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl CatchUp<'_> {
+    fn mark(&mut self) {
+        if !*self.done {
+            *self.done = true;
+            self.count.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!(
+                shard = self.shard,
+                "read the shard's log up to this node's start"
+            );
+        }
+    }
+}
+
 /// Reads one shard of the bus, resuming after a disconnection where it stopped (the log fills
 /// what was missed), with jittered backoff, and resyncs state after every (re)connect so state
 /// lost in the transport or missed during an outage is rebuilt. A starting node first reads back
@@ -714,6 +756,7 @@ async fn publisher<T: Transport>(
 async fn subscriber<T: Transport>(inner: Arc<Inner<T>>, shard: usize, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
+    let mut caught_up_here = false;
     let start_ms = inner.started_ms.saturating_sub(BACKFILL.as_millis() as u64);
     let mut after = Some(Position {
         ms: start_ms,
@@ -731,6 +774,21 @@ async fn subscriber<T: Transport>(inner: Arc<Inner<T>>, shard: usize, stop: Canc
                 let resumed = !first;
                 let connected_ms = wire::now_ms();
                 inner.connected(&mut first).await;
+                let mut caught_up = CatchUp {
+                    shard,
+                    done: &mut caught_up_here,
+                    count: &inner.shards_caught_up,
+                };
+                if !*caught_up.done {
+                    // Everything before this mark on the shard is what a client may resume from.
+                    inner.send(
+                        &BusMessage::CaughtUp {
+                            node: inner.node.id(),
+                            shard,
+                        },
+                        None,
+                    );
+                }
                 loop {
                     tokio::select! {
                         item = items.next() => match item {
@@ -740,7 +798,7 @@ async fn subscriber<T: Transport>(inner: Arc<Inner<T>>, shard: usize, stop: Canc
                                     // Appended while we were away: pub/sub would have lost it.
                                     bump(&inner.stats.gap_entries_filled, 1);
                                 }
-                                inner.handle(position, &payload);
+                                inner.handle(position, &payload, &mut caught_up);
                             }
                             // A gap while backfilling only means less history.
                             Some(BusItem::Gap) if !resumed => {}
@@ -790,6 +848,16 @@ async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) 
         if inner.state_dirty.swap(false, Ordering::Relaxed) {
             // Announcements were lost: others get our whole state again (they apply the diff).
             inner.publish_state();
+        }
+        if !ClusterBroker(inner.clone()).is_caught_up() {
+            // A mark lost on its way (a full queue, a failed append) is sent again; a shard
+            // already caught up ignores a second one.
+            for shard in 0..inner.shards() {
+                inner.send_best_effort(&BusMessage::CaughtUp {
+                    node: inner.node.id(),
+                    shard,
+                });
+            }
         }
         if gap > inner.config.node_timeout {
             // We were frozen long enough for others to declare us dead: rebuild both ways.
@@ -1001,6 +1069,53 @@ mod tests {
             entries.iter().any(|e| e.contains("departing-user")),
             "the departure is on the log when announced() resolves: {entries:?}"
         );
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(WAIT, tracker.wait()).await.unwrap();
+    }
+
+    /// A starting node reports caught up only once it has read the log back to its start: a
+    /// departure announced before it started is known to it by then, so a client drained from
+    /// another node and sent here by a balancer that follows `/ready` resumes.
+    #[tokio::test]
+    async fn a_starting_node_is_caught_up_once_it_read_what_the_log_held_before_it() {
+        use herald_core::history::{Departure, Identity, Position};
+
+        let (hub, tracker, stop) = (
+            MemoryHub::new(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let a = start(&hub, 1, &tracker, &stop);
+        until("A caught up", || a.broker.is_caught_up()).await;
+        let channel = ChannelName::parse("news", 200).unwrap();
+        let identities = vec![Identity::User(UserId("drained-user".into()))];
+        a.broker.announce(Announcement::Departed {
+            app_id: "1".into(),
+            channel: channel.clone(),
+            identities: identities.clone(),
+            departure: Departure {
+                after: Position { ms: 1, seq: 0 },
+                socket: SocketId { node: 1, seq: 7 },
+                left_ms: 1,
+            },
+        });
+        tokio::time::timeout(WAIT, a.broker.announced())
+            .await
+            .unwrap();
+
+        let b = start(&hub, 2, &tracker, &stop);
+        // Nothing has run yet on this (single-threaded) runtime: B has read nothing.
+        assert!(!b.broker.is_caught_up());
+        assert!(!b.broker.caught_up());
+        until("B caught up", || b.broker.is_caught_up()).await;
+        let app_b = b.node.app_by_id("1").unwrap();
+        let resume = app_b.take_resume(&identities, &channel);
+        assert_eq!(
+            resume.map(|r| r.old_socket),
+            Some(SocketId { node: 1, seq: 7 })
+        );
+
         stop.cancel();
         tracker.close();
         tokio::time::timeout(WAIT, tracker.wait()).await.unwrap();

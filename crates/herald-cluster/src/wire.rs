@@ -110,6 +110,9 @@ pub enum BusMessage {
     },
     /// Asks `target` (or every node) to publish its `State`.
     SyncRequest { node: u64, target: Option<u64> },
+    /// Appended by a starting `node` to `shard`: when it reads its own mark back, it has read
+    /// everything the shard held before it started (its backfill), and may report ready.
+    CaughtUp { node: u64, shard: usize },
     /// A socket of `node` that may resume left `channel` at log position `after`.
     Departed {
         node: u64,
@@ -245,6 +248,7 @@ impl BusMessage {
             | BusMessage::Heartbeat { node, .. }
             | BusMessage::State { node, .. }
             | BusMessage::SyncRequest { node, .. }
+            | BusMessage::CaughtUp { node, .. }
             | BusMessage::Departed { node, .. }
             | BusMessage::Resumed { node, .. }
             | BusMessage::Watching { node, .. }
@@ -531,8 +535,8 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
                 ..Applied::default()
             });
         }
-        // Answered by the broker, which owns the publisher.
-        BusMessage::SyncRequest { .. } => {}
+        // Answered by the broker, which owns the publisher; a mark concerns only its node.
+        BusMessage::SyncRequest { .. } | BusMessage::CaughtUp { .. } => {}
     }
     Ok(Applied::default())
 }

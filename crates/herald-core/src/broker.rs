@@ -103,6 +103,12 @@ pub trait Broker: Send + Sync + Debug {
 
     /// Closes every connection signed in as `user`, on every node; returns how many were local.
     fn terminate_user(&self, app_id: &str, user: &UserId) -> usize;
+
+    /// Whether the node knows everything a client resuming here needs (in a cluster: it has
+    /// read the log back to its start). `/ready` waits for it. Always, for a node alone.
+    fn caught_up(&self) -> bool {
+        true
+    }
 }
 
 /// The in-memory broker of a single node.

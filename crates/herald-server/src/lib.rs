@@ -174,8 +174,21 @@ impl Shared {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && self.node.connection_count() < self.config.max_connections
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the node should get no new connections, if it should not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Some("draining")
+        } else if self.node.connection_count() >= self.config.max_connections {
+            Some("over capacity")
+        } else if !self.broker.caught_up() {
+            // A client drained from another node and resuming here needs the log read first.
+            Some("reading the cluster log")
+        } else {
+            None
+        }
     }
 }
 
@@ -328,19 +341,14 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     // The app store's health is reported, never a reason to be unready: an outage leaves the
     // known apps working.
     let app_store = shared.apps.status();
-    if shared.is_ready() {
-        Json(serde_json::json!({"ready": true, "app_store": app_store})).into_response()
-    } else {
-        let reason = if shared.draining.load(Ordering::Acquire) {
-            "draining"
-        } else {
-            "over capacity"
-        };
+    if let Some(reason) = shared.not_ready_reason() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"ready": false, "reason": reason, "app_store": app_store})),
         )
             .into_response()
+    } else {
+        Json(serde_json::json!({"ready": true, "app_store": app_store})).into_response()
     }
 }
 
