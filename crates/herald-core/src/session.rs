@@ -594,7 +594,14 @@ impl Subscriptions {
     fn insert(&mut self, channel: ChannelName, user: Option<UserId>) {
         match self.0.iter_mut().find(|(c, _)| *c == channel) {
             Some(entry) => entry.1 = user,
-            None => self.0.push((channel, user)),
+            None => {
+                // Grown one entry at a time while small: `push` would make room for four at
+                // once, 150 bytes more on every socket of one channel (memory per connection).
+                if self.0.len() == self.0.capacity() && self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.push((channel, user));
+            }
         }
     }
 
