@@ -11,7 +11,6 @@
 //!
 //! Invariant: no producer ever awaits; `push` is a short critical section with no IO.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -134,7 +133,8 @@ struct State {
     task_writing: bool,
     /// The unwritten end of a frame written in part from the delivering thread: it goes to the
     /// socket before anything else.
-    remainder: Option<Bytes>,
+    /// Boxed: rare, and an idle socket should not carry its room (memory per connection).
+    remainder: Option<Box<Bytes>>,
 }
 
 #[derive(Debug, Clone)]
@@ -240,7 +240,7 @@ pub enum Liveness {
 pub struct Batch {
     /// Invariant: `None` only when `rest` is empty too.
     first: Option<Frame>,
-    rest: VecDeque<Frame>,
+    rest: Vec<Frame>,
 }
 
 impl Batch {
@@ -248,7 +248,7 @@ impl Batch {
         if self.first.is_none() {
             self.first = Some(frame);
         } else {
-            self.rest.push_back(frame);
+            self.rest.push(frame);
         }
     }
 
@@ -277,10 +277,7 @@ impl FromIterator<Frame> for Batch {
 
 impl IntoIterator for Batch {
     type Item = Frame;
-    type IntoIter = std::iter::Chain<
-        std::option::IntoIter<Frame>,
-        std::collections::vec_deque::IntoIter<Frame>,
-    >;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Frame>, std::vec::IntoIter<Frame>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.first.into_iter().chain(self.rest)
@@ -455,7 +452,7 @@ impl Outbox {
                     }
                     Ok(n) => {
                         // The kernel took part: the task writes the rest before anything else.
-                        state.remainder = Some(wire.slice(n..));
+                        state.remainder = Some(Box::new(wire.slice(n..)));
                         state.task_writing = true;
                         state.bytes += wire.len() - n;
                         drop(state);
@@ -549,7 +546,7 @@ impl Outbox {
                 }
                 Ok(n) => {
                     // The kernel took part: the task writes the rest, then what follows.
-                    state.remainder = Some(wire.slice(n..));
+                    state.remainder = Some(Box::new(wire.slice(n..)));
                     state.task_writing = true;
                     state.bytes = state.bytes.saturating_sub(frame.text().len()) + (wire.len() - n);
                     state.frames = frames.collect();
@@ -632,7 +629,7 @@ impl Outbox {
         state.bytes = 0;
         state.task_writing = true;
         (
-            state.remainder.take(),
+            state.remainder.take().map(|rest| *rest),
             std::mem::take(&mut state.frames),
             state.close.clone(),
         )
