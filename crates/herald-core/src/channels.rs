@@ -77,25 +77,24 @@ impl Channel {
         except: Option<SocketId>,
         durability: Durability,
         limits: Option<HistoryLimits>,
-        pending: &mut Vec<Outbox>,
     ) -> Delivery {
         let mut log = self.log.lock();
         match durability {
             Durability::Logged => {
                 let position = log.append(frame, except, limits);
-                push_logged(&self.subscribers, frame, except, position, pending)
+                push_logged(&self.subscribers, frame, except, position)
             }
             Durability::At(position) => {
                 if !log.append_at(position, frame, except, limits) {
                     return Delivery::default();
                 }
-                push_logged(&self.subscribers, frame, except, position, pending)
+                push_logged(&self.subscribers, frame, except, position)
             }
             Durability::Backfill(position) => {
                 log.append_at(position, frame, except, limits);
                 Delivery::default()
             }
-            Durability::Ephemeral => push_all(&self.subscribers, frame, except, pending),
+            Durability::Ephemeral => push_all(&self.subscribers, frame, except),
         }
     }
 
@@ -292,7 +291,7 @@ impl Channels {
             if let (Some(roster), Some(old)) = (entry.presence.as_mut(), &previous_user) {
                 if Some(old) != user.as_ref() && roster.remove(socket, old) {
                     let frame = Frame::new(server_message::member_removed(channel.as_str(), old));
-                    push_now(&entry.subscribers, &frame, Some(socket));
+                    push_all(&entry.subscribers, &frame, Some(socket));
                 }
             }
             entry
@@ -311,7 +310,7 @@ impl Channels {
                         let added = roster.member(&member.user_id).expect("just added");
                         let frame =
                             Frame::new(server_message::member_added(channel.as_str(), added));
-                        push_now(&entry.subscribers, &frame, Some(socket));
+                        push_all(&entry.subscribers, &frame, Some(socket));
                     }
                 }
                 _ => {
@@ -377,7 +376,7 @@ impl Channels {
             if roster.remove(socket, user) {
                 res.member_removed = true;
                 let frame = Frame::new(server_message::member_removed(channel.as_str(), user));
-                push_now(&entry.subscribers, &frame, None);
+                push_all(&entry.subscribers, &frame, None);
             }
         }
         if entry.is_vacant() {
@@ -404,29 +403,22 @@ impl Channels {
         durability: Durability,
     ) -> Delivery {
         let limits = HistoryLimits::of(app);
-        let mut pending = Vec::new();
-        let res = {
+        {
             let channels = self.table.read();
             if let Some(entry) = channels.get(channel) {
-                entry.fan_out(frame, except, durability, limits, &mut pending)
-            } else if durability == Durability::Ephemeral || limits.is_none() {
+                return entry.fan_out(frame, except, durability, limits);
+            }
+            if durability == Durability::Ephemeral || limits.is_none() {
                 // Not kept here; a cluster position is still the log's: see `lose`.
                 return Delivery::default();
-            } else {
-                drop(channels);
-                // Nobody here, but the event is kept for clients that come back.
-                let mut channels = self.table.write();
-                channels
-                    .entry(channel.clone())
-                    .or_insert_with(|| Channel::new(channel.kind()))
-                    .fan_out(frame, except, durability, limits, &mut pending)
             }
-        };
-        // Written after the locks are released: other publishes need not wait for the sockets.
-        if !pending.is_empty() {
-            crate::outbox::flush_soon(pending);
         }
-        res
+        // Nobody here, but the event is kept for clients that come back.
+        let mut channels = self.table.write();
+        channels
+            .entry(channel.clone())
+            .or_insert_with(|| Channel::new(channel.kind()))
+            .fan_out(frame, except, durability, limits)
     }
 
     /// Events of this app may have been lost on their way here (a gap in the cluster's log):
@@ -438,7 +430,7 @@ impl Channels {
         for (name, entry) in channels.iter_mut() {
             entry.log.get_mut().lose();
             let frame = resume_failed(name, ResumeFailure::LogLost);
-            told += push_now(&entry.subscribers, &frame, None).delivered;
+            told += push_all(&entry.subscribers, &frame, None).delivered;
         }
         told
     }
@@ -533,14 +525,14 @@ impl Channels {
         if let (Some(roster), Some(Some(old))) = (entry.presence.as_mut(), &previous) {
             if Some(old) != user.as_ref() && roster.remove(socket, old) {
                 let frame = Frame::new(server_message::member_removed(channel.as_str(), old));
-                push_now(&entry.subscribers, &frame, None);
+                push_all(&entry.subscribers, &frame, None);
             }
         }
         if let (Some(roster), Some(member)) = (entry.presence.as_mut(), member) {
             if roster.add(socket, &member.user_id, member.user_info) {
                 let added = roster.member(&member.user_id).expect("just added");
                 let frame = Frame::new(server_message::member_added(channel.as_str(), added));
-                push_now(&entry.subscribers, &frame, None);
+                push_all(&entry.subscribers, &frame, None);
             }
         }
         if previous.is_none() && app.subscription_count && entry.presence.is_none() {
@@ -615,7 +607,7 @@ fn remove_remote(
     if let (Some(roster), Some(user)) = (entry.presence.as_mut(), user.as_ref()) {
         if roster.remove(socket, user) {
             let frame = Frame::new(server_message::member_removed(channel.as_str(), user));
-            push_now(&entry.subscribers, &frame, None);
+            push_all(&entry.subscribers, &frame, None);
         }
     }
     if entry.can_drop() {
@@ -627,62 +619,27 @@ fn remove_remote(
 }
 
 /// Channels with at most this many local subscribers are written to by the delivering thread
-/// itself (sockets with nothing queued, `Outbox::push_with`): no task is woken. Larger ones are
-/// queued in order here and written by flush tasks on every core (`outbox::flush_soon`): one
-/// thread writing 10,000 sockets in turn is slower than all of them (BENCHMARKS.md).
+/// itself (sockets with nothing queued, `Outbox::push_with`): no task is woken. Larger ones queue,
+/// and their sockets' tasks write in parallel on every core: one thread writing 10,000 sockets
+/// in turn is slower than two (BENCHMARKS.md).
 pub const DIRECT_WRITE_MAX_SUBSCRIBERS: usize = 64;
-
-/// Queues `frame` for one subscriber: written at once (small channels) or collected in
-/// `pending` for the flush tasks (large ones).
-#[inline]
-fn push_one(
-    subscriber: &Subscriber,
-    frame: &Frame,
-    large: bool,
-    pending: &mut Vec<Outbox>,
-) -> Result<(), PushError> {
-    if large {
-        if subscriber.outbox.push_deferred(frame.clone())? {
-            pending.push(subscriber.outbox.clone());
-        }
-        Ok(())
-    } else {
-        subscriber.outbox.push_with(frame.clone(), true)
-    }
-}
 
 fn push_all(
     subscribers: &HashMap<SocketId, Subscriber>,
     frame: &Frame,
     except: Option<SocketId>,
-    pending: &mut Vec<Outbox>,
 ) -> Delivery {
     let mut res = Delivery::default();
-    let large = subscribers.len() > DIRECT_WRITE_MAX_SUBSCRIBERS;
+    let direct = subscribers.len() <= DIRECT_WRITE_MAX_SUBSCRIBERS;
     for (socket, subscriber) in subscribers {
         if Some(*socket) == except {
             continue;
         }
-        match push_one(subscriber, frame, large, pending) {
+        match subscriber.outbox.push_with(frame.clone(), direct) {
             Ok(()) => res.delivered += 1,
             Err(PushError::Overflow) => res.dropped_slow += 1,
             Err(PushError::Closed) => {}
         }
-    }
-    res
-}
-
-/// [`push_all`] for a server message outside the log (presence changes, counts, notices),
-/// with its flush tasks started at once.
-fn push_now(
-    subscribers: &HashMap<SocketId, Subscriber>,
-    frame: &Frame,
-    except: Option<SocketId>,
-) -> Delivery {
-    let mut pending = Vec::new();
-    let res = push_all(subscribers, frame, except, &mut pending);
-    if !pending.is_empty() {
-        crate::outbox::flush_soon(pending);
     }
     res
 }
@@ -694,13 +651,12 @@ fn push_logged(
     frame: &Frame,
     except: Option<SocketId>,
     position: Position,
-    pending: &mut Vec<Outbox>,
 ) -> Delivery {
     let mut res = Delivery::default();
-    let large = subscribers.len() > DIRECT_WRITE_MAX_SUBSCRIBERS;
+    let direct = subscribers.len() <= DIRECT_WRITE_MAX_SUBSCRIBERS;
     for (socket, subscriber) in subscribers {
         if Some(*socket) != except {
-            match push_one(subscriber, frame, large, pending) {
+            match subscriber.outbox.push_with(frame.clone(), direct) {
                 Ok(()) => res.delivered += 1,
                 Err(PushError::Overflow) => {
                     res.dropped_slow += 1;
@@ -761,7 +717,7 @@ fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
     }
     entry.last_count_sent = Some(now);
     let frame = Frame::new(server_message::subscription_count(channel.as_str(), count));
-    push_now(&entry.subscribers, &frame, None);
+    push_all(&entry.subscribers, &frame, None);
 }
 
 #[cfg(test)]

@@ -155,40 +155,8 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
 
     /// `frames` frames of `bytes` text bytes, the oldest published at `oldest`, were written
-    /// whole from delivering threads (for metrics).
+    /// whole from the delivering thread (for metrics).
     fn written(&self, frames: usize, bytes: usize, oldest: Option<Instant>);
-}
-
-/// What flushes wrote, reported once per flush task rather than per socket (the counters are
-/// shared by every core: one update per socket would bounce their cache lines).
-#[derive(Debug, Default)]
-pub struct Tally {
-    /// Some flushed socket's writer: every socket of one flush task is of the same app.
-    writer: Option<Arc<dyn DirectWrite>>,
-    frames: usize,
-    bytes: usize,
-    oldest: Option<Instant>,
-}
-
-impl Tally {
-    fn add(&mut self, writer: &Arc<dyn DirectWrite>, frame: &Frame) {
-        if self.writer.is_none() {
-            self.writer = Some(writer.clone());
-        }
-        self.frames += 1;
-        self.bytes += frame.text().len();
-        if let Some(at) = frame.published_at() {
-            self.oldest = Some(self.oldest.map_or(at, |oldest| oldest.min(at)));
-        }
-        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(frame.text()));
-    }
-
-    /// Reports what was written.
-    pub fn report(self) {
-        if let Some(writer) = self.writer {
-            writer.written(self.frames, self.bytes, self.oldest);
-        }
-    }
 }
 
 /// While frames flow, a connection is pinged at least this often, so that the pong confirms
@@ -265,52 +233,12 @@ impl Batch {
     }
 }
 
-impl FromIterator<Frame> for Batch {
-    fn from_iter<I: IntoIterator<Item = Frame>>(iter: I) -> Batch {
-        let mut iter = iter.into_iter();
-        Batch {
-            first: iter.next(),
-            rest: iter.collect(),
-        }
-    }
-}
-
 impl IntoIterator for Batch {
     type Item = Frame;
     type IntoIter = std::iter::Chain<std::option::IntoIter<Frame>, std::vec::IntoIter<Frame>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.first.into_iter().chain(self.rest)
-    }
-}
-
-/// Sockets per flush task: few enough that a task holds its worker for about a millisecond,
-/// enough that spawning costs nothing per socket.
-const FLUSH_CHUNK: usize = 256;
-
-/// Flushes `outboxes` (each returned `true` from [`Outbox::push_deferred`]) on the runtime's
-/// workers, in chunks that run in parallel on every core: a large broadcast is written the way
-/// `fanout-floor` writes it, one `send()` per socket from a thread per core, without waking a
-/// task per socket (issue 14). Outside a runtime (unit tests), flushes here.
-pub fn flush_soon(outboxes: Vec<Outbox>) {
-    fn flush_all(outboxes: &[Outbox]) {
-        let mut tally = Tally::default();
-        for outbox in outboxes {
-            outbox.flush(&mut tally);
-        }
-        tally.report();
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        flush_all(&outboxes);
-        return;
-    };
-    let mut rest = outboxes.into_iter();
-    loop {
-        let chunk: Vec<Outbox> = rest.by_ref().take(FLUSH_CHUNK).collect();
-        if chunk.is_empty() {
-            return;
-        }
-        runtime.spawn(async move { flush_all(&chunk) });
     }
 }
 
@@ -445,9 +373,8 @@ impl Outbox {
                     Ok(n) if n == wire.len() => {
                         let writer = direct.writer.clone();
                         drop(state);
-                        let mut tally = Tally::default();
-                        tally.add(&writer, &frame);
-                        tally.report();
+                        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(frame.text()));
+                        writer.written(1, frame.text().len(), frame.published_at());
                         return Ok(());
                     }
                     Ok(n) => {
@@ -493,76 +420,6 @@ impl Outbox {
         }
         state.pushed = state.pushed.wrapping_add(1);
         Ok(())
-    }
-
-    /// Queues a frame of a large broadcast, to be written by [`Outbox::flush`] on whichever
-    /// thread takes that part of the broadcast: `Ok(true)` when the socket is idle and the
-    /// caller must call `flush` later, `Ok(false)` when its task was woken to write it (it is
-    /// writing already, or the socket cannot be written from outside). The frame's place in the
-    /// socket's order is fixed here, so flushes on several threads keep it.
-    ///
-    /// # Errors
-    /// As [`Outbox::push`].
-    pub fn push_deferred(&self, frame: Frame) -> Result<bool, PushError> {
-        let mut state = self.0.state.lock();
-        self.admit(&mut state, &frame)?;
-        state.bytes += frame.text().len();
-        state.frames.push(frame);
-        if state.direct.is_some() && !state.task_writing {
-            return Ok(true);
-        }
-        drop(state);
-        self.0.notify.notify_one();
-        Ok(false)
-    }
-
-    /// Writes what [`Outbox::push_deferred`] queued, from this thread, without waking the
-    /// socket's task; what the socket does not take now (or cannot be written from here) is
-    /// left to the task, which is woken for it. Calling it when there is nothing to do is
-    /// harmless: another flush, or the task, took the frames first.
-    pub fn flush(&self, tally: &mut Tally) {
-        let mut guard = self.0.state.lock();
-        let state = &mut *guard;
-        if state.frames.is_empty() {
-            return;
-        }
-        let direct = match &state.direct {
-            Some(direct) if !state.task_writing && state.close.is_none() => direct,
-            _ => {
-                drop(guard);
-                self.0.notify.notify_one();
-                return;
-            }
-        };
-        // The lock is held through the writes, so nothing can be queued before them.
-        let mut frames = std::mem::take(&mut state.frames).into_iter();
-        while let Some(frame) = frames.next() {
-            let wire = frame.wire(direct.deflate);
-            match direct.writer.try_write(wire) {
-                Ok(n) if n == wire.len() => {
-                    state.bytes = state.bytes.saturating_sub(frame.text().len());
-                    tally.add(&direct.writer, &frame);
-                    continue;
-                }
-                Ok(n) => {
-                    // The kernel took part: the task writes the rest, then what follows.
-                    state.remainder = Some(Box::new(wire.slice(n..)));
-                    state.task_writing = true;
-                    state.bytes = state.bytes.saturating_sub(frame.text().len()) + (wire.len() - n);
-                    state.frames = frames.collect();
-                }
-                Err(err) => {
-                    if err.kind() != std::io::ErrorKind::WouldBlock {
-                        // Broken: the task finds out, and ends the connection.
-                        state.direct = None;
-                    }
-                    state.frames = std::iter::once(frame).chain(frames).collect();
-                }
-            }
-            drop(guard);
-            self.0.notify.notify_one();
-            return;
-        }
     }
 
     /// Lets deliveries write to the socket themselves while nothing is queued for it; the
@@ -906,117 +763,5 @@ mod tests {
         outbox.release();
         outbox.push(Frame::new("after the end".into())).unwrap();
         assert!(socket.bytes().is_empty());
-    }
-
-    /// Whether the socket task was woken (a notification is pending), consuming it.
-    fn woken(outbox: &Outbox) -> bool {
-        let changed = std::pin::pin!(outbox.changed());
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        std::future::Future::poll(changed, &mut cx).is_ready()
-    }
-
-    fn texts(batch: &Batch) -> Vec<&[u8]> {
-        batch.iter().map(|f| &f.text()[..]).collect()
-    }
-
-    #[test]
-    fn deferred_frames_wait_for_the_flush_which_writes_them_in_order_without_waking_the_task() {
-        let outbox = Outbox::new(1024);
-        let socket = Buffer::with_room(1 << 20);
-        outbox.set_direct(socket.clone(), None);
-        assert_eq!(outbox.push_deferred(Frame::new("one".into())), Ok(true));
-        assert_eq!(outbox.push_deferred(Frame::new("two".into())), Ok(true));
-        assert!(socket.bytes().is_empty());
-        // A delivery that would write at once queues behind the deferred frames.
-        outbox.push(Frame::new("three".into())).unwrap();
-        assert!(socket.bytes().is_empty());
-        assert!(woken(&outbox), "queued behind others: the task is told");
-        let mut tally = Tally::default();
-        outbox.flush(&mut tally);
-        outbox.flush(&mut tally);
-        tally.report();
-        assert_eq!(
-            socket.bytes(),
-            [wire("one"), wire("two"), wire("three")].concat()
-        );
-        assert_eq!(socket.written.load(Relaxed), 3);
-        assert!(!woken(&outbox));
-        let (rest, batch, _) = outbox.take_all();
-        assert!(rest.is_none() && batch.is_empty());
-    }
-
-    #[test]
-    fn a_deferred_frame_for_a_busy_task_wakes_it_and_the_flush_leaves_it_alone() {
-        let outbox = Outbox::new(1024);
-        let socket = Buffer::with_room(1 << 20);
-        outbox.set_direct(socket.clone(), None);
-        outbox.claim();
-        assert_eq!(outbox.push_deferred(Frame::new("busy".into())), Ok(false));
-        assert!(woken(&outbox));
-        outbox.flush(&mut Tally::default());
-        assert!(socket.bytes().is_empty());
-
-        // Claimed between the push and the flush: the flush wakes the task instead of writing.
-        let outbox = Outbox::new(1024);
-        outbox.set_direct(socket.clone(), None);
-        assert_eq!(outbox.push_deferred(Frame::new("raced".into())), Ok(true));
-        outbox.claim();
-        outbox.release();
-        assert!(!woken(&outbox));
-        outbox.flush(&mut Tally::default());
-        assert!(woken(&outbox), "the flush hands the frame to the task");
-        assert!(socket.bytes().is_empty());
-        assert_eq!(texts(&outbox.take_all().1), [b"raced"]);
-    }
-
-    #[test]
-    fn a_flush_the_socket_takes_in_part_leaves_the_rest_to_the_task_in_order() {
-        let outbox = Outbox::new(1024);
-        let socket = Buffer::with_room(wire("first").len() + 2);
-        outbox.set_direct(socket.clone(), None);
-        for text in ["first", "second", "third"] {
-            assert_eq!(outbox.push_deferred(Frame::new(text.into())), Ok(true));
-        }
-        outbox.flush(&mut Tally::default());
-        assert_eq!(
-            socket.bytes(),
-            [wire("first"), wire("second")[..2].to_vec()].concat()
-        );
-        assert!(woken(&outbox));
-        let (rest, batch, _) = outbox.take_all();
-        assert_eq!(rest.as_deref(), Some(&wire("second")[2..]));
-        assert_eq!(texts(&batch), [b"third"]);
-
-        // A socket that takes nothing keeps every frame queued for the task.
-        let outbox = Outbox::new(1024);
-        let socket = Buffer::with_room(0);
-        outbox.set_direct(socket.clone(), None);
-        for text in ["a", "b"] {
-            assert_eq!(outbox.push_deferred(Frame::new(text.into())), Ok(true));
-        }
-        outbox.flush(&mut Tally::default());
-        assert!(woken(&outbox));
-        let (rest, batch, _) = outbox.take_all();
-        assert!(rest.is_none());
-        assert_eq!(texts(&batch), [b"a", b"b"]);
-    }
-
-    #[test]
-    fn a_deferred_frame_over_the_cap_closes_as_slow_consumer() {
-        let outbox = Outbox::new(8);
-        outbox.set_direct(Buffer::with_room(0), None);
-        assert_eq!(outbox.push_deferred(Frame::new("12345".into())), Ok(true));
-        assert_eq!(
-            outbox.push_deferred(Frame::new("67890".into())),
-            Err(PushError::Overflow)
-        );
-        assert_eq!(
-            outbox.push_deferred(Frame::new("x".into())),
-            Err(PushError::Closed)
-        );
-        outbox.flush(&mut Tally::default());
-        let (_, batch, close) = outbox.take_all();
-        assert!(batch.is_empty());
-        assert_eq!(close.map(|c| c.code), Some(CloseCode::OverCapacity));
     }
 }
