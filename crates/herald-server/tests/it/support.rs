@@ -56,9 +56,11 @@ impl TestServer {
         // `HERALD_TEST_REDIS_URL` runs every scenario through the Redis broker too, each server
         // under its own prefix so that concurrent tests do not see each other.
         configure(&mut config);
+        let mut through_redis = false;
         if let (Ok(url), None) = (std::env::var("HERALD_TEST_REDIS_URL"), &config.redis_url) {
             config.redis_url = Some(url);
             config.cluster.prefix = format!("test-{}", rand::random::<u64>());
+            through_redis = true;
         }
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,6 +72,18 @@ impl TestServer {
             listener,
             shutdown.clone(),
         ));
+        if through_redis {
+            // As a deployment does, start once the node has joined: it is `/ready` only after
+            // reading the cluster's log back to its start.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !shared.broker.caught_up() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the node never read the cluster log"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let http = HttpClient::builder(TokioExecutor::new()).build_http();
         TestServer {
             addr,
