@@ -132,8 +132,8 @@ struct State {
     /// The socket task is writing (or has frames to write): nobody else may write now.
     task_writing: bool,
     /// The unwritten end of a frame written in part from the delivering thread: it goes to the
-    /// socket before anything else.
-    /// Boxed: rare, and an idle socket should not carry its room (memory per connection).
+    /// socket before anything else. Boxed: rare, and an idle socket should not carry its room
+    /// (memory per connection).
     remainder: Option<Box<Bytes>>,
 }
 
@@ -154,9 +154,8 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
     /// As described: `WouldBlock` or the socket's error.
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
 
-    /// `frames` frames of `bytes` text bytes, the oldest published at `oldest`, were written
-    /// whole from the delivering thread (for metrics).
-    fn written(&self, frames: usize, bytes: usize, oldest: Option<Instant>);
+    /// `frame` was written whole from the delivering thread (for metrics and frame logs).
+    fn written(&self, frame: &Frame);
 }
 
 /// While frames flow, a connection is pinged at least this often, so that the pong confirms
@@ -363,7 +362,22 @@ impl Outbox {
     /// As [`Outbox::push`].
     pub fn push_with(&self, frame: Frame, direct: bool) -> Result<(), PushError> {
         let mut state = self.0.state.lock();
-        self.admit(&mut state, &frame)?;
+        if state.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.bytes + frame.text().len() > self.0.max_bytes {
+            state.frames = Batch::default();
+            state.bytes = 0;
+            state.close = Some(CloseRequest {
+                code: CloseCode::OverCapacity,
+                message: "Slow consumer: too many queued messages",
+                reason: DisconnectReason::SlowConsumer,
+            });
+            drop(state);
+            self.0.notify.notify_one();
+            return Err(PushError::Overflow);
+        }
+        state.pushed = state.pushed.wrapping_add(1);
         if direct && state.frames.is_empty() && !state.task_writing {
             if let Some(direct) = &state.direct {
                 // Nothing is queued and the task is not writing: write it from here. The lock
@@ -373,8 +387,7 @@ impl Outbox {
                     Ok(n) if n == wire.len() => {
                         let writer = direct.writer.clone();
                         drop(state);
-                        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(frame.text()));
-                        writer.written(1, frame.text().len(), frame.published_at());
+                        writer.written(&frame);
                         return Ok(());
                     }
                     Ok(n) => {
@@ -398,27 +411,6 @@ impl Outbox {
         state.frames.push(frame);
         drop(state);
         self.0.notify.notify_one();
-        Ok(())
-    }
-
-    /// Checks that `frame` may be queued: `Closed` when closing; `Overflow` (and the slow
-    /// consumer's close request) when it would go over the byte cap.
-    fn admit(&self, state: &mut State, frame: &Frame) -> Result<(), PushError> {
-        if state.close.is_some() {
-            return Err(PushError::Closed);
-        }
-        if state.bytes + frame.text().len() > self.0.max_bytes {
-            state.frames = Batch::default();
-            state.bytes = 0;
-            state.close = Some(CloseRequest {
-                code: CloseCode::OverCapacity,
-                message: "Slow consumer: too many queued messages",
-                reason: DisconnectReason::SlowConsumer,
-            });
-            self.0.notify.notify_one();
-            return Err(PushError::Overflow);
-        }
-        state.pushed = state.pushed.wrapping_add(1);
         Ok(())
     }
 
@@ -677,8 +669,8 @@ mod tests {
             state.0.extend_from_slice(&buf[..n]);
             Ok(n)
         }
-        fn written(&self, frames: usize, _bytes: usize, _oldest: Option<Instant>) {
-            self.written.fetch_add(frames as u64, Relaxed);
+        fn written(&self, _frame: &Frame) {
+            self.written.fetch_add(1, Relaxed);
         }
     }
 

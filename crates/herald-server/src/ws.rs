@@ -825,9 +825,10 @@ impl herald_core::outbox::DirectWrite for SocketWriter {
         socket2::SockRef::from(&*self.stream).send(buf)
     }
 
-    fn written(&self, frames: usize, bytes: usize, oldest: Option<std::time::Instant>) {
-        self.metrics.messages_sent(frames, bytes);
-        if let Some(at) = oldest {
+    fn written(&self, frame: &Frame) {
+        tracing::debug!(target: "herald::frame", direction = "out", frame = %String::from_utf8_lossy(frame.text()));
+        self.metrics.messages_sent(1, frame.text().len());
+        if let Some(at) = frame.published_at() {
             self.metrics.delivery_latency(at.elapsed());
         }
     }
