@@ -490,7 +490,7 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             node.heard_from(from, started_at_ms, &known);
             for (app, counters) in messages {
                 if let Some(app) = node.app_by_id(&app) {
-                    app.traffic().sample(from, counters);
+                    app.traffic().sample_peer(from, started_at_ms, counters);
                 }
             }
         }

@@ -567,6 +567,29 @@ impl Traffic {
         self.sample_at(node, messages_in, messages_out, clock_ms());
     }
 
+    /// Records another node's counters from its heartbeat. The first time a node is heard, its
+    /// counters' zero point (its start, `started_at_ms` on the wall clock) is recorded too, so
+    /// what it did before its first heartbeat reached this node counts in the rates.
+    pub fn sample_peer(&self, node: u64, started_at_ms: u64, counters: (u64, u64)) {
+        let now = clock_ms();
+        self.seed_at(
+            node,
+            now.saturating_sub(now_ms().saturating_sub(started_at_ms)),
+        );
+        self.sample_at(node, counters.0, counters.1, now);
+    }
+
+    /// Records a zero sample at `at_ms` for a node not sampled yet.
+    fn seed_at(&self, node: u64, at_ms: u64) {
+        self.samples.lock().entry(node).or_insert_with(|| {
+            VecDeque::from([Sample {
+                at_ms,
+                messages_in: 0,
+                messages_out: 0,
+            }])
+        });
+    }
+
     fn sample_at(&self, node: u64, messages_in: u64, messages_out: u64, at_ms: u64) {
         let mut samples = self.samples.lock();
         let node = samples.entry(node).or_default();
@@ -905,6 +928,19 @@ mod tests {
         assert_eq!(traffic.rates_at(3, 60_000), (0.0, 0.0));
         traffic.forget(2);
         assert!(!traffic.samples.lock().contains_key(&2));
+    }
+
+    #[test]
+    fn a_peer_heard_after_it_delivered_still_counts_what_it_delivered() {
+        let traffic = Traffic::default();
+        // Node 2 started at 1 s, delivered 4 messages, and is first heard at 3 s.
+        traffic.seed_at(2, 1_000);
+        traffic.sample_at(2, 0, 4, 3_000);
+        let (_, messages_out) = traffic.rates_at(1, 3_000);
+        assert!((messages_out - 2.0).abs() < 1e-9, "{messages_out}");
+        // Seeding again changes nothing once it was sampled.
+        traffic.seed_at(2, 2_999);
+        assert_eq!(traffic.samples.lock()[&2].len(), 2);
     }
 
     #[test]
