@@ -21,14 +21,15 @@ use herald_ws::{Deflate, OpCode, WireForms};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// One text message, shared by every recipient of a broadcast: cloning it is one reference
-/// count, and a queued frame is one pointer.
+/// One message, shared by every recipient of a broadcast: cloning it is one reference count,
+/// and a queued frame is one pointer.
 #[derive(Debug, Clone)]
 pub struct Frame(Arc<FrameInner>);
 
 #[derive(Debug)]
 struct FrameInner {
-    /// Invariant: valid UTF-8 JSON text (built from a `String`).
+    /// Invariant: valid UTF-8 JSON text (built from a `String`), except in a [`Frame::prebuilt`]
+    /// (an echoed message: any payload).
     text: Bytes,
     /// When the publish was accepted, for the delivery latency histogram.
     published_at: Option<Instant>,
@@ -56,6 +57,17 @@ impl Frame {
             text,
             published_at,
             wire: WireForms::default(),
+        }))
+    }
+
+    /// A frame for one socket, framed (and compressed, or not) by the caller: `payload` is the
+    /// message (counted against the outbox's bound), `wire` the whole WebSocket frame written
+    /// for it. The echo mode (`websocket_echo`) replies with these.
+    pub fn prebuilt(payload: Bytes, wire: Bytes) -> Frame {
+        Frame(Arc::new(FrameInner {
+            text: payload,
+            published_at: None,
+            wire: WireForms::prebuilt(wire),
         }))
     }
 

@@ -51,6 +51,11 @@ pub struct Config {
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it; each app can turn it
     /// off for itself (`apps[].deflate`).
     pub deflate: bool,
+    /// Conformance testing only, never in production: every WebSocket message on `/app/{key}`
+    /// is echoed back instead of handled as Pusher protocol, and nothing else is sent (no
+    /// `pusher:connection_established`, no `pusher:ping`). `tests/autobahn/run.sh` runs the
+    /// Autobahn suite against herald this way.
+    pub websocket_echo: bool,
     pub limits: LimitsConfig,
     pub drain: DrainConfig,
     pub cluster: ClusterConfig,
@@ -298,6 +303,7 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             deflate: true,
+            websocket_echo: false,
             limits: LimitsConfig::default(),
             drain: DrainConfig::default(),
             cluster: ClusterConfig::default(),

@@ -1,7 +1,8 @@
 //! One WebSocket connection over herald's own codec (`herald-ws`): the 101 answer with the
 //! negotiated extension, reads parsed in place, shared frames written as they are, and both
-//! closing handshakes. `ws.rs` runs Pusher on it; `examples/echo.rs` runs the Autobahn suite on
-//! the same code.
+//! closing handshakes. `ws.rs` runs Pusher on it (or, in the echo mode that the Autobahn suite
+//! runs against, echoes every message). A ping is handed over like any message: its pong is
+//! queued in order with the replies.
 //!
 //! Invariant: an idle connection holds its TCP stream and a decoder with no heap memory. Reads
 //! go through a stack buffer, (de)compressors are per thread, and frames come prebuilt.
@@ -39,9 +40,6 @@ pub struct WebSocket {
     stream: Arc<TcpStream>,
     decoder: Decoder,
     deflate: Option<Deflate>,
-    /// The payload of the latest ping not answered yet (RFC 6455 §5.5.3 lets a server answer
-    /// only the latest of several).
-    pong: Option<Box<[u8]>>,
 }
 
 /// What one read did.
@@ -133,7 +131,6 @@ impl WebSocket {
             stream: Arc::new(stream),
             decoder,
             deflate,
-            pong: None,
         }
     }
 
@@ -176,38 +173,9 @@ impl WebSocket {
         bytes: &mut [u8],
         on: &mut dyn FnMut(Message<'_>) -> ControlFlow<()>,
     ) -> Incoming {
-        let pong = &mut self.pong;
-        let mut with_pongs = |message: Message<'_>| {
-            if let Message::Ping(payload) = message {
-                *pong = Some(payload.into());
-            }
-            on(message)
-        };
-        match self.decoder.decode(bytes, &mut with_pongs) {
+        match self.decoder.decode(bytes, on) {
             Ok(_) => Incoming::Done,
             Err(err) => Incoming::Failed(err),
-        }
-    }
-
-    /// Whether a ping waits for its pong.
-    pub fn pong_due(&self) -> bool {
-        self.pong.is_some()
-    }
-
-    /// The pong frame answering the latest ping, if one is waiting.
-    pub fn take_pong(&mut self) -> Option<Bytes> {
-        let payload = self.pong.take()?;
-        Some(herald_ws::encode(OpCode::Pong, false, &payload))
-    }
-
-    /// Answers the latest ping, if one is waiting.
-    ///
-    /// # Errors
-    /// The socket's write error.
-    pub async fn send_pong(&mut self) -> io::Result<()> {
-        match self.take_pong() {
-            Some(pong) => write_all(&self.stream, &pong).await,
-            None => Ok(()),
         }
     }
 

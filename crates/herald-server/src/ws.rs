@@ -22,7 +22,7 @@ use herald_core::{
 };
 use herald_protocol::server_message;
 use herald_protocol::ClientMessage;
-use herald_ws::Message;
+use herald_ws::{Deflate, Message, OpCode};
 use tracing::Instrument;
 
 use crate::metrics::{self, AppMetrics, Limit};
@@ -348,10 +348,13 @@ async fn admit_socket(
     app.monitor().emit_with(|| MonitorEvent::ConnectionOpened {
         socket_id: socket_id.to_string(),
     });
-    let _ = outbox.push(Frame::new(server_message::connection_established(
-        socket_id,
-        shared.config.activity_timeout.as_secs(),
-    )));
+    // The echo mode sends nothing but echoes.
+    if !shared.config.websocket_echo {
+        let _ = outbox.push(Frame::new(server_message::connection_established(
+            socket_id,
+            shared.config.activity_timeout.as_secs(),
+        )));
+    }
     let mut session = Session::new(
         app.clone(),
         shared.broker.clone(),
@@ -409,26 +412,28 @@ fn connection_loop<'a>(
                         return reason;
                     }
                 }
-                Step::Pong => {
-                    let write = tokio::time::timeout(WRITE_TIMEOUT, socket.send_pong());
-                    let written = Box::pin(write).await;
-                    session.outbox().release();
-                    match written {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return DisconnectReason::Error,
-                        Err(_) => return DisconnectReason::SlowConsumer,
-                    }
-                }
                 Step::PeerClosed(code) => {
                     // Left on purpose: no replay is kept for it (issue 12).
                     session.closed_by_client_with(code);
-                    // The server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
-                    Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
+                    // What answers the messages before the close frame goes first; then the
+                    // server closes the TCP connection first (RFC 6455 §7.1.1): answer, then go.
+                    if Box::pin(write_queued(session, socket, &app_metrics))
+                        .await
+                        .is_ok()
+                    {
+                        Box::pin(socket.answer_close(code, WRITE_TIMEOUT)).await;
+                    }
                     return DisconnectReason::ClientClose;
                 }
                 Step::Fail(failure) => {
                     let max_frame_bytes = shared.config.limits.max_frame_bytes;
-                    Box::pin(fail(socket, failure, max_frame_bytes)).await;
+                    // What was complete before the broken frame is still answered.
+                    if Box::pin(write_queued(session, socket, &app_metrics))
+                        .await
+                        .is_ok()
+                    {
+                        Box::pin(fail(socket, failure, max_frame_bytes)).await;
+                    }
                     return match failure {
                         Failure::TooLarge => DisconnectReason::Limit,
                         Failure::Protocol | Failure::InvalidUtf8 => DisconnectReason::Error,
@@ -457,8 +462,6 @@ enum Step {
     Continue,
     /// The outbox has frames or a close request.
     Flush,
-    /// The client pinged: answer with a pong.
-    Pong,
     /// The client sent a close frame (with this code).
     PeerClosed(Option<u16>),
     /// The client broke the WebSocket protocol: fail the connection with a close frame.
@@ -511,8 +514,16 @@ fn on_readable(
     from: Read,
 ) -> Step {
     let mut step = Step::Continue;
+    let deflate = socket.deflate();
     let mut on = |message: Message<'_>| {
-        step = on_message(shared, session, app_metrics, message_budget, message);
+        step = on_message(
+            shared,
+            session,
+            app_metrics,
+            message_budget,
+            deflate,
+            message,
+        );
         match step {
             Step::Continue => ControlFlow::Continue(()),
             _ => ControlFlow::Break(()),
@@ -538,10 +549,7 @@ fn on_readable(
             });
         }
     }
-    match step {
-        Step::Continue if socket.pong_due() => Step::Pong,
-        step => step,
-    }
+    step
 }
 
 /// Handles one message from the client.
@@ -550,6 +558,7 @@ fn on_message(
     session: &mut Session,
     app_metrics: &AppMetrics,
     message_budget: &mut TokenBucket,
+    deflate: Option<Deflate>,
     message: Message<'_>,
 ) -> Step {
     // Pings and pongs count: pusher-js answers our pusher:ping, browsers answer WebSocket
@@ -569,6 +578,12 @@ fn on_message(
                 return Step::Continue;
             }
             tracing::debug!(target: "herald::frame", direction = "in", frame = %text);
+            if shared.config.websocket_echo {
+                let _ = session
+                    .outbox()
+                    .push(echo(OpCode::Text, text.as_bytes(), deflate));
+                return Step::Continue;
+            }
             match ClientMessage::parse(text) {
                 Ok(message) => {
                     let outcome = session.handle(message);
@@ -603,13 +618,55 @@ fn on_message(
             }
             Step::Continue
         }
+        Message::Binary(bytes) if shared.config.websocket_echo => {
+            let _ = session.outbox().push(echo(OpCode::Binary, bytes, deflate));
+            Step::Continue
+        }
         Message::Binary(_) => {
             session.refuse_message(&MessageError::Binary);
             Step::Continue
         }
-        Message::Ping(_) | Message::Pong(_) => Step::Continue,
+        // Queued, so the pong keeps its place among the answers to what came before and after
+        // the ping (a flood of pings that are not read back ends as a slow consumer).
+        Message::Ping(payload) => {
+            let pong = herald_ws::encode(OpCode::Pong, false, payload);
+            let _ = session
+                .outbox()
+                .push(Frame::prebuilt(Bytes::copy_from_slice(payload), pong));
+            Step::Continue
+        }
+        Message::Pong(_) => Step::Continue,
         Message::Close(close) => Step::PeerClosed(close.map(|(code, _)| code)),
     }
+}
+
+/// The echo mode's reply to a message (`websocket_echo`, for the Autobahn suite): the same
+/// opcode and payload, compressed when the socket negotiated permessage-deflate, with the window
+/// its client asked for. Every message is compressed, whatever its size: the Autobahn cases
+/// (12.x, 13.x) as kosoku runs them cannot check an uncompressed text echo. A window of 8 bits
+/// (zlib has none for raw DEFLATE) gets longer messages uncompressed, as herald's frames do.
+fn echo(opcode: OpCode, payload: &[u8], deflate: Option<Deflate>) -> Frame {
+    let wire = match deflate {
+        Some(d) if d.server_max_window_bits >= 9 || payload.len() <= d.max_compressed_message() => {
+            let packed = herald_ws::deflate::compress_always(payload, d.server_max_window_bits);
+            herald_ws::encode(opcode, true, &packed)
+        }
+        Some(_) | None => herald_ws::encode(opcode, false, payload),
+    };
+    Frame::prebuilt(Bytes::copy_from_slice(payload), wire)
+}
+
+/// Writes what the outbox holds, ignoring a close request: the connection is ending anyway.
+async fn write_queued(
+    session: &Session,
+    socket: &mut WebSocket,
+    app_metrics: &AppMetrics,
+) -> Result<(), DisconnectReason> {
+    let (remainder, batch, _) = session.outbox().take_all();
+    if remainder.is_none() && batch.is_empty() {
+        return Ok(());
+    }
+    write_batch(socket, remainder, batch, app_metrics).await
 }
 
 /// Writes what the outbox holds, then carries out its close request, if any. Returns why the
@@ -714,8 +771,11 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
             outboxes.extend(shared.node.outboxes());
         }
         let now = herald_core::outbox::clock_ms();
-        for outbox in outboxes.iter().skip(slice).step_by(SLICES) {
-            outbox.check_liveness(now, activity, pong);
+        // The echo mode sends nothing of its own: no pings.
+        if !shared.config.websocket_echo {
+            for outbox in outboxes.iter().skip(slice).step_by(SLICES) {
+                outbox.check_liveness(now, activity, pong);
+            }
         }
         slice = (slice + 1) % SLICES;
         if slice == 0 {

@@ -65,6 +65,15 @@ pub struct WireForms {
 }
 
 impl WireForms {
+    /// Forms fixed in advance: `frame` goes to every socket, whatever it negotiated. For a
+    /// message built for one socket (the echo mode's replies).
+    pub fn prebuilt(frame: Bytes) -> WireForms {
+        WireForms {
+            plain: OnceLock::from(frame),
+            compressed: OnceLock::from(None),
+        }
+    }
+
     /// The frame for a socket: compressed when it negotiated `deflate`, the message is within
     /// its window, and compressing pays; plain otherwise (RSV1 clear, which may be mixed freely
     /// with compressed frames).

@@ -107,6 +107,68 @@ async fn websocket_ping_gets_pong() {
     assert_eq!(msg, Message::Pong(b"hi".to_vec().into()));
 }
 
+/// The next frame, whatever it is; panics after [`WAIT`].
+async fn next_frame(client: &mut TestClient) -> Message {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, client.ws.next())
+        .await
+        .expect("timed out")
+        .expect("the stream ended")
+        .expect("a frame")
+}
+
+#[tokio::test]
+async fn pongs_keep_their_place_among_the_replies() {
+    let server = TestServer::default().await;
+    let mut client = server.client().await;
+    use futures_util::SinkExt;
+    // Sent together (one flush), so that the server reads them at once.
+    let ping = json!({"event": "pusher:ping", "data": {}}).to_string();
+    for message in [
+        Message::text(ping.clone()),
+        Message::Ping(b"between".to_vec().into()),
+        Message::text(ping),
+    ] {
+        client.ws.feed(message).await.unwrap();
+    }
+    client.ws.flush().await.unwrap();
+    let frames = [
+        next_frame(&mut client).await,
+        next_frame(&mut client).await,
+        next_frame(&mut client).await,
+    ];
+    assert!(
+        matches!(&frames[0], Message::Text(t) if t.contains("pusher:pong")),
+        "{frames:?}"
+    );
+    assert_eq!(frames[1], Message::Pong(b"between".to_vec().into()));
+    assert!(
+        matches!(&frames[2], Message::Text(t) if t.contains("pusher:pong")),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn replies_to_what_came_before_a_close_frame_are_sent_before_the_close() {
+    let server = TestServer::default().await;
+    let mut client = server.client().await;
+    use futures_util::SinkExt;
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": "news"}});
+    client
+        .ws
+        .feed(Message::text(subscribe.to_string()))
+        .await
+        .unwrap();
+    client.ws.feed(Message::Close(None)).await.unwrap();
+    client.ws.flush().await.unwrap();
+    let reply = next_frame(&mut client).await;
+    assert!(
+        matches!(&reply, Message::Text(t) if t.contains("pusher_internal:subscription_succeeded")),
+        "{reply:?}"
+    );
+    assert!(matches!(next_frame(&mut client).await, Message::Close(_)));
+}
+
 #[tokio::test]
 async fn silent_client_is_pinged_then_closed_with_4201() {
     let server = TestServer::start(|c| {
