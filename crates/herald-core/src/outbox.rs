@@ -208,6 +208,9 @@ pub enum Liveness {
     Alive,
     /// Silent for the activity timeout: a `pusher:ping` was queued.
     PingSent,
+    /// Not silent, but sent frames since its last ping at least [`CONFIRM_INTERVAL_MS`] ago: a
+    /// `pusher:ping` was queued, whose pong confirms what it received.
+    ConfirmSent,
     /// The ping went unanswered: the connection is closing with 4201.
     TimedOut,
     /// Already closing; nothing was done.
@@ -289,9 +292,16 @@ impl Outbox {
     }
 
     /// Pings a connection that has been silent for `activity`, and closes one that left a ping
-    /// unanswered for `pong` (4201), as the Pusher protocol asks of servers. A connection that
-    /// was sent frames is also pinged every [`CONFIRM_INTERVAL_MS`], to confirm what it received.
-    pub fn check_liveness(&self, now_ms: u64, activity: Duration, pong: Duration) -> Liveness {
+    /// unanswered for `pong` (4201), as the Pusher protocol asks of servers. When `may_confirm`,
+    /// a connection that was sent frames is also pinged every [`CONFIRM_INTERVAL_MS`], to
+    /// confirm what it received (the caller bounds how many such pings a node sends).
+    pub fn check_liveness(
+        &self,
+        now_ms: u64,
+        activity: Duration,
+        pong: Duration,
+        may_confirm: bool,
+    ) -> Liveness {
         let (closing, pushed) = {
             let state = self.0.state.lock();
             (state.close.is_some(), state.pushed)
@@ -319,9 +329,11 @@ impl Outbox {
             });
             return Liveness::TimedOut;
         }
-        let confirm = pushed != self.0.pushed_at_ping.load(Relaxed)
+        let silent = now_ms.saturating_sub(last_seen) >= millis(activity);
+        let confirm = may_confirm
+            && pushed != self.0.pushed_at_ping.load(Relaxed)
             && now_ms.saturating_sub(self.0.last_ping_ms.load(Relaxed)) >= CONFIRM_INTERVAL_MS;
-        if now_ms.saturating_sub(last_seen) < millis(activity) && !confirm {
+        if !silent && !confirm {
             return Liveness::Alive;
         }
         // Only one ping per silence, even if two sweeps ever overlapped.
@@ -337,7 +349,11 @@ impl Outbox {
         let _ = self.push(Frame::from_static(server_message::PING));
         let pushed = self.0.state.lock().pushed;
         self.0.pushed_at_ping.store(pushed, Relaxed);
-        Liveness::PingSent
+        if silent {
+            Liveness::PingSent
+        } else {
+            Liveness::ConfirmSent
+        }
     }
 
     /// The client answered our `pusher:ping` (pusher-js sends `pusher:pong` only in reply).
@@ -527,20 +543,20 @@ mod tests {
         let (activity, pong) = (Duration::from_secs(30), Duration::from_secs(10));
         let start = outbox.0.last_seen_ms.load(Relaxed);
         assert_eq!(
-            outbox.check_liveness(start + 29_999, activity, pong),
+            outbox.check_liveness(start + 29_999, activity, pong, true),
             Liveness::Alive
         );
         assert_eq!(
-            outbox.check_liveness(start + 30_000, activity, pong),
+            outbox.check_liveness(start + 30_000, activity, pong, true),
             Liveness::PingSent
         );
         assert_eq!(events(&outbox), ["pusher:ping"]);
         assert_eq!(
-            outbox.check_liveness(start + 39_999, activity, pong),
+            outbox.check_liveness(start + 39_999, activity, pong, true),
             Liveness::Alive
         );
         assert_eq!(
-            outbox.check_liveness(start + 40_000, activity, pong),
+            outbox.check_liveness(start + 40_000, activity, pong, true),
             Liveness::TimedOut
         );
         let (frames, close) = outbox.take();
@@ -549,7 +565,7 @@ mod tests {
         assert_eq!(close.code, CloseCode::PongNotReceived);
         assert_eq!(close.reason, DisconnectReason::PingTimeout);
         assert_eq!(
-            outbox.check_liveness(start + 90_000, activity, pong),
+            outbox.check_liveness(start + 90_000, activity, pong, true),
             Liveness::Closing
         );
     }
@@ -560,13 +576,13 @@ mod tests {
         let (activity, pong) = (Duration::from_secs(30), Duration::from_secs(10));
         let start = outbox.0.last_seen_ms.load(Relaxed);
         assert_eq!(
-            outbox.check_liveness(start + 30_000, activity, pong),
+            outbox.check_liveness(start + 30_000, activity, pong, true),
             Liveness::PingSent
         );
         // `touch` stored the new `last_seen` but not yet the cleared ping.
         outbox.0.last_seen_ms.store(start + 35_000, Relaxed);
         assert_eq!(
-            outbox.check_liveness(start + 40_000, activity, pong),
+            outbox.check_liveness(start + 40_000, activity, pong, true),
             Liveness::Alive
         );
         assert!(!outbox.is_closing());
@@ -578,12 +594,15 @@ mod tests {
         let (activity, pong) = (Duration::from_millis(1), Duration::from_secs(60));
         let later = clock_ms() + 10;
         assert_eq!(
-            outbox.check_liveness(later, activity, pong),
+            outbox.check_liveness(later, activity, pong, true),
             Liveness::PingSent
         );
         outbox.touch();
         let now = outbox.0.last_seen_ms.load(Relaxed);
-        assert_eq!(outbox.check_liveness(now, activity, pong), Liveness::Alive);
+        assert_eq!(
+            outbox.check_liveness(now, activity, pong, true),
+            Liveness::Alive
+        );
         assert_eq!(events(&outbox), ["pusher:ping"]);
     }
 
@@ -594,14 +613,19 @@ mod tests {
         let start = outbox.0.last_seen_ms.load(Relaxed);
         let later = start + CONFIRM_INTERVAL_MS;
         assert_eq!(
-            outbox.check_liveness(later, activity, pong),
+            outbox.check_liveness(later, activity, pong, true),
             Liveness::Alive,
             "nothing sent"
         );
         outbox.push(Frame::from_static(r#"{"event":"e"}"#)).unwrap();
         assert_eq!(
-            outbox.check_liveness(later, activity, pong),
-            Liveness::PingSent
+            outbox.check_liveness(later, activity, pong, false),
+            Liveness::Alive,
+            "the node's budget of confirmations is spent"
+        );
+        assert_eq!(
+            outbox.check_liveness(later, activity, pong, true),
+            Liveness::ConfirmSent
         );
         assert_eq!(
             events(&outbox).last().map(String::as_str),
@@ -614,7 +638,7 @@ mod tests {
         // Nothing sent since the ping: no other ping until the activity timeout.
         let again = later + CONFIRM_INTERVAL_MS;
         assert_eq!(
-            outbox.check_liveness(again, activity, pong),
+            outbox.check_liveness(again, activity, pong, true),
             Liveness::Alive
         );
     }
