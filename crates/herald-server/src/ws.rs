@@ -627,12 +627,17 @@ fn on_message(
             Step::Continue
         }
         // Queued, so the pong keeps its place among the answers to what came before and after
-        // the ping (a flood of pings that are not read back ends as a slow consumer).
+        // the ping. Pings spend the message budget: over it, a ping gets no pong, so a flood
+        // of them costs a read and nothing more.
         Message::Ping(payload) => {
-            let pong = herald_ws::encode(OpCode::Pong, false, payload);
-            let _ = session
-                .outbox()
-                .push(Frame::prebuilt(Bytes::copy_from_slice(payload), pong));
+            if message_budget.try_take(Instant::now()) {
+                let pong = herald_ws::encode(OpCode::Pong, false, payload);
+                let _ = session
+                    .outbox()
+                    .push(Frame::prebuilt(Bytes::copy_from_slice(payload), pong));
+            } else {
+                metrics::limit_rejected(Limit::MessageRate);
+            }
             Step::Continue
         }
         Message::Pong(_) => Step::Continue,

@@ -149,6 +149,35 @@ async fn pongs_keep_their_place_among_the_replies() {
 }
 
 #[tokio::test]
+async fn pings_spend_the_message_budget() {
+    let server = TestServer::start(|c| c.limits.max_messages_per_second = 3).await;
+    let mut client = server.client().await;
+    use futures_util::SinkExt;
+    for _ in 0..10 {
+        client
+            .ws
+            .feed(Message::Ping(b"p".to_vec().into()))
+            .await
+            .unwrap();
+    }
+    let ping = json!({"event": "pusher:ping", "data": {}}).to_string();
+    client.ws.feed(Message::text(ping)).await.unwrap();
+    client.ws.flush().await.unwrap();
+    // Three pongs (the budget's burst), no more; the message after the flood is over budget.
+    for _ in 0..3 {
+        assert_eq!(
+            next_frame(&mut client).await,
+            Message::Pong(b"p".to_vec().into())
+        );
+    }
+    let error = next_frame(&mut client).await;
+    assert!(
+        matches!(&error, Message::Text(t) if t.contains("pusher:error") && t.contains("4301")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn replies_to_what_came_before_a_close_frame_are_sent_before_the_close() {
     let server = TestServer::default().await;
     let mut client = server.client().await;
