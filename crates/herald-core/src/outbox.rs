@@ -71,7 +71,7 @@ impl Frame {
         }))
     }
 
-    /// The message's JSON text.
+    /// The message's JSON text (a [`Frame::prebuilt`]'s payload).
     pub fn text(&self) -> &Bytes {
         &self.0.text
     }
@@ -170,9 +170,10 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
     fn written(&self, frame: &Frame);
 }
 
-/// While frames flow, a connection is pinged at least this often, so that the pong confirms
-/// what the client received: after an abrupt loss, replay starts after the last confirmed
-/// event, and at most this long of events is sent twice (issue 12).
+/// While frames flow, a connection is pinged this often, so that the pong confirms what the
+/// client received: after an abrupt loss, replay starts after the last confirmed event, and
+/// about this long of events is sent twice (issue 12). A node bounds how many of these pings it
+/// sends a second (`herald-server`'s liveness sweep), so on a busy node it is longer.
 const CONFIRM_INTERVAL_MS: u64 = 5_000;
 
 #[derive(Debug)]
