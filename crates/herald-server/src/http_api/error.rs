@@ -60,6 +60,12 @@ pub enum ApiError {
     MissingField(&'static str),
     #[error("Event name must be 1 to {max} characters")]
     InvalidEventName { max: usize },
+    /// `pusher_internal:` names are the server's own protocol: pusher-js acts on them (a fake
+    /// `member_added` would add a presence member), so the API does not relay them.
+    #[error(
+        "Event name {0:?} is reserved: names starting with pusher_internal: are the protocol's own"
+    )]
+    ReservedEventName(String),
     #[error("Event data is {size} bytes; at most {max} are allowed")]
     EventDataTooLarge { size: usize, max: usize },
     #[error("'channels' must not be empty")]
@@ -99,6 +105,7 @@ impl ApiError {
             | ApiError::InvalidJson(_)
             | ApiError::MissingField(_)
             | ApiError::InvalidEventName { .. }
+            | ApiError::ReservedEventName(_)
             | ApiError::NoChannels
             | ApiError::TooManyChannels { .. }
             | ApiError::InvalidChannelName { .. }
@@ -226,6 +233,10 @@ mod tests {
             (
                 ApiError::InvalidEventName { max: 200 },
                 "400 Event name must be 1 to 200 characters",
+            ),
+            (
+                ApiError::ReservedEventName("pusher_internal:member_added".into()),
+                "400 Event name \"pusher_internal:member_added\" is reserved: names starting with pusher_internal: are the protocol's own",
             ),
             (
                 ApiError::EventDataTooLarge { size: 11, max: 10 },

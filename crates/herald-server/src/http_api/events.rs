@@ -172,6 +172,9 @@ fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, A
     if name.is_empty() || name.len() > max_name {
         return Err(ApiError::InvalidEventName { max: max_name });
     }
+    if name.starts_with("pusher_internal:") {
+        return Err(ApiError::ReservedEventName(name));
+    }
     let raw = body.data.ok_or(ApiError::MissingField("data"))?;
     // `data` is a string by the protocol; anything else is relayed as its JSON text.
     let data = serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned());
@@ -203,13 +206,9 @@ fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, A
         Some(s) => Some(SocketId::parse(&s).ok_or(ApiError::InvalidSocketId(s))?),
         None => None,
     };
+    // `user_count` is answered for the presence channels among them and left out for the others,
+    // as Pusher's own reply to a mixed publish shows.
     let info = Info::parse(body.info.as_deref())?;
-    if channels.iter().any(|c| c.kind() != ChannelKind::Presence) {
-        info.refuse(
-            InfoAttribute::UserCount,
-            "is only valid when every channel is a presence channel",
-        )?;
-    }
     info.refuse(
         InfoAttribute::Cache,
         "is not answered by a publish (use GET /channels/{name})",
@@ -260,7 +259,8 @@ fn info_response(app: &AppState, event: &Event) -> Map<String, Value> {
     for channel in &event.channels {
         let info = app.channel_info(channel);
         let mut attrs = Map::new();
-        if event.info.contains(InfoAttribute::UserCount) {
+        if event.info.contains(InfoAttribute::UserCount) && channel.kind() == ChannelKind::Presence
+        {
             attrs.insert("user_count".into(), json!(info.user_count.unwrap_or(0)));
         }
         if event.info.contains(InfoAttribute::SubscriptionCount) {

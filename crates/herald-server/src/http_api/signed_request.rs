@@ -248,13 +248,21 @@ fn verify(
 }
 
 /// The paths a client may have signed: as received, and with the configured prefix added or
-/// removed, since a reverse proxy may strip or add it between the SDK and herald.
+/// removed, since a reverse proxy may strip or add it between the SDK and herald. A path with
+/// percent-escapes is also tried decoded: the Node SDK signs
+/// `/apps/1/users/auth0|123/terminate_connections` and its HTTP client sends `auth0%7C123`.
 fn signed_paths<'a>(path: &'a str, prefix: &str) -> Vec<Cow<'a, str>> {
     let mut paths = vec![Cow::Borrowed(path)];
+    if let Ok(Cow::Owned(decoded)) = percent_encoding::percent_decode_str(path).decode_utf8() {
+        paths.push(Cow::Owned(decoded));
+    }
     if !prefix.is_empty() {
-        match path.strip_prefix(prefix) {
-            Some(stripped) if stripped.starts_with('/') => paths.push(Cow::Borrowed(stripped)),
-            _ => paths.push(Cow::Owned(format!("{prefix}{path}"))),
+        for i in 0..paths.len() {
+            let with_or_without = match paths[i].strip_prefix(prefix) {
+                Some(stripped) if stripped.starts_with('/') => stripped.to_owned(),
+                _ => format!("{prefix}{}", paths[i]),
+            };
+            paths.push(Cow::Owned(with_or_without));
         }
     }
     paths
@@ -274,6 +282,15 @@ mod tests {
         assert_eq!(
             signed_paths("/apps/1/events", "/ws"),
             vec!["/apps/1/events", "/ws/apps/1/events"]
+        );
+        assert_eq!(
+            signed_paths("/apps/1/users/a%7C1/terminate_connections", "/ws"),
+            vec![
+                "/apps/1/users/a%7C1/terminate_connections",
+                "/apps/1/users/a|1/terminate_connections",
+                "/ws/apps/1/users/a%7C1/terminate_connections",
+                "/ws/apps/1/users/a|1/terminate_connections",
+            ]
         );
     }
 

@@ -35,9 +35,18 @@ async fn trigger_info_reports_counts() {
         res,
         json!({"channels": {"presence-p": {"user_count": 1, "subscription_count": 1}}})
     );
-    let body = json!({"name": "e", "channel": "pub", "data": "d", "info": "user_count"});
+    // A mixed publish answers user_count for its presence channels only (Pusher's reply shape).
+    let body = json!({"name": "e", "channels": ["presence-p", "pub"], "data": "d",
+        "info": "subscription_count,user_count"});
     let (status, res) = server.api("POST", "/apps/1/events", &[], Some(&body)).await;
-    assert_eq!(status, 400, "{res}");
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(
+        res,
+        json!({"channels": {
+            "presence-p": {"user_count": 1, "subscription_count": 1},
+            "pub": {"subscription_count": 1},
+        }})
+    );
 }
 
 #[tokio::test]
@@ -557,6 +566,21 @@ async fn every_api_refusal_is_json_naming_the_problem() {
             .await,
         400,
         "info=cache",
+    );
+    check(
+        server
+            .api(
+                "POST",
+                "/apps/1/events",
+                &[],
+                Some(
+                    &json!({"name": "pusher_internal:member_added", "channel": "presence-c",
+                    "data": "{\"user_id\":\"fake\",\"user_info\":{}}"}),
+                ),
+            )
+            .await,
+        400,
+        "is reserved",
     );
     let batch: Vec<serde_json::Value> = (0..11)
         .map(|_| json!({"name": "e", "channel": "c", "data": "d"}))

@@ -217,6 +217,12 @@ describe('user sign-in, server-to-user, watchlist, terminate', () => {
     assert.equal(keep.connection.state, 'connected');
   });
 
+  test('terminateUserConnections accepts a user id its HTTP client percent-encodes (auth0|…)', async () => {
+    // The SDK signs the path with `auth0|…`; the request carries `auth0%7C…`.
+    const res = await sdk.terminateUserConnections(uniq('auth0|'));
+    assert.equal(res.status, 200);
+  });
+
   test('terminate does not touch presence-only identities (not signed in)', async () => {
     const id = uniq('presence-only-');
     const name = uniq('presence-term-');
