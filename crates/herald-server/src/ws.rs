@@ -537,19 +537,38 @@ fn on_readable(
         Incoming::Done => {}
         // The peer hung up without a close frame: there is nobody to tell.
         Incoming::Gone => return Step::End(DisconnectReason::Error),
-        Incoming::Failed(err) => {
-            tracing::debug!(?err, "websocket protocol error");
-            return Step::Fail(match err {
-                ProtocolError::TooLarge => {
-                    metrics::limit_rejected(Limit::FrameSize);
-                    Failure::TooLarge
-                }
-                ProtocolError::Protocol(_) => Failure::Protocol,
-                ProtocolError::InvalidUtf8 => Failure::InvalidUtf8,
-            });
-        }
+        Incoming::Failed(err) => return failed(err),
     }
     step
+}
+
+/// The step for a protocol violation: the connection is failed with its close code.
+fn failed(err: ProtocolError) -> Step {
+    tracing::debug!(?err, "websocket protocol error");
+    Step::Fail(match err {
+        ProtocolError::TooLarge => {
+            metrics::limit_rejected(Limit::FrameSize);
+            Failure::TooLarge
+        }
+        ProtocolError::Protocol(_) => Failure::Protocol,
+        ProtocolError::InvalidUtf8 => Failure::InvalidUtf8,
+    })
+}
+
+/// Spends one message from the connection's budget (`limits.max_messages_per_second`); over
+/// it, the message is refused with a 4301 and goes no further.
+fn spend_budget(session: &mut Session, message_budget: &mut TokenBucket) -> bool {
+    if message_budget.try_take(Instant::now()) {
+        return true;
+    }
+    metrics::limit_rejected(Limit::MessageRate);
+    limit_hit(
+        session.app(),
+        Some(session.socket_id()),
+        "max_messages_per_second",
+    );
+    session.refuse_message(&MessageError::TooManyMessages);
+    false
 }
 
 /// Handles one message from the client.
@@ -566,17 +585,74 @@ fn on_message(
     session.outbox().touch();
     match message {
         Message::Text(text) => {
-            app_metrics.message_received(text.len());
-            if !message_budget.try_take(Instant::now()) {
-                metrics::limit_rejected(Limit::MessageRate);
-                limit_hit(
-                    session.app(),
-                    Some(session.socket_id()),
-                    "max_messages_per_second",
-                );
-                session.refuse_message(&MessageError::TooManyMessages);
+            if !spend_budget(session, message_budget) {
+                app_metrics.message_received(text.len());
                 return Step::Continue;
             }
+            on_data(shared, session, app_metrics, deflate, Message::Text(text))
+        }
+        Message::Binary(bytes) => {
+            if !spend_budget(session, message_budget) {
+                app_metrics.message_received(bytes.len());
+                return Step::Continue;
+            }
+            on_data(
+                shared,
+                session,
+                app_metrics,
+                deflate,
+                Message::Binary(bytes),
+            )
+        }
+        // The budget is spent before inflating: a refused message costs no inflation.
+        Message::Compressed(compressed) => {
+            if !spend_budget(session, message_budget) {
+                app_metrics.message_received(compressed.wire_len());
+                return Step::Continue;
+            }
+            let inflated = match compressed.inflate() {
+                Ok(inflated) => inflated,
+                Err(err) => return failed(err),
+            };
+            match inflated.message() {
+                Ok(message) => on_data(shared, session, app_metrics, deflate, message),
+                Err(err) => failed(err),
+            }
+        }
+        // Queued, so the pong keeps its place among the answers to what came before and after
+        // the ping. Pings spend the message budget: over it, a ping gets no pong, so a flood
+        // of them costs a read and nothing more.
+        Message::Ping(payload) => {
+            if message_budget.try_take(Instant::now()) {
+                let pong = herald_ws::encode(OpCode::Pong, false, payload);
+                let _ = session
+                    .outbox()
+                    .push(Frame::prebuilt(Bytes::copy_from_slice(payload), pong));
+            } else {
+                metrics::limit_rejected(Limit::MessageRate);
+            }
+            Step::Continue
+        }
+        Message::Pong(_) => Step::Continue,
+        Message::Close(close) => Step::PeerClosed(close.map(|(code, _)| code)),
+    }
+}
+
+/// Handles a text or binary message that the budget admitted, inflated if it came compressed.
+fn on_data(
+    shared: &Shared,
+    session: &mut Session,
+    app_metrics: &AppMetrics,
+    deflate: Option<Deflate>,
+    message: Message<'_>,
+) -> Step {
+    match message {
+        Message::Text(text) => app_metrics.message_received(text.len()),
+        Message::Binary(bytes) => app_metrics.message_received(bytes.len()),
+        _ => {}
+    }
+    match message {
+        Message::Text(text) => {
             tracing::debug!(target: "herald::frame", direction = "in", frame = %text);
             if shared.config.websocket_echo {
                 let _ = session
@@ -626,22 +702,10 @@ fn on_message(
             session.refuse_message(&MessageError::Binary);
             Step::Continue
         }
-        // Queued, so the pong keeps its place among the answers to what came before and after
-        // the ping. Pings spend the message budget: over it, a ping gets no pong, so a flood
-        // of them costs a read and nothing more.
-        Message::Ping(payload) => {
-            if message_budget.try_take(Instant::now()) {
-                let pong = herald_ws::encode(OpCode::Pong, false, payload);
-                let _ = session
-                    .outbox()
-                    .push(Frame::prebuilt(Bytes::copy_from_slice(payload), pong));
-            } else {
-                metrics::limit_rejected(Limit::MessageRate);
-            }
+        // Only data reaches here (see `on_message`).
+        Message::Compressed(_) | Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {
             Step::Continue
         }
-        Message::Pong(_) => Step::Continue,
-        Message::Close(close) => Step::PeerClosed(close.map(|(code, _)| code)),
     }
 }
 

@@ -15,10 +15,68 @@ use crate::frame::MAX_CONTROL_PAYLOAD;
 pub enum Message<'a> {
     Text(&'a str),
     Binary(&'a [u8]),
+    /// A text or binary message that came compressed (permessage-deflate), not yet inflated:
+    /// the reader decides whether it is worth the work, so a client over its message budget is
+    /// refused without inflating and a flood of small bombs costs what its bytes cost.
+    Compressed(Compressed<'a>),
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     /// A close frame: its code and reason, `None` when it had no payload.
     Close(Option<(u16, &'a str)>),
+}
+
+/// A compressed message as it came: [`Compressed::inflate`] does the work, bounded by the
+/// decoder's message limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Compressed<'a> {
+    text: bool,
+    payload: &'a [u8],
+    max: usize,
+}
+
+impl Compressed<'_> {
+    /// The compressed size, as it came on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Inflates the message; no more than the message limit plus one byte is ever allocated.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] past the limit (a decompression bomb), [`Error::Protocol`] for data
+    /// that is not DEFLATE.
+    pub fn inflate(&self) -> Result<Inflated, Error> {
+        let bytes = deflate::inflate(self.payload, self.max).map_err(|err| match err {
+            InflateError::TooLarge => Error::TooLarge,
+            InflateError::Invalid => Error::Protocol("Invalid compressed data"),
+        })?;
+        Ok(Inflated {
+            text: self.text,
+            bytes,
+        })
+    }
+}
+
+/// An inflated message.
+#[derive(Debug)]
+pub struct Inflated {
+    text: bool,
+    bytes: Vec<u8>,
+}
+
+impl Inflated {
+    /// The message as [`Message::Text`] or [`Message::Binary`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidUtf8`] for a text message that is not UTF-8.
+    pub fn message(&self) -> Result<Message<'_>, Error> {
+        if self.text {
+            let text = std::str::from_utf8(&self.bytes).map_err(|_| Error::InvalidUtf8)?;
+            Ok(Message::Text(text))
+        } else {
+            Ok(Message::Binary(&self.bytes))
+        }
+    }
 }
 
 /// How the client broke the protocol; each maps to its RFC 6455 §7.4.1 close code.
@@ -288,8 +346,9 @@ impl Decoder {
             OP_CLOSE => Ok(on(Message::Close(parse_close(payload)?))),
             OP_TEXT | OP_BINARY if header.fin => {
                 if header.rsv1 {
-                    let inflated = self.inflate(payload)?;
-                    deliver(header.opcode, &inflated, on)
+                    Ok(on(Message::Compressed(
+                        self.compressed(header.opcode, payload),
+                    )))
                 } else {
                     deliver(header.opcode, payload, on)
                 }
@@ -311,8 +370,7 @@ impl Decoder {
                 let message = std::mem::take(&mut pending.message);
                 let opcode = std::mem::replace(&mut pending.message_op, 0);
                 if std::mem::replace(&mut pending.compressed, false) {
-                    let inflated = self.inflate(&message)?;
-                    deliver(opcode, &inflated, on)
+                    Ok(on(Message::Compressed(self.compressed(opcode, &message))))
                 } else {
                     deliver(opcode, &message, on)
                 }
@@ -320,11 +378,12 @@ impl Decoder {
         }
     }
 
-    fn inflate(&self, compressed: &[u8]) -> Result<Vec<u8>, Error> {
-        deflate::inflate(compressed, self.max()).map_err(|err| match err {
-            InflateError::TooLarge => Error::TooLarge,
-            InflateError::Invalid => Error::Protocol("Invalid compressed data"),
-        })
+    fn compressed<'a>(&self, opcode: u8, payload: &'a [u8]) -> Compressed<'a> {
+        Compressed {
+            text: opcode == OP_TEXT,
+            payload,
+            max: self.max(),
+        }
     }
 }
 
@@ -431,22 +490,37 @@ mod tests {
         Close(Option<(u16, String)>),
     }
 
+    /// Decodes `bytes` fed `chunk` bytes at a time, inflating what came compressed.
     fn feed(decoder: &mut Decoder, bytes: &[u8], chunk: usize) -> Result<Vec<Got>, Error> {
-        let mut got = Vec::new();
+        fn got(m: Message<'_>) -> Result<Got, Error> {
+            Ok(match m {
+                Message::Text(t) => Got::Text(t.to_owned()),
+                Message::Binary(b) => Got::Binary(b.to_vec()),
+                Message::Compressed(c) => return got(c.inflate()?.message()?),
+                Message::Ping(b) => Got::Ping(b.to_vec()),
+                Message::Pong(b) => Got::Pong(b.to_vec()),
+                Message::Close(c) => Got::Close(c.map(|(c, r)| (c, r.to_owned()))),
+            })
+        }
+        let mut all = Vec::new();
+        let mut failed = None;
         for piece in bytes.chunks(chunk.max(1)) {
             let mut piece = piece.to_vec();
-            let _ = decoder.decode(&mut piece, &mut |m| {
-                got.push(match m {
-                    Message::Text(t) => Got::Text(t.to_owned()),
-                    Message::Binary(b) => Got::Binary(b.to_vec()),
-                    Message::Ping(b) => Got::Ping(b.to_vec()),
-                    Message::Pong(b) => Got::Pong(b.to_vec()),
-                    Message::Close(c) => Got::Close(c.map(|(c, r)| (c, r.to_owned()))),
-                });
-                ControlFlow::Continue(())
+            let _ = decoder.decode(&mut piece, &mut |m| match got(m) {
+                Ok(g) => {
+                    all.push(g);
+                    ControlFlow::Continue(())
+                }
+                Err(err) => {
+                    failed = Some(err);
+                    ControlFlow::Break(())
+                }
             })?;
+            if let Some(err) = failed {
+                return Err(err);
+            }
         }
-        Ok(got)
+        Ok(all)
     }
 
     #[test]

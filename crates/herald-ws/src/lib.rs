@@ -10,6 +10,6 @@ pub mod deflate;
 pub mod frame;
 pub mod handshake;
 
-pub use decoder::{Decoder, Error, Message};
+pub use decoder::{Compressed, Decoder, Error, Inflated, Message};
 pub use frame::{close_frame, encode, OpCode, WireForms};
 pub use handshake::{accept_key, negotiate_deflate, Deflate};

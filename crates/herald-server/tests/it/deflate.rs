@@ -356,3 +356,32 @@ async fn hostile_compressed_frames_are_closed_with_their_codes() {
     assert_eq!(ws.expect_close().await, 1007, "compressed invalid UTF-8");
     canary_check(&server, &mut canary, 6).await;
 }
+
+#[tokio::test]
+async fn compressed_messages_over_the_budget_are_refused_without_inflating() {
+    let server = TestServer::start(|c| c.limits.max_messages_per_second = 3).await;
+    let mut ws = Ws::pusher(server.addr, CHROMIUM).await;
+    let ping = json!({"event": "pusher:ping", "data": {}});
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        let packed = compress_always(ping.to_string().as_bytes(), 15);
+        burst.extend(frame(1, true, &packed));
+    }
+    // Inflated, this one would close the connection with 1009; over the budget it is never
+    // inflated, only refused.
+    burst.extend(frame(1, true, &compress_always(&vec![b' '; 1 << 20], 15)));
+    ws.send(&burst).await;
+    for _ in 0..3 {
+        assert_eq!(ws.expect_text().await["event"], "pusher:pong");
+    }
+    let refused = ws.expect_text().await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(refused["data"]["code"], 4301, "{refused}");
+    // Still open: the next message within the budget is answered.
+    ws.send_json(&ping, true).await;
+    let (reply, _) = ws.next_text().await;
+    assert!(
+        reply["event"] == "pusher:pong" || reply["data"]["code"] == 4301,
+        "{reply}"
+    );
+}
