@@ -177,7 +177,7 @@ impl Refusal {
             ),
             Refusal::NoKey => (
                 StatusCode::BAD_REQUEST,
-                "Missing Sec-WebSocket-Key header",
+                "Missing or malformed Sec-WebSocket-Key header (one, the base64 of 16 bytes)",
                 None,
             ),
         }
@@ -206,16 +206,26 @@ fn check_handshake(req: &Request<Body>) -> Result<HeaderValue, Refusal> {
     if !is_upgrade(headers) {
         return Err(Refusal::NotUpgrade);
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != WEBSOCKET_VERSION)
-    {
-        return Err(Refusal::WebSocketVersion);
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(version), None) if version == WEBSOCKET_VERSION => {}
+        _ => return Err(Refusal::WebSocketVersion),
     }
-    match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if !key.is_empty() => Ok(key.clone()),
+    // RFC 6455 §4.2.1: one key, the base64 of 16 bytes.
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if is_websocket_key(key.as_bytes()) => Ok(key.clone()),
         _ => Err(Refusal::NoKey),
     }
+}
+
+/// Whether `key` is 16 bytes in base64: 22 base64 digits and `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// Decides, before the upgrade completes, whether this socket may join the app.

@@ -120,16 +120,23 @@ fn window_bits(value: &str) -> Option<u8> {
     value.parse().ok().filter(|bits| (8..=15).contains(bits))
 }
 
-/// Safari 15.0–15.3 (macOS and iOS): `Version/15.N ... Safari/`, N at most 3, not a Chromium.
+/// WebKit 15.0–15.3: Safari (`Version/15.N ... Safari/`, not a Chromium), and every browser and
+/// web view on iOS 15.0–15.3 (`iPhone OS 15_N` or `CPU OS 15_N`), which all run Safari's WebKit.
 fn ignores_client_no_context_takeover(user_agent: &str) -> bool {
-    if !user_agent.contains("Safari/") || user_agent.contains("Chrome/") {
-        return false;
-    }
-    let Some((_, after)) = user_agent.split_once("Version/15.") else {
-        return false;
+    let minor_at_most_3 = |after: &str| {
+        let minor: String = after.chars().take_while(char::is_ascii_digit).collect();
+        minor.parse::<u32>().is_ok_and(|m| m <= 3)
     };
-    let minor: String = after.chars().take_while(char::is_ascii_digit).collect();
-    minor.parse::<u32>().is_ok_and(|m| m <= 3)
+    let ios = ["iPhone OS 15_", "CPU OS 15_"]
+        .iter()
+        .filter_map(|marker| user_agent.split_once(marker))
+        .any(|(_, after)| minor_at_most_3(after));
+    let safari = user_agent.contains("Safari/")
+        && !user_agent.contains("Chrome/")
+        && user_agent
+            .split_once("Version/15.")
+            .is_some_and(|(_, after)| minor_at_most_3(after));
+    ios || safari
 }
 
 #[cfg(test)]
@@ -192,5 +199,12 @@ mod tests {
         assert_eq!(negotiate_deflate(offer, Some(safari_15_2)), None);
         assert!(negotiate_deflate(offer, Some(&safari_15_4)).is_some());
         assert!(negotiate_deflate(offer, Some(chrome)).is_some());
+        // Other iOS 15.0–15.3 browsers and web views run the same WebKit.
+        let ios_chrome = "Mozilla/5.0 (iPhone; CPU iPhone OS 15_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/98.0.4758.85 Mobile/15E148 Safari/604.1";
+        let ipad_webview = "Mozilla/5.0 (iPad; CPU OS 15_3_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
+        let ios_15_4 = ios_chrome.replace("15_2", "15_4");
+        assert_eq!(negotiate_deflate(offer, Some(ios_chrome)), None);
+        assert_eq!(negotiate_deflate(offer, Some(ipad_webview)), None);
+        assert!(negotiate_deflate(offer, Some(&ios_15_4)).is_some());
     }
 }

@@ -463,6 +463,24 @@ fn head_cases() -> Vec<(&'static str, Vec<u8>, HeadAnswer)> {
             HeadAnswer::Json(400),
         ),
         (
+            "a Sec-WebSocket-Key that is not 16 bytes in base64",
+            upgrade_head("GET /app/app-key?protocol=7 HTTP/1.1", "Sec-WebSocket-Key")
+                .replace_head("Sec-WebSocket-Key: abc\r\n"),
+            HeadAnswer::Json(400),
+        ),
+        (
+            "two Sec-WebSocket-Key headers",
+            upgrade_head("GET /app/app-key?protocol=7 HTTP/1.1", "")
+                .replace_head("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"),
+            HeadAnswer::Json(400),
+        ),
+        (
+            "Sec-WebSocket-Version given twice",
+            upgrade_head("GET /app/app-key?protocol=7 HTTP/1.1", "")
+                .replace_head("Sec-WebSocket-Version: 8\r\n"),
+            HeadAnswer::JsonWith(426, "sec-websocket-version", "13"),
+        ),
+        (
             "no Upgrade header",
             upgrade_head("GET /app/app-key?protocol=7 HTTP/1.1", "Upgrade"),
             HeadAnswer::Json(400),
