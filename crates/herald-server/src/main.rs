@@ -128,7 +128,11 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log write that fails (the collector behind the pipe died) is dropped. Reporting it
+        // would `eprintln!` to the same dead pipe and panic the task that logged: a signal
+        // handler that panics never starts the drain.
+        .log_internal_errors(false);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -30,8 +30,8 @@ pub fn spawn_signal_handler(shared: &Shared, token: CancellationToken) {
         tokio::select! {
             () = async {
                 wait_for_signal().await;
-                tracing::info!("shutdown signal received: draining");
                 token.cancel();
+                tracing::info!("shutdown signal received: draining");
                 wait_for_signal().await;
                 tracing::warn!("second shutdown signal: exiting now");
                 std::process::exit(1);

@@ -75,6 +75,30 @@ async fn sigterm_drains_in_paced_batches_and_exits_zero() {
     assert!(signalled.elapsed() < Duration::from_secs(6) + Duration::from_millis(500));
 }
 
+#[tokio::test]
+async fn sigterm_drains_when_the_log_reader_is_gone() {
+    let mut process = Process::start(
+        "[drain]\ndelay = \"0s\"\nwindow = \"0s\"\ndeadline = \"2s\"\n",
+        &[],
+    )
+    .await;
+    let mut client = process.client().await;
+    client.subscribe("news").await;
+    process.close_log().await;
+    let pid = process.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(client.expect_close().await, Closed::Code(4200));
+    let status = tokio::time::timeout(Duration::from_secs(10), process.child.wait())
+        .await
+        .expect("no exit after SIGTERM with the log pipe closed")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// Just enough of `TestServer` to talk to a server in another process.
 struct RemoteServer {
     addr: String,

@@ -448,6 +448,8 @@ pub struct Process {
     /// `host:port` it listens on, read from its start-up log line.
     pub addr: String,
     dir: std::path::PathBuf,
+    /// Reads the log after start-up; aborting it closes the log pipe.
+    log_reader: tokio::task::JoinHandle<()>,
 }
 
 impl Process {
@@ -490,8 +492,21 @@ impl Process {
         })
         .await
         .expect("herald did not start");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { child, addr, dir }
+        let log_reader =
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process {
+            child,
+            addr,
+            dir,
+            log_reader,
+        }
+    }
+
+    /// Stops reading the log and closes the pipe's read end, as a log collector that died
+    /// would: the process's next log write fails.
+    pub async fn close_log(&mut self) {
+        self.log_reader.abort();
+        let _ = (&mut self.log_reader).await;
     }
 
     /// A client after `connection_established`.
