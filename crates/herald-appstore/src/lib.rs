@@ -25,7 +25,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use herald_core::{App, AppStore, AppStoreError, AppStoreFuture, AppStoreResult};
+use herald_core::{App, AppChange, AppStore, AppStoreError, AppStoreFuture, AppStoreResult};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Row};
@@ -266,7 +266,7 @@ impl SqlAppStore {
     /// One change (the insert, update or delete), the version bump and, on Postgres, the
     /// `NOTIFY`, in one transaction. `NotFound` when the app to change does not exist.
     async fn write(&self, op: Write<'_>) -> AppStoreResult<()> {
-        if let Write::Create(app) | Write::Update(app) = op {
+        if let Write::Create(app) = op {
             // The admin API validates first; this keeps rows that no node could load out.
             validate(app).map_err(AppStoreError::Conflict)?;
         }
@@ -287,29 +287,6 @@ impl SqlAppStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected(),
-                Write::Update(app) => {
-                    let exists =
-                        sqlx::query(&d.sql("SELECT id FROM herald_apps WHERE id = ? FOR UPDATE"))
-                            .bind(app.id.as_str())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if exists.is_none() {
-                        0
-                    } else {
-                        sqlx::query(&d.sql(&format!(
-                            "UPDATE herald_apps SET app_key = ?, secret = ?, settings = ?, \
-                             updated_at = {} WHERE id = ?",
-                            d.now()
-                        )))
-                        .bind(app.key.as_str())
-                        .bind(app.secret.expose())
-                        .bind(settings_json(app))
-                        .bind(app.id.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                        1
-                    }
-                }
                 Write::Delete(id) => sqlx::query(&d.sql("DELETE FROM herald_apps WHERE id = ?"))
                     .bind(id)
                     .execute(&mut *tx)
@@ -319,12 +296,7 @@ impl SqlAppStore {
             if touched == 0 {
                 return Ok(false);
             }
-            sqlx::query("UPDATE herald_apps_version SET version = version + 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            if let Some(notify) = d.notify() {
-                sqlx::query(&notify).execute(&mut *tx).await?;
-            }
+            announce(&mut tx, d).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -337,10 +309,69 @@ impl SqlAppStore {
         }
     }
 
+    /// [`AppStore::update`]: the row is read `FOR UPDATE`, so a concurrent change of the same
+    /// app waits for this transaction and then sees what it wrote.
+    async fn update_app(&self, id: &str, change: AppChange) -> AppStoreResult<App> {
+        self.migrate().await?;
+        let d = self.dialect;
+        let mut change = Some(change);
+        let res = bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query(&d.sql(
+                "SELECT id, app_key, secret, settings FROM herald_apps WHERE id = ? FOR UPDATE",
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Err(AppStoreError::NotFound(id.to_owned())));
+            };
+            let current = match decode_row(&row) {
+                Ok(decoded) => decoded.app,
+                Err(why) => {
+                    return Ok(Err(AppStoreError::Invalid(format!(
+                        "the stored app is not valid ({why}); fix or delete its row"
+                    ))))
+                }
+            };
+            let change = change.take().expect("the change runs once");
+            let app = match change(current).and_then(|app| {
+                validate(&app).map_err(AppStoreError::Invalid)?;
+                Ok(app)
+            }) {
+                Ok(app) if app.id == id => app,
+                Ok(_) => return Ok(Err(AppStoreError::Invalid("the id cannot change".into()))),
+                Err(err) => return Ok(Err(err)),
+            };
+            sqlx::query(&d.sql(&format!(
+                "UPDATE herald_apps SET app_key = ?, secret = ?, settings = ?, updated_at = {} \
+                 WHERE id = ?",
+                d.now()
+            )))
+            .bind(app.key.as_str())
+            .bind(app.secret.expose())
+            .bind(settings_json(&app))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            announce(&mut tx, d).await?;
+            tx.commit().await?;
+            Ok(Ok(app))
+        })
+        .await;
+        match res {
+            Ok(done) => done,
+            Err(AppStoreError::Conflict(_)) => Err(AppStoreError::Conflict(
+                "the key is another app's".to_owned(),
+            )),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Names what a unique violation was about: the id or the key.
     async fn conflict(&self, op: Write<'_>) -> AppStoreError {
         let (id, key) = match op {
-            Write::Create(app) | Write::Update(app) => (app.id.as_str(), app.key.as_str()),
+            Write::Create(app) => (app.id.as_str(), app.key.as_str()),
             Write::Delete(id) => (id, ""),
         };
         let id_taken = matches!(op, Write::Create(_))
@@ -431,14 +462,28 @@ impl SqlAppStore {
 #[derive(Clone, Copy)]
 enum Write<'a> {
     Create(&'a App),
-    Update(&'a App),
     Delete(&'a str),
+}
+
+/// Bumps the version row and, on Postgres, sends the `NOTIFY`: inside the change's transaction,
+/// so other nodes hear of a change only once it is committed.
+async fn announce(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    d: dialect::Dialect,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE herald_apps_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    if let Some(notify) = d.notify() {
+        sqlx::query(&notify).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 impl Write<'_> {
     fn id(&self) -> &str {
         match self {
-            Write::Create(app) | Write::Update(app) => &app.id,
+            Write::Create(app) => &app.id,
             Write::Delete(id) => id,
         }
     }
@@ -500,8 +545,8 @@ impl AppStore for SqlAppStore {
         Box::pin(async move { self.write(Write::Create(&app)).await })
     }
 
-    fn update(&self, app: App) -> AppStoreFuture<'_, ()> {
-        Box::pin(async move { self.write(Write::Update(&app)).await })
+    fn update<'a>(&'a self, id: &'a str, change: AppChange) -> AppStoreFuture<'a, App> {
+        Box::pin(self.update_app(id, change))
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> AppStoreFuture<'a, ()> {

@@ -25,6 +25,8 @@ pub enum AppStoreError {
     Conflict(String),
     /// The backend is unreachable or answered something unexpected; the text says how.
     Unavailable(String),
+    /// A change that would make the app invalid (the text says why): the admin API answers 400.
+    Invalid(String),
 }
 
 impl fmt::Display for AppStoreError {
@@ -36,7 +38,7 @@ impl fmt::Display for AppStoreError {
                  (set app_store.url to keep apps in a database)"
             ),
             AppStoreError::NotFound(id) => write!(f, "no app with id {id:?}"),
-            AppStoreError::Conflict(what) => write!(f, "{what}"),
+            AppStoreError::Conflict(what) | AppStoreError::Invalid(what) => write!(f, "{what}"),
             AppStoreError::Unavailable(why) => write!(f, "app store unavailable: {why}"),
         }
     }
@@ -48,6 +50,9 @@ pub type AppStoreResult<T> = Result<T, AppStoreError>;
 
 /// What every store method returns: a boxed future, so the trait can be used as `dyn`.
 pub type AppStoreFuture<'a, T> = Pin<Box<dyn Future<Output = AppStoreResult<T>> + Send + 'a>>;
+
+/// A change to one app, for [`AppStore::update`]: the app as stored now in, the app to store out.
+pub type AppChange = Box<dyn FnOnce(App) -> AppStoreResult<App> + Send>;
 
 /// Where apps are kept. Every method is one atomic change in the store.
 pub trait AppStore: Send + Sync + fmt::Debug {
@@ -63,9 +68,12 @@ pub trait AppStore: Send + Sync + fmt::Debug {
     /// Adds an app. `Conflict` when its id or key exists.
     fn create(&self, app: App) -> AppStoreFuture<'_, ()>;
 
-    /// Replaces the app with the same id. `NotFound` when there is none, `Conflict` when its key
-    /// is another app's.
-    fn update(&self, app: App) -> AppStoreFuture<'_, ()>;
+    /// Changes the app with this id in one atomic step: `change` gets the app as the store holds
+    /// it now, with other changes to it held off until this one is written (two concurrent
+    /// changes of different settings both stay), and returns the app to write, which this
+    /// returns. `NotFound` when there is none, `Conflict` when the new key is another app's,
+    /// `change`'s own error (`Invalid`) when it refuses.
+    fn update<'a>(&'a self, id: &'a str, change: AppChange) -> AppStoreFuture<'a, App>;
 
     /// Removes an app. `NotFound` when there is none.
     fn delete<'a>(&'a self, id: &'a str) -> AppStoreFuture<'a, ()>;

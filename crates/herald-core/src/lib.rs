@@ -24,7 +24,7 @@ mod watchlist;
 pub mod webhook_store;
 
 pub use app::{App, AppSecret, NodeLimits, WebhookTarget};
-pub use app_store::{AppStore, AppStoreError, AppStoreFuture, AppStoreResult};
+pub use app_store::{AppChange, AppStore, AppStoreError, AppStoreFuture, AppStoreResult};
 pub use broker::{Acceptance, Announcement, Broker, Envelope, MemoryBroker, Unavailable};
 pub use error::{
     ChannelDataError, ClientEventError, ConnectionError, MessageError, SigninError, SubscribeError,

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_core::{App, AppStore, AppStoreError, AppStoreFuture, AppStoreResult, AppsChanged};
+use herald_core::{
+    App, AppChange, AppStore, AppStoreError, AppStoreFuture, AppStoreResult, AppsChanged,
+};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -173,13 +175,20 @@ impl Apps {
         self.sync(shared).await
     }
 
-    /// Replaces an app in the store and applies it on this node.
+    /// Changes an app in the store atomically ([`AppStore::update`]) and applies it on this
+    /// node; returns the app as written.
     ///
     /// # Errors
-    /// `ReadOnly`, `NotFound`, `Conflict`, `Unavailable`; nothing changed.
-    pub async fn update(&self, shared: &Shared, app: App) -> AppStoreResult<AppsChanged> {
-        self.store.update(app).await?;
-        self.sync(shared).await
+    /// `ReadOnly`, `NotFound`, `Conflict`, `Invalid`, `Unavailable`; nothing changed.
+    pub async fn update(
+        &self,
+        shared: &Shared,
+        id: &str,
+        change: AppChange,
+    ) -> AppStoreResult<App> {
+        let app = self.store.update(id, change).await?;
+        self.sync(shared).await?;
+        Ok(app)
     }
 
     /// Removes an app from the store and from this node (its sockets close with 4003).
@@ -336,7 +345,7 @@ impl AppStore for FileStore {
         Box::pin(async { Err(AppStoreError::ReadOnly) })
     }
 
-    fn update(&self, _app: App) -> AppStoreFuture<'_, ()> {
+    fn update<'a>(&'a self, _id: &'a str, _change: AppChange) -> AppStoreFuture<'a, App> {
         Box::pin(async { Err(AppStoreError::ReadOnly) })
     }
 

@@ -122,14 +122,21 @@ pub(super) async fn update(
              /admin/api/apps/{{id}}/rotate-secret; id and key are for good)"
         )));
     }
-    let current = current(&shared, &id).await?;
-    let mut fields = match serde_json::to_value(&current) {
-        Ok(Value::Object(fields)) => fields,
-        _ => Map::new(),
-    };
-    fields.extend(changes);
-    let app = app_from(fields)?;
-    shared.apps.update(&shared, app.clone()).await?;
+    // Merged over the app as the store holds it inside the store's transaction, so concurrent
+    // PATCHes of different settings all stay.
+    let change = Box::new(move |current: App| {
+        let mut fields = match serde_json::to_value(&current) {
+            Ok(Value::Object(fields)) => fields,
+            _ => Map::new(),
+        };
+        fields.extend(changes);
+        app_from(fields).map_err(|err| match err {
+            AdminError::BadRequest(why) => AppStoreError::Invalid(why),
+            AdminError::Store(err) => err,
+            AdminError::UnknownApp(id) => AppStoreError::NotFound(id),
+        })
+    });
+    let app = shared.apps.update(&shared, &id, change).await?;
     tracing::info!(app_id = %app.id, enabled = app.enabled, "admin API: app changed");
     Ok(Json(view_of(&shared, &app)))
 }
@@ -141,10 +148,13 @@ pub(super) async fn rotate_secret(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
     writable(&shared)?;
-    let mut app = current(&shared, &id).await?;
     let secret = random_hex(16);
-    app.secret = AppSecret::new(secret.clone());
-    shared.apps.update(&shared, app).await?;
+    let new_secret = AppSecret::new(secret.clone());
+    let change = Box::new(move |mut app: App| {
+        app.secret = new_secret;
+        Ok(app)
+    });
+    shared.apps.update(&shared, &id, change).await?;
     tracing::info!(app_id = %id, "admin API: app secret rotated");
     Ok(Json(json!({ "secret": secret })))
 }
@@ -166,18 +176,6 @@ fn writable(shared: &Shared) -> Result<(), AdminError> {
         return Err(AppStoreError::ReadOnly.into());
     }
     Ok(())
-}
-
-/// The app as the store has it now (the registry may lag behind another node's change).
-async fn current(shared: &Shared, id: &str) -> Result<App, AdminError> {
-    shared
-        .apps
-        .store()
-        .load()
-        .await?
-        .into_iter()
-        .find(|app| app.id == id)
-        .ok_or_else(|| AppStoreError::NotFound(id.to_owned()).into())
 }
 
 /// The body as a JSON object.

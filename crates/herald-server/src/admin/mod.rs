@@ -146,6 +146,7 @@ impl IntoResponse for AdminError {
                     AppStoreError::ReadOnly | AppStoreError::Conflict(_) => StatusCode::CONFLICT,
                     AppStoreError::NotFound(_) => StatusCode::NOT_FOUND,
                     AppStoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    AppStoreError::Invalid(_) => StatusCode::BAD_REQUEST,
                 };
                 (status, err.to_string())
             }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{App, AppStore, AppStoreError, AppStoreFuture, MonitorEvent};
+use herald_core::{App, AppChange, AppStore, AppStoreError, AppStoreFuture, MonitorEvent};
 use herald_server::{Config, Shared};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -87,16 +87,19 @@ impl AppStore for MemoryStore {
         Box::pin(async move { res })
     }
 
-    fn update(&self, app: App) -> AppStoreFuture<'_, ()> {
+    fn update<'a>(&'a self, id: &'a str, change: AppChange) -> AppStoreFuture<'a, App> {
         let res = self.check().and_then(|()| {
             let mut apps = self.apps.lock();
+            let current = apps
+                .iter()
+                .find(|a| a.id == id)
+                .cloned()
+                .ok_or_else(|| AppStoreError::NotFound(id.to_owned()))?;
+            let app = change(current)?;
             MemoryStore::key_taken(&apps, &app)?;
-            let slot = apps
-                .iter_mut()
-                .find(|a| a.id == app.id)
-                .ok_or_else(|| AppStoreError::NotFound(app.id.clone()))?;
-            *slot = app;
-            Ok(())
+            let slot = apps.iter_mut().find(|a| a.id == id).expect("found above");
+            *slot = app.clone();
+            Ok(app)
         });
         Box::pin(async move { res })
     }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_core::App;
+use herald_core::{App, AppChange};
 use herald_protocol::signature;
 use serde_json::{json, Value};
 
@@ -28,6 +28,11 @@ async fn node(db: &Database) -> TestServer {
 
 fn app(id: &str) -> App {
     App::new(id, format!("key-{id}"), format!("secret-{id}"))
+}
+
+/// A change that writes `app` whatever the store holds.
+fn replace(app: App) -> AppChange {
+    Box::new(move |_| Ok(app))
 }
 
 /// The first frame of a socket for `key`: `Ok` with the client once established, `Err` with
@@ -222,7 +227,7 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     created.secret = "rotated-20".into();
     one.shared
         .apps
-        .update(&one.shared, created.clone())
+        .update(&one.shared, "20", replace(created.clone()))
         .await
         .unwrap();
     let took = eventually(PROPAGATION, "node 2 refuses the old secret", || async {
@@ -237,7 +242,7 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     let start = Instant::now();
     one.shared
         .apps
-        .update(&one.shared, created.clone())
+        .update(&one.shared, "20", replace(created.clone()))
         .await
         .unwrap();
     let closed = tokio::time::timeout(PROPAGATION, socket.expect_close())
@@ -257,11 +262,76 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     let err = one
         .shared
         .apps
-        .update(&one.shared, app("20"))
+        .update(&one.shared, "20", replace(app("20")))
         .await
         .unwrap_err();
     assert_eq!(err, herald_core::AppStoreError::NotFound("20".into()));
     assert_eq!(db.scalar("SELECT COUNT(*) FROM herald_apps").await, 0);
+}
+
+/// Changes of different settings of one app, at once through two nodes: every one stays (each
+/// is applied to the app as stored, under the row's lock, not to a copy read before).
+async fn concurrent_changes_all_stay(kind: Kind) {
+    let db = Database::start(kind).await;
+    let (one, two) = tokio::join!(node(&db), node(&db));
+    one.shared
+        .apps
+        .create(&one.shared, app("30"))
+        .await
+        .unwrap();
+    type Set = fn(&mut App, usize);
+    let sets: [Set; 6] = [
+        |a, n| a.max_connections = 1000 + n,
+        |a, n| a.max_presence_members = 10 + n,
+        |a, n| a.max_batch_size = 2 + n,
+        |a, n| a.max_channels_per_publish = 20 + n,
+        |a, n| a.history_events = 50 + n,
+        |a, _| a.client_events = !a.client_events,
+    ];
+    for round in 0..3 {
+        let changes = sets.iter().enumerate().map(|(i, set)| {
+            let server = if i % 2 == 0 { &one } else { &two };
+            let set = *set;
+            async move {
+                let change: AppChange = Box::new(move |mut app: App| {
+                    set(&mut app, round);
+                    Ok(app)
+                });
+                server
+                    .shared
+                    .apps
+                    .update(&server.shared, "30", change)
+                    .await
+            }
+        });
+        for res in futures_util::future::join_all(changes).await {
+            res.unwrap();
+        }
+        let stored = one.shared.apps.store().load().await.unwrap();
+        let stored = stored.iter().find(|a| a.id == "30").unwrap();
+        let mut expected = app("30");
+        for _ in 0..=round {
+            expected.client_events = !expected.client_events;
+        }
+        for set in &sets[..5] {
+            set(&mut expected, round);
+        }
+        assert_eq!(
+            serde_json::to_value(stored).unwrap(),
+            serde_json::to_value(&expected).unwrap(),
+            "{kind:?}, round {round}: a concurrent change was lost"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_concurrent_changes_all_stay() {
+    concurrent_changes_all_stay(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_concurrent_changes_all_stay() {
+    concurrent_changes_all_stay(Kind::MariaDb).await;
 }
 
 #[tokio::test]
