@@ -546,8 +546,18 @@ pub fn validate_app(app: &App) -> Result<(), String> {
             ));
         }
     }
-    if app.max_client_events_per_second == 0 {
-        return Err("max_client_events_per_second: must be at least 1".to_owned());
+    for (key, value) in [
+        (
+            "max_client_events_per_second",
+            app.max_client_events_per_second as usize,
+        ),
+        ("max_message_size", app.max_message_size),
+        ("max_channels_per_publish", app.max_channels_per_publish),
+        ("max_batch_size", app.max_batch_size),
+    ] {
+        if value == 0 {
+            return Err(format!("{key}: must be at least 1"));
+        }
     }
     Ok(())
 }

@@ -398,6 +398,8 @@ async fn patch_changes_settings_and_disabling_closes_sockets_with_4003() {
         json!({"bogus": true}),
         json!({"enabled": "no"}),
         json!({"max_client_events_per_second": 0}),
+        json!({"max_batch_size": 0}),
+        json!({"max_message_size": 0}),
     ] {
         let (status, body) = call(&server, "PATCH", "/admin/api/apps/1", Some(&bad)).await;
         assert_eq!(status, 400, "{bad}: {body}");
