@@ -112,7 +112,7 @@ impl Apps {
                     .map_err(|err| anyhow::anyhow!("{err}"))?;
                 tracing::info!(
                     kind = store.dialect().kind(),
-                    "apps come from the database (app_store.url); the configuration's apps                      (file or HERALD_APPS) are ignored"
+                    "apps come from the database (app_store.url); the configuration's apps (file or HERALD_APPS) are ignored"
                 );
                 Ok(Apps::to_load(Arc::new(store)))
             }
