@@ -673,6 +673,14 @@ impl<T: Transport> Broker for ClusterBroker<T> {
     fn caught_up(&self) -> bool {
         self.is_caught_up()
     }
+
+    fn silent_for(&self, node: u64) -> Option<u64> {
+        let inner = &self.0;
+        let seen = *inner.peers.lock().get(&node)?;
+        let silent = seen.elapsed();
+        (silent > inner.config.heartbeat_interval)
+            .then(|| u64::try_from(silent.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 /// Hands queued messages to the transport in batches (one pipeline each), and tells whoever

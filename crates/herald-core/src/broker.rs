@@ -109,6 +109,13 @@ pub trait Broker: Send + Sync + Debug {
     fn caught_up(&self) -> bool {
         true
     }
+
+    /// When another node has been silent for longer than its heartbeat interval (it may have
+    /// died, and its sockets' clients may be coming back here): how long, in milliseconds.
+    /// `None` while it heartbeats on time, and always for a node alone.
+    fn silent_for(&self, _node: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// The in-memory broker of a single node.

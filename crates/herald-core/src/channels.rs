@@ -509,6 +509,33 @@ impl Channels {
     }
 
     /// Another node's socket subscribed. Idempotent.
+    /// Another node's socket on `channel`, among `signed_in` and the presence sockets of
+    /// `users`, that `stopped_ms` says stopped receiving at [`crate::outbox::clock_ms`] `ms`
+    /// (its node went silent); with the position a client of it had certainly received (the
+    /// last event this node appended before then). Looks only at those sockets, never at every
+    /// subscriber of the channel.
+    pub(crate) fn remote_stopped(
+        &self,
+        channel: &ChannelName,
+        users: &[&UserId],
+        signed_in: &[SocketId],
+        stopped_ms: impl Fn(SocketId) -> Option<u64>,
+    ) -> Option<(SocketId, Position)> {
+        let channels = self.table.read();
+        let entry = channels.get(channel)?;
+        let members = entry
+            .presence
+            .iter()
+            .flat_map(|roster| users.iter().flat_map(|user| roster.sockets(user)));
+        let (socket, stopped) = signed_in
+            .iter()
+            .chain(members)
+            .filter(|socket| entry.remote.contains_key(socket))
+            .find_map(|socket| Some((*socket, stopped_ms(*socket)?)))?;
+        let after = entry.log.lock().confirmed_before(stopped);
+        Some((socket, after))
+    }
+
     pub(crate) fn remote_subscribe(
         &self,
         app: &App,

@@ -36,6 +36,11 @@ pub const RESUME_FAILED_EVENT: &str = "herald:resume_failed";
 /// so a client that comes back after the window hears `window_passed` instead of nothing.
 pub const RESUME_MARK_TTL: Duration = Duration::from_secs(10 * 60);
 
+/// How far before a silent node was last heard its clients resume when they come back on
+/// another node ([`crate::AppState::resume_after_silence`]): what its sockets may not have
+/// received before it went silent (queued, or in flight in the kernel when it was killed).
+pub const SILENCE_SLACK: Duration = Duration::from_secs(2);
+
 /// Most resume marks one app keeps; past it, departures are not remembered (and counted).
 pub const MAX_RESUME_MARKS: usize = 100_000;
 

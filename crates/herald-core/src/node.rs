@@ -22,10 +22,13 @@ use crate::app::{App, NodeLimits};
 use crate::cache::CacheStore;
 use crate::channels::Channels;
 use crate::connections::Connections;
-use crate::history::{Departure, HistoryLimits, Identity, Resume, ResumeFailure, Resumed, Resumes};
+use crate::history::{
+    self, Departure, HistoryLimits, Identity, Resume, ResumeFailure, Resumed, Resumes,
+    SILENCE_SLACK,
+};
 use crate::lock_order::{Level, OrderedRwLock};
 use crate::monitor::{AppCounts, Monitor, NodeView, Peers, Traffic};
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::{clock_ms, Frame, Outbox};
 use crate::registry::AppRegistry;
 use crate::users::Users;
 use crate::watchlist::{Transition, Watchlists};
@@ -419,6 +422,50 @@ impl AppState {
     pub fn take_resume(&self, identities: &[Identity], channel: &ChannelName) -> Option<Resume> {
         HistoryLimits::of(&self.app())?;
         self.resumes.take(identities, channel)
+    }
+
+    /// Where a client resumes whose socket on another node stopped without a departure (the
+    /// node was killed): a remote socket subscribed to `channel` under one of these user
+    /// identities (its presence `user_id` or its sign-in), on a node silent for longer than its
+    /// heartbeat interval (`silent_for`, [`crate::Broker::silent_for`]), is taken to be this
+    /// client's old socket, and it resumes from [`SILENCE_SLACK`] before that node was last
+    /// heard: at least once (a second device of the user subscribing while a node is silent
+    /// gets those events too). Cookies are not replicated, so a browser known only by its
+    /// cookie does not resume after a kill.
+    pub fn resume_after_silence(
+        &self,
+        identities: &[Identity],
+        channel: &ChannelName,
+        silent_for: &dyn Fn(u64) -> Option<u64>,
+    ) -> Option<Resume> {
+        HistoryLimits::of(&self.app())?;
+        let users: Vec<&UserId> = identities
+            .iter()
+            .filter_map(|identity| match identity {
+                Identity::User(user) => Some(user),
+                Identity::Cookie(_) => None,
+            })
+            .collect();
+        if users.is_empty() {
+            return None;
+        }
+        let signed_in: Vec<SocketId> = users
+            .iter()
+            .flat_map(|user| self.users.remote_sockets(user))
+            .collect();
+        let now = clock_ms();
+        let slack = u64::try_from(SILENCE_SLACK.as_millis()).unwrap_or(u64::MAX);
+        let (socket, after) =
+            self.channels
+                .remote_stopped(channel, &users, &signed_in, |socket| {
+                    silent_for(socket.node).map(|silent| now.saturating_sub(silent + slack))
+                })?;
+        let silent = silent_for(socket.node).unwrap_or(0);
+        Some(Resume {
+            after,
+            old_socket: socket,
+            left_ms: history::wall_ms().saturating_sub(silent),
+        })
     }
 
     /// Remembers where a departing socket with these identities stopped on `channel`.

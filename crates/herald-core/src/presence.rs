@@ -60,6 +60,11 @@ impl PresenceRoster {
         }
     }
 
+    /// The sockets (on every node) through which `user` is a member.
+    pub fn sockets(&self, user: &UserId) -> &[SocketId] {
+        self.members.get(user).map_or(&[], |e| &e.sockets)
+    }
+
     pub fn contains(&self, user: &UserId) -> bool {
         self.members.contains_key(user)
     }

@@ -340,8 +340,14 @@ impl Session {
                     channel: channel.clone(),
                     identities,
                 });
+                resume
+            } else {
+                // No departure: maybe this client's old socket was on a node that died.
+                self.app
+                    .resume_after_silence(&identities, &channel, &|node| {
+                        self.broker.silent_for(node)
+                    })
             }
-            resume
         };
         let res =
             self.app

@@ -63,6 +63,16 @@ impl Users {
         !table.is_online(user)
     }
 
+    /// Other nodes' sockets signed in as `user`.
+    pub(crate) fn remote_sockets(&self, user: &UserId) -> Vec<SocketId> {
+        self.table
+            .lock()
+            .remote
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Another node's socket signed in; true when the user just came online.
     pub(crate) fn remote_sign_in(&self, user: &UserId, socket: SocketId) -> bool {
         let mut table = self.table.lock();

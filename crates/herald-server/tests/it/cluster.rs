@@ -602,6 +602,52 @@ async fn killed_node_members_are_removed_within_the_timeout_exactly_once() {
     assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
 }
 
+/// A killed node leaves no departures. Its client, back on another node (pusher-js reconnects a
+/// second after an abnormal close) with the same presence identity, resumes from shortly before
+/// the node went silent: at least once, nothing missed, in order, before newer events.
+#[tokio::test]
+async fn a_client_of_a_killed_node_resumes_on_another_at_least_once() {
+    let redis = RedisServer::start().await;
+    let survivor = node(&redis).await;
+    let mut victim = Process::start(
+        "[cluster]\nheartbeat_interval = \"200ms\"\nnode_timeout = \"2s\"\n",
+        &["--redis-url", &redis.url()],
+    )
+    .await;
+    let mut alice = victim.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    until_channel(&survivor, "presence-room", "user_count", |b| {
+        b["user_count"] == 1
+    })
+    .await;
+    survivor.trigger("presence-room", "msg", "1").await;
+    assert_eq!(data(&alice.expect_next("msg").await), 1);
+    let victim_node: u64 = alice.socket_id.split('.').next().unwrap().parse().unwrap();
+
+    victim.kill().await;
+    survivor.trigger("presence-room", "msg", "2").await;
+    survivor.trigger("presence-room", "msg", "3").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while survivor.shared.broker.silent_for(victim_node).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never silent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut again = survivor.client().await;
+    let ok = again.subscribe_presence("presence-room", "alice").await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("3") {
+        got.push(data(&again.expect_next("msg").await).to_string());
+    }
+    assert!(
+        got == ["2", "3"] || got == ["1", "2", "3"],
+        "the missed events, in order (the one before at most once more): {got:?}"
+    );
+    survivor.trigger("presence-room", "msg", "4").await;
+    assert_eq!(data(&again.expect_next("msg").await), 4);
+}
+
 #[tokio::test]
 async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     use crate::webhooks::Receiver;
