@@ -674,12 +674,16 @@ impl<T: Transport> Broker for ClusterBroker<T> {
         self.is_caught_up()
     }
 
-    fn silent_for(&self, node: u64) -> Option<u64> {
+    fn silent_nodes(&self) -> Vec<(u64, u64)> {
         let inner = &self.0;
-        let seen = *inner.peers.lock().get(&node)?;
-        let silent = seen.elapsed();
-        (silent > inner.config.heartbeat_interval)
-            .then(|| u64::try_from(silent.as_millis()).unwrap_or(u64::MAX))
+        inner
+            .peers
+            .lock()
+            .iter()
+            .map(|(node, seen)| (*node, seen.elapsed()))
+            .filter(|(_, silent)| *silent > inner.config.heartbeat_interval)
+            .map(|(node, silent)| (node, u64::try_from(silent.as_millis()).unwrap_or(u64::MAX)))
+            .collect()
     }
 }
 
@@ -1163,6 +1167,7 @@ mod tests {
                 socket,
                 user: Some(alice),
                 user_info: None,
+                cookie: None,
             },
         });
         until("A replicates B's member", || {

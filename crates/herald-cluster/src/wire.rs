@@ -5,6 +5,7 @@
 //! a JSON object before it is sent to any client.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use herald_core::history::{Departure, Identity};
 use herald_core::{
@@ -56,6 +57,9 @@ pub enum BusMessage {
         socket: String,
         user: Option<String>,
         info: Option<String>,
+        /// The socket's resume cookie token (absent from older nodes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cookie: Option<String>,
     },
     Unsubscribed {
         node: u64,
@@ -144,6 +148,14 @@ fn identities_to_wire(identities: Vec<Identity>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A resume cookie token from the bus: untrusted, so bounded like an identity's.
+fn bounded_cookie(token: String) -> Result<String, WireError> {
+    if token.is_empty() || token.len() > 128 {
+        return Err(WireError::Invalid("resume cookie"));
+    }
+    Ok(token)
+}
+
 fn identities_from_wire(identities: Vec<(String, String)>) -> Result<Vec<Identity>, WireError> {
     if identities.len() > 3 {
         return Err(WireError::Invalid("identities"));
@@ -151,7 +163,7 @@ fn identities_from_wire(identities: Vec<(String, String)>) -> Result<Vec<Identit
     identities
         .into_iter()
         .map(|(kind, value)| match kind.as_str() {
-            "c" if !value.is_empty() && value.len() <= 128 => Ok(Identity::Cookie(value)),
+            "c" => Ok(Identity::Cookie(bounded_cookie(value)?)),
             "u" => Ok(Identity::User(user_id(value)?)),
             _ => Err(WireError::Invalid("identity")),
         })
@@ -184,6 +196,10 @@ pub struct WireState {
     subscriptions: Vec<(String, String, Option<String>, Option<String>)>,
     /// `(socket, user)`.
     signed_in: Vec<(String, String)>,
+    /// `(socket, resume cookie token)` of the sockets in `subscriptions` that have one (absent
+    /// from older nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<(String, String)>,
 }
 
 impl WireState {
@@ -206,16 +222,30 @@ impl WireState {
                 .iter()
                 .map(|(s, u)| (s.to_string(), u.0.clone()))
                 .collect(),
+            cookies: state
+                .subscriptions
+                .iter()
+                .filter_map(|e| Some((e.socket, e.cookie.as_ref()?)))
+                .collect::<HashMap<_, _>>()
+                .into_iter()
+                .map(|(socket, cookie)| (socket.to_string(), cookie.to_string()))
+                .collect(),
         }
     }
 
     fn into_local(self, node: u64) -> Result<LocalState, WireError> {
+        let cookies = self
+            .cookies
+            .into_iter()
+            .map(|(socket, cookie)| Ok((socket, Arc::<str>::from(bounded_cookie(cookie)?))))
+            .collect::<Result<HashMap<String, Arc<str>>, WireError>>()?;
         let subscriptions = self
             .subscriptions
             .into_iter()
             .map(|(channel, socket, user, info)| {
                 Ok(SubscriptionEntry {
                     channel: channel_name(&channel)?,
+                    cookie: cookies.get(&socket).cloned(),
                     socket: socket_of(node, &socket)?,
                     user: user.map(user_id).transpose()?,
                     user_info: info
@@ -277,6 +307,7 @@ impl BusMessage {
                 socket: entry.socket.to_string(),
                 user: entry.user.map(|u| u.0),
                 info: entry.user_info,
+                cookie: entry.cookie.map(|c| c.to_string()),
             },
             Announcement::Unsubscribed {
                 app_id,
@@ -403,10 +434,15 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             socket,
             user,
             info,
+            cookie,
         } => {
             let app = app_state(&app)?;
             let channel = channel_name(&channel)?;
             let socket = socket_of(from, &socket)?;
+            let cookie = cookie
+                .map(bounded_cookie)
+                .transpose()?
+                .map(Arc::<str>::from);
             let member = match user {
                 Some(user) => Some(PresenceMember {
                     user_id: user_id(user)?,
@@ -414,7 +450,7 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
                 }),
                 None => None,
             };
-            app.remote_subscribe(socket, &channel, member);
+            app.remote_subscribe(socket, &channel, member, cookie);
         }
         BusMessage::Unsubscribed {
             node: from,

@@ -110,11 +110,11 @@ pub trait Broker: Send + Sync + Debug {
         true
     }
 
-    /// When another node has been silent for longer than its heartbeat interval (it may have
-    /// died, and its sockets' clients may be coming back here): how long, in milliseconds.
-    /// `None` while it heartbeats on time, and always for a node alone.
-    fn silent_for(&self, _node: u64) -> Option<u64> {
-        None
+    /// The other nodes silent for longer than their heartbeat interval (they may have died, and
+    /// their sockets' clients may be coming back here), each with how long, in milliseconds.
+    /// Usually none; always none for a node alone.
+    fn silent_nodes(&self) -> Vec<(u64, u64)> {
+        Vec::new()
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_protocol::server_message;
@@ -39,8 +40,8 @@ const SUBSCRIPTION_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 struct Channel {
     /// Sockets on this node.
     subscribers: HashMap<SocketId, Subscriber>,
-    /// Sockets on other nodes (known through the broker), with their presence identity.
-    remote: HashMap<SocketId, Option<UserId>>,
+    /// Sockets on other nodes (known through the broker), with their identities.
+    remote: HashMap<SocketId, Remote>,
     /// Members on every node: local and remote sockets alike.
     presence: Option<PresenceRoster>,
     last_count_sent: Option<Instant>,
@@ -120,6 +121,18 @@ pub struct SubscriptionEntry {
     pub user: Option<UserId>,
     /// Raw JSON of the presence `user_info`.
     pub user_info: Option<String>,
+    /// The socket's resume cookie token, so that its client can resume on another node if
+    /// this one dies ([`crate::AppState::resume_after_silence`]).
+    pub cookie: Option<Arc<str>>,
+}
+
+/// Another node's socket on a channel.
+#[derive(Debug)]
+struct Remote {
+    /// Its presence identity.
+    user: Option<UserId>,
+    /// Its resume cookie token.
+    cookie: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -127,6 +140,8 @@ struct Subscriber {
     outbox: Outbox,
     /// The presence identity this socket subscribed with.
     user: Option<UserId>,
+    /// The socket's resume cookie token (replicated with the subscription).
+    cookie: Option<Arc<str>>,
     /// The log's last position when the socket subscribed (after its replay).
     joined: Position,
     /// The last logged event queued for this socket. Written by the fan-out under the table's
@@ -137,10 +152,16 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn new(outbox: &Outbox, user: Option<UserId>, joined: Position) -> Subscriber {
+    fn new(
+        outbox: &Outbox,
+        user: Option<UserId>,
+        cookie: Option<Arc<str>>,
+        joined: Position,
+    ) -> Subscriber {
         Subscriber {
             outbox: outbox.clone(),
             user,
+            cookie,
             joined,
             last_ms: AtomicU64::new(joined.ms),
             last_seq: AtomicU64::new(joined.seq),
@@ -263,6 +284,7 @@ impl Channels {
         outbox: &Outbox,
         channel: &ChannelName,
         member: Option<PresenceMember>,
+        cookie: Option<Arc<str>>,
         resume: Option<Resume>,
     ) -> Result<Subscribed, SubscribeError> {
         let mut res = Subscribed::default();
@@ -296,7 +318,7 @@ impl Channels {
             }
             entry
                 .subscribers
-                .insert(socket, Subscriber::new(outbox, user, joined));
+                .insert(socket, Subscriber::new(outbox, user, cookie, joined));
             match (entry.presence.as_mut(), member) {
                 (Some(roster), Some(member)) => {
                     let first = roster.add(socket, &member.user_id, member.user_info);
@@ -519,6 +541,7 @@ impl Channels {
         channel: &ChannelName,
         users: &[&UserId],
         signed_in: &[SocketId],
+        cookie: Option<&str>,
         stopped_ms: impl Fn(SocketId) -> Option<u64>,
     ) -> Option<(SocketId, Position)> {
         let channels = self.table.read();
@@ -527,10 +550,22 @@ impl Channels {
             .presence
             .iter()
             .flat_map(|roster| users.iter().flat_map(|user| roster.sockets(user)));
+        // A scan, but only while some node is silent (the caller checks), and only of the
+        // sockets on silent nodes.
+        let by_cookie = entry
+            .remote
+            .iter()
+            .filter(|(socket, remote)| {
+                cookie.is_some()
+                    && remote.cookie.as_deref() == cookie
+                    && stopped_ms(**socket).is_some()
+            })
+            .map(|(socket, _)| socket);
         let (socket, stopped) = signed_in
             .iter()
             .chain(members)
             .filter(|socket| entry.remote.contains_key(socket))
+            .chain(by_cookie)
             .find_map(|socket| Some((*socket, stopped_ms(*socket)?)))?;
         let after = entry.log.lock().confirmed_before(stopped);
         Some((socket, after))
@@ -542,13 +577,21 @@ impl Channels {
         socket: SocketId,
         channel: &ChannelName,
         member: Option<PresenceMember>,
+        cookie: Option<Arc<str>>,
     ) {
         let mut channels = self.table.write();
         let entry = channels
             .entry(channel.clone())
             .or_insert_with(|| Channel::new(channel.kind()));
         let user = member.as_ref().map(|m| m.user_id.clone());
-        let previous = entry.remote.insert(socket, user.clone());
+        let previous = entry.remote.insert(
+            socket,
+            Remote {
+                user: user.clone(),
+                cookie,
+            },
+        );
+        let previous = previous.map(|p| p.user);
         if let (Some(roster), Some(Some(old))) = (entry.presence.as_mut(), &previous) {
             if Some(old) != user.as_ref() && roster.remove(socket, old) {
                 let frame = Frame::new(server_message::member_removed(channel.as_str(), old));
@@ -610,6 +653,7 @@ impl Channels {
                     socket: *socket,
                     user: subscriber.user.clone(),
                     user_info: info,
+                    cookie: subscriber.cookie.clone(),
                 });
             }
         }
@@ -624,12 +668,13 @@ fn remove_remote(
     channel: &ChannelName,
 ) -> Option<SubscriptionEntry> {
     let entry = channels.get_mut(channel)?;
-    let user = entry.remote.remove(&socket)?;
+    let Remote { user, cookie } = entry.remote.remove(&socket)?;
     let removed = SubscriptionEntry {
         channel: channel.clone(),
         socket,
         user: user.clone(),
         user_info: None,
+        cookie,
     };
     if let (Some(roster), Some(user)) = (entry.presence.as_mut(), user.as_ref()) {
         if roster.remove(socket, user) {
@@ -779,11 +824,11 @@ mod tests {
         let news = ChannelName::parse("news", 200).unwrap();
         let (a, b) = (Outbox::new(1 << 20), Outbox::new(1 << 20));
         let res = channels
-            .subscribe(&app, &cache, sid(1, 1), &a, &news, None, None)
+            .subscribe(&app, &cache, sid(1, 1), &a, &news, None, None, None)
             .unwrap();
         assert!(res.channel_occupied);
         channels
-            .subscribe(&app, &cache, sid(1, 2), &b, &news, None, None)
+            .subscribe(&app, &cache, sid(1, 2), &b, &news, None, None, None)
             .unwrap();
         events(&a);
         events(&b);
@@ -812,9 +857,18 @@ mod tests {
         let room = ChannelName::parse("presence-room", 200).unwrap();
         let watcher = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 1), &watcher, &room, member("w"), None)
+            .subscribe(
+                &app,
+                &cache,
+                sid(1, 1),
+                &watcher,
+                &room,
+                member("w"),
+                None,
+                None,
+            )
             .unwrap();
-        channels.remote_subscribe(&app, sid(2, 1), &room, member("alice"));
+        channels.remote_subscribe(&app, sid(2, 1), &room, member("alice"), None);
         assert_eq!(
             events(&watcher),
             [
@@ -824,7 +878,16 @@ mod tests {
         );
         let late = Outbox::new(1 << 20);
         assert_eq!(
-            channels.subscribe(&app, &cache, sid(1, 2), &late, &room, member("bob"), None),
+            channels.subscribe(
+                &app,
+                &cache,
+                sid(1, 2),
+                &late,
+                &room,
+                member("bob"),
+                None,
+                None
+            ),
             Err(SubscribeError::PresenceFull { max: 2 })
         );
         assert_eq!(channels.info(&room).user_count, Some(2));
@@ -858,7 +921,16 @@ mod tests {
         let outboxes: Vec<Outbox> = (0..50).map(|_| Outbox::new(1 << 24)).collect();
         for (i, outbox) in outboxes.iter().enumerate() {
             channels
-                .subscribe(&app, &cache, sid(1, i as u64), outbox, &news, None, None)
+                .subscribe(
+                    &app,
+                    &cache,
+                    sid(1, i as u64),
+                    outbox,
+                    &news,
+                    None,
+                    None,
+                    None,
+                )
                 .unwrap();
             outbox.take();
         }
@@ -893,7 +965,7 @@ mod tests {
         };
         let old = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None)
+            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None, None)
             .unwrap();
         publish(1);
         publish(2);
@@ -910,7 +982,16 @@ mod tests {
         };
         let new = Outbox::new(1 << 20);
         let res = channels
-            .subscribe(&app, &cache, sid(1, 2), &new, &news, None, Some(resume))
+            .subscribe(
+                &app,
+                &cache,
+                sid(1, 2),
+                &new,
+                &news,
+                None,
+                None,
+                Some(resume),
+            )
             .unwrap();
         assert_eq!(res.resumed, Some(Resumed::Replayed { events: 2 }));
         publish(5);
@@ -927,7 +1008,16 @@ mod tests {
         };
         let again = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 3), &again, &news, None, Some(resume))
+            .subscribe(
+                &app,
+                &cache,
+                sid(1, 3),
+                &again,
+                &news,
+                None,
+                None,
+                Some(resume),
+            )
             .unwrap();
         assert_eq!(texts(&again)[1..], ["e5"], "at least once: e5 again");
     }
@@ -940,7 +1030,7 @@ mod tests {
         let news = ChannelName::parse("news", 200).unwrap();
         let old = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None)
+            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None, None)
             .unwrap();
         let after = channels
             .unsubscribe(&app, sid(1, 1), &news, Leaving::Drained)
@@ -957,7 +1047,16 @@ mod tests {
         };
         let new = Outbox::new(1 << 20);
         let res = channels
-            .subscribe(&app, &cache, sid(1, 2), &new, &news, None, Some(resume))
+            .subscribe(
+                &app,
+                &cache,
+                sid(1, 2),
+                &new,
+                &news,
+                None,
+                None,
+                Some(resume),
+            )
             .unwrap();
         assert_eq!(
             res.resumed,
@@ -1024,7 +1123,7 @@ mod tests {
         let prices = ChannelName::parse("cache-prices", 200).unwrap();
         let first = Outbox::new(1 << 20);
         let res = channels
-            .subscribe(&app, &cache, sid(1, 1), &first, &prices, None, None)
+            .subscribe(&app, &cache, sid(1, 1), &first, &prices, None, None, None)
             .unwrap();
         assert!(res.cache_miss);
         assert_eq!(
@@ -1038,7 +1137,7 @@ mod tests {
         cache.store(&prices, "tick", "1", &frame);
         let second = Outbox::new(1 << 20);
         channels
-            .subscribe(&app, &cache, sid(1, 2), &second, &prices, None, None)
+            .subscribe(&app, &cache, sid(1, 2), &second, &prices, None, None, None)
             .unwrap();
         assert_eq!(
             events(&second),

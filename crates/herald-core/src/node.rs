@@ -361,7 +361,7 @@ impl AppState {
         channel: &ChannelName,
         member: Option<PresenceMember>,
     ) -> Result<Subscribed, SubscribeError> {
-        self.subscribe_resuming(socket, outbox, channel, member, None)
+        self.subscribe_resuming(socket, outbox, channel, member, None, None)
     }
 
     /// Subscribes, then queues what the client missed since `resume` (or
@@ -372,12 +372,20 @@ impl AppState {
         outbox: &Outbox,
         channel: &ChannelName,
         member: Option<PresenceMember>,
+        cookie: Option<Arc<str>>,
         resume: Option<Resume>,
     ) -> Result<Subscribed, SubscribeError> {
         let app = self.app();
-        let res =
-            self.channels
-                .subscribe(&app, &self.cache, socket, outbox, channel, member, resume)?;
+        let res = self.channels.subscribe(
+            &app,
+            &self.cache,
+            socket,
+            outbox,
+            channel,
+            member,
+            cookie,
+            resume,
+        )?;
         let stats = &self.continuity;
         match res.resumed {
             Some(Resumed::Replayed { events }) => {
@@ -429,25 +437,26 @@ impl AppState {
     /// identities (its presence `user_id` or its sign-in), on a node silent for longer than its
     /// heartbeat interval (`silent_for`, [`crate::Broker::silent_for`]), is taken to be this
     /// client's old socket, and it resumes from [`SILENCE_SLACK`] before that node was last
-    /// heard: at least once (a second device of the user subscribing while a node is silent
-    /// gets those events too). Cookies are not replicated, so a browser known only by its
-    /// cookie does not resume after a kill.
+    /// heard: at least once (a second device or tab of the same identity subscribing while a
+    /// node is silent gets those events too). `silent` is [`crate::Broker::silent_nodes`].
     pub fn resume_after_silence(
         &self,
         identities: &[Identity],
         channel: &ChannelName,
-        silent_for: &dyn Fn(u64) -> Option<u64>,
+        silent: &[(u64, u64)],
     ) -> Option<Resume> {
-        HistoryLimits::of(&self.app())?;
-        let users: Vec<&UserId> = identities
-            .iter()
-            .filter_map(|identity| match identity {
-                Identity::User(user) => Some(user),
-                Identity::Cookie(_) => None,
-            })
-            .collect();
-        if users.is_empty() {
+        if silent.is_empty() || identities.is_empty() {
             return None;
+        }
+        HistoryLimits::of(&self.app())?;
+        let silent_for = |node: u64| silent.iter().find(|(n, _)| *n == node).map(|(_, ms)| *ms);
+        let mut users = Vec::new();
+        let mut cookie = None;
+        for identity in identities {
+            match identity {
+                Identity::User(user) => users.push(user),
+                Identity::Cookie(token) => cookie = Some(token.as_str()),
+            }
         }
         let signed_in: Vec<SocketId> = users
             .iter()
@@ -457,7 +466,7 @@ impl AppState {
         let slack = u64::try_from(SILENCE_SLACK.as_millis()).unwrap_or(u64::MAX);
         let (socket, after) =
             self.channels
-                .remote_stopped(channel, &users, &signed_in, |socket| {
+                .remote_stopped(channel, &users, &signed_in, cookie, |socket| {
                     silent_for(socket.node).map(|silent| now.saturating_sub(silent + slack))
                 })?;
         let silent = silent_for(socket.node).unwrap_or(0);
@@ -664,9 +673,10 @@ impl AppState {
         socket: SocketId,
         channel: &ChannelName,
         member: Option<PresenceMember>,
+        cookie: Option<Arc<str>>,
     ) {
         self.channels
-            .remote_subscribe(&self.app(), socket, channel, member);
+            .remote_subscribe(&self.app(), socket, channel, member, cookie);
     }
 
     /// Another node's socket left a channel. Idempotent.
@@ -717,8 +727,13 @@ impl AppState {
                     .as_deref()
                     .and_then(|i| RawValue::from_string(i.to_owned()).ok()),
             });
-            self.channels
-                .remote_subscribe(&app, entry.socket, &entry.channel, member);
+            self.channels.remote_subscribe(
+                &app,
+                entry.socket,
+                &entry.channel,
+                member,
+                entry.cookie.clone(),
+            );
         }
         let removed = self.channels.remove_stale(&app, node, &keep);
         let signed_in: HashSet<(SocketId, &UserId)> =

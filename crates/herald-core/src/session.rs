@@ -90,7 +90,7 @@ pub struct Session {
     signed_in: Option<SignedIn>,
     client_events: TokenBucket,
     /// The signed resume cookie's token, when the handshake carried or set one.
-    resume_token: Option<Box<str>>,
+    resume_token: Option<Arc<str>>,
     /// The client closed the connection itself (a close frame, with this code or 1005): it
     /// expects no replay.
     client_close_code: Option<u16>,
@@ -344,14 +344,17 @@ impl Session {
             } else {
                 // No departure: maybe this client's old socket was on a node that died.
                 self.app
-                    .resume_after_silence(&identities, &channel, &|node| {
-                        self.broker.silent_for(node)
-                    })
+                    .resume_after_silence(&identities, &channel, &self.broker.silent_nodes())
             }
         };
-        let res =
-            self.app
-                .subscribe_resuming(self.socket_id, &self.outbox, &channel, member, resume)?;
+        let res = self.app.subscribe_resuming(
+            self.socket_id,
+            &self.outbox,
+            &channel,
+            member,
+            self.resume_token.clone(),
+            resume,
+        )?;
         self.broker.announce(Announcement::Subscribed {
             app_id: self.app.id().to_owned(),
             entry: SubscriptionEntry {
@@ -359,6 +362,7 @@ impl Session {
                 socket: self.socket_id,
                 user: user.clone(),
                 user_info,
+                cookie: self.resume_token.clone(),
             },
         });
         let previous = self

@@ -40,6 +40,7 @@ fn entry(channel: &ChannelName, node: u64, seq: u64, user: &str) -> Subscription
         socket: SocketId { node, seq },
         user: Some(UserId(user.into())),
         user_info: None,
+        cookie: None,
     }
 }
 
@@ -62,10 +63,10 @@ fn remote_members_count_for_first_and_last_connection() {
     );
 
     // Alice joins on node 2: one member_added.
-    app.remote_subscribe(SocketId { node: 2, seq: 1 }, &room, member("alice"));
+    app.remote_subscribe(SocketId { node: 2, seq: 1 }, &room, member("alice"), None);
     assert_eq!(events(&watcher), ["pusher_internal:member_added alice"]);
     // Applying the same announcement again changes nothing.
-    app.remote_subscribe(SocketId { node: 2, seq: 1 }, &room, member("alice"));
+    app.remote_subscribe(SocketId { node: 2, seq: 1 }, &room, member("alice"), None);
     // A second tab on this node: no event.
     let tab = Outbox::new(1 << 20);
     app.subscribe(SocketId { node: 1, seq: 2 }, &tab, &room, member("alice"))

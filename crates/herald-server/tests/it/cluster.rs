@@ -602,11 +602,20 @@ async fn killed_node_members_are_removed_within_the_timeout_exactly_once() {
     assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
 }
 
+/// How a client comes back in [`a_client_of_a_killed_node_resumes_on_another_at_least_once`].
+#[derive(Clone, Copy, Debug)]
+enum Identified {
+    /// A presence member (`user_id`).
+    Presence,
+    /// A browser on a public channel, known by its resume cookie (replicated with its
+    /// subscriptions).
+    Cookie,
+}
+
 /// A killed node leaves no departures. Its client, back on another node (pusher-js reconnects a
-/// second after an abnormal close) with the same presence identity, resumes from shortly before
-/// the node went silent: at least once, nothing missed, in order, before newer events.
-#[tokio::test]
-async fn a_client_of_a_killed_node_resumes_on_another_at_least_once() {
+/// second after an abnormal close) with the same identity, resumes from shortly before the node
+/// went silent: at least once, nothing missed, in order, before newer events.
+async fn killed_node_client_resumes(how: Identified) {
     let redis = RedisServer::start().await;
     let survivor = node(&redis).await;
     let mut victim = Process::start(
@@ -614,38 +623,80 @@ async fn a_client_of_a_killed_node_resumes_on_another_at_least_once() {
         &["--redis-url", &redis.url()],
     )
     .await;
-    let mut alice = victim.client().await;
-    alice.subscribe_presence("presence-room", "alice").await;
-    until_channel(&survivor, "presence-room", "user_count", |b| {
-        b["user_count"] == 1
+    let path = "/app/app-key?protocol=7&client=js&version=8.4.0&flash=false";
+    let channel = match how {
+        Identified::Presence => "presence-room",
+        Identified::Cookie => "news",
+    };
+    let (mut old, cookie) = match how {
+        Identified::Presence => {
+            let mut client = victim.client().await;
+            client.subscribe_presence(channel, "alice").await;
+            (client, None)
+        }
+        Identified::Cookie => {
+            let (mut tab, cookie) = browser(&format!("ws://{}{path}", victim.addr), None).await;
+            tab.subscribe(channel).await;
+            (tab, cookie)
+        }
+    };
+    until_channel(&survivor, channel, "subscription_count", |b| {
+        b["subscription_count"] == 1
     })
     .await;
-    survivor.trigger("presence-room", "msg", "1").await;
-    assert_eq!(data(&alice.expect_next("msg").await), 1);
-    let victim_node: u64 = alice.socket_id.split('.').next().unwrap().parse().unwrap();
+    survivor.trigger(channel, "msg", "1").await;
+    assert_eq!(data(&old.expect_next("msg").await), 1);
+    let victim_node: u64 = old.socket_id.split('.').next().unwrap().parse().unwrap();
 
     victim.kill().await;
-    survivor.trigger("presence-room", "msg", "2").await;
-    survivor.trigger("presence-room", "msg", "3").await;
+    survivor.trigger(channel, "msg", "2").await;
+    survivor.trigger(channel, "msg", "3").await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while survivor.shared.broker.silent_for(victim_node).is_none() {
+    while !survivor
+        .shared
+        .broker
+        .silent_nodes()
+        .iter()
+        .any(|(n, _)| *n == victim_node)
+    {
         assert!(tokio::time::Instant::now() < deadline, "never silent");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let mut again = survivor.client().await;
-    let ok = again.subscribe_presence("presence-room", "alice").await;
-    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+    let mut again = match how {
+        Identified::Presence => {
+            let mut client = survivor.client().await;
+            let ok = client.subscribe_presence(channel, "alice").await;
+            assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+            client
+        }
+        Identified::Cookie => {
+            let url = survivor.ws_url(path);
+            let (mut tab, _) = browser(&url, cookie.as_deref()).await;
+            tab.subscribe(channel).await;
+            tab
+        }
+    };
     let mut got = Vec::new();
     while got.last().map(String::as_str) != Some("3") {
         got.push(data(&again.expect_next("msg").await).to_string());
     }
     assert!(
         got == ["2", "3"] || got == ["1", "2", "3"],
-        "the missed events, in order (the one before at most once more): {got:?}"
+        "{how:?}: the missed events, in order (the one before at most once more): {got:?}"
     );
-    survivor.trigger("presence-room", "msg", "4").await;
+    survivor.trigger(channel, "msg", "4").await;
     assert_eq!(data(&again.expect_next("msg").await), 4);
+}
+
+#[tokio::test]
+async fn a_presence_member_of_a_killed_node_resumes_on_another_at_least_once() {
+    killed_node_client_resumes(Identified::Presence).await;
+}
+
+#[tokio::test]
+async fn a_browser_of_a_killed_node_resumes_on_another_with_its_cookie() {
+    killed_node_client_resumes(Identified::Cookie).await;
 }
 
 #[tokio::test]

@@ -536,3 +536,36 @@ impl Drop for Process {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A browser-like client: it sends an `Origin` (and `cookie`, if any) on the handshake; returns
+/// the client, after `connection_established`, and the cookie the 101 set (`name=value`).
+pub async fn browser(url: &str, cookie: Option<&str>) -> (TestClient, Option<String>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://app.test".parse().unwrap());
+    if let Some(cookie) = cookie {
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    }
+    let (ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    let set_cookie = res
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if let Some(set_cookie) = &set_cookie {
+        for attribute in ["HttpOnly", "SameSite=Lax", "Max-Age=600", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie}");
+        }
+    }
+    let mut client = TestClient {
+        ws,
+        socket_id: String::new(),
+    };
+    let established = client.expect("pusher:connection_established").await;
+    client.socket_id = data(&established)["socket_id"].as_str().unwrap().to_owned();
+    let pair = set_cookie.map(|c| c.split(';').next().unwrap().to_owned());
+    (client, pair)
+}
