@@ -141,6 +141,9 @@ struct Inner<T> {
     /// The last batch handed to the transport failed.
     publish_failing: AtomicBool,
     on_delivery: std::sync::OnceLock<DeliveryHook>,
+    /// Told, per app, this node's own subscriptions after the log lost entries (webhooks put
+    /// them back into their store, which may have lost them with the log).
+    on_log_lost: std::sync::OnceLock<NodeGoneHook>,
 }
 
 impl<T: Transport> std::fmt::Debug for Inner<T> {
@@ -192,6 +195,7 @@ impl<T: Transport> ClusterBroker<T> {
             state_dirty: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
             on_delivery: std::sync::OnceLock::new(),
+            on_log_lost: std::sync::OnceLock::new(),
         });
         tracker.spawn(publisher(inner.clone(), rx, stop.clone()));
         for shard in 0..shards {
@@ -205,6 +209,11 @@ impl<T: Transport> ClusterBroker<T> {
     /// Sets what is told of every delivery of an event read from the bus (once).
     pub fn on_delivery(&self, hook: DeliveryHook) {
         let _ = self.0.on_delivery.set(hook);
+    }
+
+    /// Sets what is told this node's subscriptions (per app) after the log lost entries.
+    pub fn on_log_lost(&self, hook: NodeGoneHook) {
+        let _ = self.0.on_log_lost.set(hook);
     }
 
     pub fn stats(&self) -> Arc<BrokerStats> {
@@ -528,6 +537,9 @@ impl<T: Transport> Inner<T> {
         for app in self.node.apps() {
             if self.shard(app.id(), None) == shard || self.config.shard_by == ShardBy::Channel {
                 told += app.lose_history();
+                if let Some(hook) = self.on_log_lost.get() {
+                    hook(app.id(), app.local_state().subscriptions);
+                }
             }
         }
         tracing::warn!(

@@ -239,6 +239,12 @@ fn start_broker(
     broker.on_delivery(Arc::new(|app: &str, delivery: herald_core::Delivery| {
         metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
     }));
+    {
+        let webhooks = webhooks.clone();
+        broker.on_log_lost(Arc::new(move |app: &str, entries| {
+            webhooks.restore(app, entries);
+        }));
+    }
     let stats = broker.stats();
     Ok((Arc::new(broker), Some(stats)))
 }

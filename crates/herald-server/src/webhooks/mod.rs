@@ -67,6 +67,14 @@ pub enum Fact {
         app: String,
         channel: ChannelName,
     },
+    /// A subscription of this node, put back into the store's bookkeeping after the store may
+    /// have lost it (Redis restarted empty): no webhook, only the sets that decide later ones.
+    Restored {
+        app: String,
+        channel: ChannelName,
+        socket: SocketId,
+        user: Option<UserId>,
+    },
 }
 
 impl Fact {
@@ -75,7 +83,8 @@ impl Fact {
             Fact::Joined { app, .. }
             | Fact::Left { app, .. }
             | Fact::ClientEvent { app, .. }
-            | Fact::CacheMiss { app, .. } => app,
+            | Fact::CacheMiss { app, .. }
+            | Fact::Restored { app, .. } => app,
         }
     }
 }
@@ -220,6 +229,24 @@ impl Webhooks {
         }
     }
 
+    /// The cluster log lost entries (Redis restarted empty, or trimmed past this node), so the
+    /// store may have lost its sets too: puts this node's own subscriptions back, in order with
+    /// its other facts, so that later joins and leaves fire what they should (a `member_removed`
+    /// for a member who joined before the loss; no second `channel_occupied`). Idempotent.
+    pub fn restore(&self, app: &str, entries: Vec<SubscriptionEntry>) {
+        if !self.wants(app) {
+            return;
+        }
+        for entry in entries {
+            self.record(Fact::Restored {
+                app: app.to_owned(),
+                channel: entry.channel,
+                socket: entry.socket,
+                user: entry.user,
+            });
+        }
+    }
+
     /// A dead node's subscriptions, removed by the broker: each leaves as if it disconnected.
     /// Every node reports them; the store makes sure each transition fires once.
     pub fn record_node_gone(&self, app: &str, entries: Vec<SubscriptionEntry>) {
@@ -242,6 +269,10 @@ impl Webhooks {
     }
 }
 
+/// How many times a fact is tried against the store before its webhooks are given up.
+const FACT_TRIES: u32 = 3;
+const FACT_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// Turns facts into jobs, one at a time, so this node's facts keep their order.
 async fn process(inner: Arc<Inner>, mut rx: mpsc::Receiver<Fact>, stop: CancellationToken) {
     loop {
@@ -250,9 +281,20 @@ async fn process(inner: Arc<Inner>, mut rx: mpsc::Receiver<Fact>, stop: Cancella
             () = stop.cancelled() => return,
         };
         let app = fact.app().to_owned();
-        if let Err(err) = inner.apply(fact).await {
-            metrics::webhook_dropped(&app, "store_error");
-            tracing::warn!(%err, "webhook bookkeeping failed; this event's webhooks are lost");
+        // The first commands after Redis came back can fail while the connection is re-made: a
+        // fact is tried again a few times (safe: a set changes once, and only a change fires).
+        let mut tries = 0;
+        while let Err(err) = inner.apply(&fact).await {
+            tries += 1;
+            if tries == FACT_TRIES {
+                metrics::webhook_dropped(&app, "store_error");
+                tracing::warn!(%err, "webhook bookkeeping failed; this event's webhooks are lost");
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FACT_RETRY_DELAY) => {}
+                () = stop.cancelled() => return,
+            }
         }
     }
 }
@@ -263,7 +305,7 @@ impl Inner {
         self.active.load(Ordering::Relaxed)
     }
 
-    async fn apply(&self, fact: Fact) -> WebhookStoreResult<()> {
+    async fn apply(&self, fact: &Fact) -> WebhookStoreResult<()> {
         let delay = self.config.leave_delay;
         match fact {
             Fact::Joined {
@@ -281,14 +323,14 @@ impl Inner {
                             .await?
                     {
                         self.emit(
-                            &app,
+                            app,
                             json!({"name": "channel_occupied", "channel": channel.as_str()}),
                             None,
                             0,
                         )
                         .await?;
                     }
-                    self.subscription_count(&app, &channel, size).await?;
+                    self.subscription_count(app, channel, size).await?;
                 }
                 if let Some(user) = user {
                     let members = format!("members:{app}:{channel}:{user}");
@@ -300,7 +342,7 @@ impl Inner {
                             .await?
                     {
                         let event = json!({"name": "member_added", "channel": channel.as_str(), "user_id": user.as_str()});
-                        self.emit(&app, event, None, 0).await?;
+                        self.emit(app, event, None, 0).await?;
                     }
                 }
             }
@@ -318,7 +360,7 @@ impl Inner {
                             .set_once(&pending, delay + Duration::from_secs(60))
                             .await?;
                         let event = json!({"name": "member_removed", "channel": channel.as_str(), "user_id": user.as_str()});
-                        self.emit(&app, event, Some(pending), delay.as_millis() as u64)
+                        self.emit(app, event, Some(pending), delay.as_millis() as u64)
                             .await?;
                     }
                 }
@@ -330,12 +372,28 @@ impl Inner {
                             .set_once(&pending, delay + Duration::from_secs(60))
                             .await?;
                         let event = json!({"name": "channel_vacated", "channel": channel.as_str()});
-                        self.emit(&app, event, Some(pending), delay.as_millis() as u64)
+                        self.emit(app, event, Some(pending), delay.as_millis() as u64)
                             .await?;
-                        self.subscription_count(&app, &channel, 0).await?;
+                        self.subscription_count(app, channel, 0).await?;
                     }
-                    Some(size) => self.subscription_count(&app, &channel, size).await?,
+                    Some(size) => self.subscription_count(app, channel, size).await?,
                     None => {}
+                }
+            }
+            Fact::Restored {
+                app,
+                channel,
+                socket,
+                user,
+            } => {
+                let socket = socket.to_string();
+                self.store
+                    .add(&format!("occ:{app}:{channel}"), &socket)
+                    .await?;
+                if let Some(user) = user {
+                    self.store
+                        .add(&format!("members:{app}:{channel}:{user}"), &socket)
+                        .await?;
                 }
             }
             Fact::ClientEvent {
@@ -347,7 +405,7 @@ impl Inner {
                 user,
             } => {
                 // Pusher sends the client's data as a string.
-                let data = serde_json::from_str::<String>(&data).unwrap_or(data);
+                let data = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.clone());
                 let mut payload = json!({
                     "name": "client_event",
                     "channel": channel.as_str(),
@@ -358,7 +416,7 @@ impl Inner {
                 if let Some(user) = user {
                     payload["user_id"] = json!(user.as_str());
                 }
-                self.emit(&app, payload, None, 0).await?;
+                self.emit(app, payload, None, 0).await?;
             }
             Fact::CacheMiss { app, channel } => {
                 if self
@@ -367,7 +425,7 @@ impl Inner {
                     .await?
                 {
                     self.emit(
-                        &app,
+                        app,
                         json!({"name": "cache_miss", "channel": channel.as_str()}),
                         None,
                         0,

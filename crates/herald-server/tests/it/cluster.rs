@@ -770,6 +770,104 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     receiver.expect_silence(Duration::from_secs(1)).await;
 }
 
+/// Redis restarted empty takes the webhook bookkeeping with the log: each node puts its own
+/// subscriptions back when it reads the gap, so a member who joined before still gets its
+/// `member_removed`, and a join after does not fire a second `channel_occupied`.
+#[tokio::test]
+async fn webhook_bookkeeping_is_restored_after_redis_restarts_empty() {
+    use crate::webhooks::Receiver;
+    let mut redis = RedisServer::start().await;
+    let mut receiver = Receiver::start(vec![]).await;
+    let hooked = |redis_url: String, hook: String| {
+        move |c: &mut herald_server::Config| {
+            c.redis_url = Some(redis_url);
+            c.cluster.heartbeat_interval = Duration::from_millis(200);
+            c.cluster.node_timeout = Duration::from_secs(2);
+            c.webhook_url = Some(hook);
+            c.webhooks.leave_delay = Duration::from_millis(300);
+        }
+    };
+    let a = TestServer::start(hooked(redis.url(), receiver.url())).await;
+    let b = TestServer::start(hooked(redis.url(), receiver.url())).await;
+    let mut alice = a.client().await;
+    alice.subscribe_presence("presence-room", "alice").await;
+    let mut bob = b.client().await;
+    bob.subscribe_presence("presence-room", "bob").await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = receiver.next_event().await;
+        seen.push(format!(
+            "{} {}",
+            event["name"].as_str().unwrap(),
+            event["user_id"].as_str().unwrap_or("")
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "channel_occupied ",
+            "member_added alice",
+            "member_added bob"
+        ]
+    );
+
+    redis.stop().await;
+    redis.restart().await;
+    // Both nodes read the gap and put their member back.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*wh:occ:1:presence-room")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut size = 0;
+        for key in keys {
+            let n: usize = redis::cmd("SCARD")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            size += n;
+        }
+        if size == 2 {
+            break;
+        }
+        let gaps = |s: &TestServer| {
+            s.shared
+                .broker_stats
+                .as_ref()
+                .unwrap()
+                .gaps_lost
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "occupancy never restored (size {size}, gaps {} {})",
+            gaps(&a),
+            gaps(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let mut carol = b.client().await;
+    carol.subscribe_presence("presence-room", "carol").await;
+    assert_eq!(
+        receiver.next_event().await,
+        json!({"name": "member_added", "channel": "presence-room", "user_id": "carol"})
+    );
+    drop(alice);
+    assert_eq!(
+        receiver.next_event().await,
+        json!({"name": "member_removed", "channel": "presence-room", "user_id": "alice"})
+    );
+    receiver.expect_silence(Duration::from_millis(500)).await;
+    drop((bob, carol));
+}
+
 /// A free port whose cluster bus port (port + 10000) is free and in range too.
 fn free_cluster_port() -> u16 {
     loop {
