@@ -778,6 +778,10 @@ fn resume_failed(channel: &ChannelName, failure: ResumeFailure) -> Frame {
 }
 
 fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
+    // A user's own channel is not an app's channel (GET /channels does not list it either).
+    if channel.kind() == ChannelKind::ServerToUser {
+        return;
+    }
     let count = entry.count();
     let now = Instant::now();
     if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE

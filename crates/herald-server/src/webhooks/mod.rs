@@ -78,6 +78,16 @@ pub enum Fact {
 }
 
 impl Fact {
+    fn channel(&self) -> &ChannelName {
+        match self {
+            Fact::Joined { channel, .. }
+            | Fact::Left { channel, .. }
+            | Fact::ClientEvent { channel, .. }
+            | Fact::CacheMiss { channel, .. }
+            | Fact::Restored { channel, .. } => channel,
+        }
+    }
+
     fn app(&self) -> &str {
         match self {
             Fact::Joined { app, .. }
@@ -160,6 +170,11 @@ impl Webhooks {
     }
 
     pub fn record(&self, fact: Fact) {
+        // A user's own channel (`#server-to-user-…`) is the protocol's, not the app's: no
+        // occupied, vacated, count or client-event webhooks for it.
+        if fact.channel().kind() == ChannelKind::ServerToUser {
+            return;
+        }
         if let Err(err) = self.tx.try_send(fact) {
             metrics::webhook_dropped(err.into_inner().app(), "queue_full");
         }

@@ -119,6 +119,32 @@ fn hooked(config: &mut Config, url: String) {
 }
 
 #[tokio::test]
+async fn a_users_own_channel_makes_no_webhooks_and_no_counts() {
+    let mut receiver = Receiver::start(vec![]).await;
+    let url = receiver.url();
+    let server = TestServer::start(|c| {
+        hooked(c, url);
+        c.apps[0].subscription_count = true;
+    })
+    .await;
+    let mut alice = server.client().await;
+    alice.sign_in(&json!({"id": "alice"})).await;
+    alice.subscribe("#server-to-user-alice").await;
+    let mut other = server.client().await;
+    other.subscribe("room").await;
+    // The first webhook is the public channel's: none came for the user's channel before it.
+    assert_eq!(
+        receiver.next_event().await,
+        json!({"name": "channel_occupied", "channel": "room"})
+    );
+    // Nor a subscription_count frame to the user.
+    server
+        .trigger("#server-to-user-alice", "notice", "hi")
+        .await;
+    assert_eq!(alice.next().await["event"], "notice");
+}
+
+#[tokio::test]
 async fn occupied_and_vacated_after_the_leave_delay() {
     let mut receiver = Receiver::start(vec![]).await;
     let url = receiver.url();
