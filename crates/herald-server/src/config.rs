@@ -391,7 +391,12 @@ impl Config {
             .merge(EnvLayer::parse(env)?)
             .merge(Serialized::defaults(overrides));
         let config: Config = figment.extract().map_err(|err| {
-            let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+            // figment names keys under its profile ("default.limits.max_frame_bytes"); the
+            // user wrote "limits.max_frame_bytes".
+            let messages: Vec<String> = err
+                .into_iter()
+                .map(|e| e.to_string().replace("key \"default.", "key \""))
+                .collect();
             anyhow::anyhow!("invalid configuration: {}", messages.join("; "))
         })?;
         config.validate()?;

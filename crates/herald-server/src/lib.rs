@@ -386,6 +386,18 @@ pub async fn serve(
     let app = router(shared.clone());
     let stop_accepting = CancellationToken::new();
     tracing::info!(addr = %listener.local_addr()?, node_id = shared.node.id(), "herald listening");
+    let demo = App::demo();
+    if shared
+        .node
+        .apps()
+        .iter()
+        .any(|app| app.app().key == demo.key && app.app().secret.expose() == demo.secret.expose())
+    {
+        tracing::warn!(
+            "the demo app (key app-key, secret app-secret) is served: anyone who can reach this \
+             port can publish with its public secret; configure [[apps]] before exposing it"
+        );
+    }
 
     // The node's own housekeeping runs until the drain is over, like the broker.
     let housekeeping = CancellationToken::new();
