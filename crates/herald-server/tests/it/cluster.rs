@@ -699,20 +699,38 @@ async fn a_browser_of_a_killed_node_resumes_on_another_with_its_cookie() {
     killed_node_client_resumes(Identified::Cookie).await;
 }
 
+/// A webhook test's node: on `redis_url`, quick heartbeats, webhooks to `hook` with a short
+/// leave delay.
+fn hooked(redis_url: String, hook: String) -> impl FnOnce(&mut herald_server::Config) {
+    move |c| {
+        c.redis_url = Some(redis_url);
+        c.cluster.heartbeat_interval = Duration::from_millis(200);
+        c.cluster.node_timeout = Duration::from_secs(2);
+        c.webhook_url = Some(hook);
+        c.webhooks.leave_delay = Duration::from_millis(300);
+    }
+}
+
+/// The next `n` webhook events as "name user_id", sorted (they come from several nodes).
+async fn next_events_sorted(receiver: &mut crate::webhooks::Receiver, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let event = receiver.next_event().await;
+        seen.push(format!(
+            "{} {}",
+            event["name"].as_str().unwrap(),
+            event["user_id"].as_str().unwrap_or("")
+        ));
+    }
+    seen.sort();
+    seen
+}
+
 #[tokio::test]
 async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     use crate::webhooks::Receiver;
     let redis = RedisServer::start().await;
     let mut receiver = Receiver::start(vec![]).await;
-    let hooked = |redis_url: String, hook: String| {
-        move |c: &mut herald_server::Config| {
-            c.redis_url = Some(redis_url);
-            c.cluster.heartbeat_interval = Duration::from_millis(200);
-            c.cluster.node_timeout = Duration::from_secs(2);
-            c.webhook_url = Some(hook);
-            c.webhooks.leave_delay = Duration::from_millis(300);
-        }
-    };
     // Two survivors: both notice the death, only one webhook may result.
     let a = TestServer::start(hooked(redis.url(), receiver.url())).await;
     let b = TestServer::start(hooked(redis.url(), receiver.url())).await;
@@ -729,18 +747,8 @@ async fn webhooks_are_cluster_wide_and_a_killed_node_is_reported_once() {
     alice.subscribe_presence("presence-room", "alice").await;
     until_channel(&b, "presence-room", "user_count", |v| v["user_count"] == 2).await;
 
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let event = receiver.next_event().await;
-        seen.push(format!(
-            "{} {}",
-            event["name"].as_str().unwrap(),
-            event["user_id"].as_str().unwrap_or("")
-        ));
-    }
-    seen.sort();
     assert_eq!(
-        seen,
+        next_events_sorted(&mut receiver, 3).await,
         [
             "channel_occupied ",
             "member_added alice",
@@ -778,33 +786,14 @@ async fn webhook_bookkeeping_is_restored_after_redis_restarts_empty() {
     use crate::webhooks::Receiver;
     let mut redis = RedisServer::start().await;
     let mut receiver = Receiver::start(vec![]).await;
-    let hooked = |redis_url: String, hook: String| {
-        move |c: &mut herald_server::Config| {
-            c.redis_url = Some(redis_url);
-            c.cluster.heartbeat_interval = Duration::from_millis(200);
-            c.cluster.node_timeout = Duration::from_secs(2);
-            c.webhook_url = Some(hook);
-            c.webhooks.leave_delay = Duration::from_millis(300);
-        }
-    };
     let a = TestServer::start(hooked(redis.url(), receiver.url())).await;
     let b = TestServer::start(hooked(redis.url(), receiver.url())).await;
     let mut alice = a.client().await;
     alice.subscribe_presence("presence-room", "alice").await;
     let mut bob = b.client().await;
     bob.subscribe_presence("presence-room", "bob").await;
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let event = receiver.next_event().await;
-        seen.push(format!(
-            "{} {}",
-            event["name"].as_str().unwrap(),
-            event["user_id"].as_str().unwrap_or("")
-        ));
-    }
-    seen.sort();
     assert_eq!(
-        seen,
+        next_events_sorted(&mut receiver, 3).await,
         [
             "channel_occupied ",
             "member_added alice",
