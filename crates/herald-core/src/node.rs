@@ -433,12 +433,12 @@ impl AppState {
     }
 
     /// Where a client resumes whose socket on another node stopped without a departure (the
-    /// node was killed): a remote socket subscribed to `channel` under one of these user
-    /// identities (its presence `user_id` or its sign-in), on a node silent for longer than its
-    /// heartbeat interval (`silent_for`, [`crate::Broker::silent_for`]), is taken to be this
-    /// client's old socket, and it resumes from [`SILENCE_SLACK`] before that node was last
-    /// heard: at least once (a second device or tab of the same identity subscribing while a
-    /// node is silent gets those events too). `silent` is [`crate::Broker::silent_nodes`].
+    /// node was killed): a remote socket subscribed to `channel` under one of these identities
+    /// (its presence `user_id`, its sign-in, or its resume cookie), on a node silent for longer
+    /// than its heartbeat interval (`silent`, from [`crate::Broker::silent_nodes`]), is taken to
+    /// be this client's old socket, and it resumes from [`SILENCE_SLACK`] before that node was
+    /// last heard: at least once (a second device or tab of the same identity subscribing while
+    /// a node is silent gets those events too).
     pub fn resume_after_silence(
         &self,
         identities: &[Identity],
