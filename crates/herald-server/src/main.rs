@@ -8,11 +8,20 @@ use herald_server::config::{Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Where the rest of the configuration is, and how to steer a running node.
+const AFTER_HELP: &str = "\
+Every setting can also come from a TOML file (--config) or a HERALD_* environment variable
+(HERALD_PORT=6001, HERALD_LIMITS__MAX_FRAME_BYTES=65536); flags win over both, and an unknown key
+or variable stops start-up. With no apps configured, a demo app serves (id 1, key app-key, secret
+app-secret). SIGTERM drains the node (paced 4200 closes); a second SIGTERM exits at once. SIGHUP
+reloads the configuration file's apps. The README lists every setting and its default.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
     version,
-    about = "A Pusher Channels protocol v7 server"
+    about = "A Pusher Channels protocol v7 server",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,6 +33,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (the default when no command is given).
+    #[command(after_help = AFTER_HELP)]
     Start(StartArgs),
 }
 
@@ -32,10 +42,10 @@ struct StartArgs {
     /// TOML configuration file.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on [default: 0.0.0.0].
     #[arg(long)]
     host: Option<String>,
-    /// Port for WebSockets, the HTTP API, health and metrics.
+    /// Port for WebSockets, the HTTP API, health and metrics [default: 6001].
     #[arg(long, short = 'p')]
     port: Option<u16>,
     /// Path prefix for `/app` and `/apps` behind a reverse proxy, e.g. `/ws`.
@@ -44,7 +54,7 @@ struct StartArgs {
     /// Log every protocol frame.
     #[arg(long)]
     debug: bool,
-    /// Log format.
+    /// Log format [default: text].
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
     /// Redis URL for running several nodes as one cluster.
