@@ -314,7 +314,6 @@ impl SqlAppStore {
     async fn update_app(&self, id: &str, change: AppChange) -> AppStoreResult<App> {
         self.migrate().await?;
         let d = self.dialect;
-        let mut change = Some(change);
         let res = bounded(async {
             let mut tx = self.pool.begin().await?;
             let row = sqlx::query(&d.sql(
@@ -334,7 +333,6 @@ impl SqlAppStore {
                     ))))
                 }
             };
-            let change = change.take().expect("the change runs once");
             let app = match change(current).and_then(|app| {
                 validate(&app).map_err(AppStoreError::Invalid)?;
                 Ok(app)

@@ -341,6 +341,8 @@ impl Session {
                     identities,
                 });
                 resume
+            } else if identities.is_empty() {
+                None
             } else {
                 // No departure: maybe this client's old socket was on a node that died.
                 self.app

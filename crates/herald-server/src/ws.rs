@@ -565,6 +565,15 @@ fn failed(err: ProtocolError) -> Step {
     })
 }
 
+/// The size of a text or binary message (0 for anything else).
+fn data_len(message: &Message<'_>) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
 /// Spends one message from the connection's budget (`limits.max_messages_per_second`); over
 /// it, the message is refused with a 4301 and goes no further.
 fn spend_budget(session: &mut Session, message_budget: &mut TokenBucket) -> bool {
@@ -594,25 +603,12 @@ fn on_message(
     // pings, and both prove the client alive (see `sweep_liveness`).
     session.outbox().touch();
     match message {
-        Message::Text(text) => {
+        message @ (Message::Text(_) | Message::Binary(_)) => {
             if !spend_budget(session, message_budget) {
-                app_metrics.message_received(text.len());
+                app_metrics.message_received(data_len(&message));
                 return Step::Continue;
             }
-            on_data(shared, session, app_metrics, deflate, Message::Text(text))
-        }
-        Message::Binary(bytes) => {
-            if !spend_budget(session, message_budget) {
-                app_metrics.message_received(bytes.len());
-                return Step::Continue;
-            }
-            on_data(
-                shared,
-                session,
-                app_metrics,
-                deflate,
-                Message::Binary(bytes),
-            )
+            on_data(shared, session, app_metrics, deflate, message)
         }
         // The budget is spent before inflating: a refused message costs no inflation.
         Message::Compressed(compressed) => {
@@ -656,11 +652,7 @@ fn on_data(
     deflate: Option<Deflate>,
     message: Message<'_>,
 ) -> Step {
-    match message {
-        Message::Text(text) => app_metrics.message_received(text.len()),
-        Message::Binary(bytes) => app_metrics.message_received(bytes.len()),
-        _ => {}
-    }
+    app_metrics.message_received(data_len(&message));
     match message {
         Message::Text(text) => {
             tracing::debug!(target: "herald::frame", direction = "in", frame = %text);

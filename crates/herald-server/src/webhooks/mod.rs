@@ -284,6 +284,16 @@ impl Webhooks {
     }
 }
 
+/// The store's set of the sockets subscribed to a channel (its size decides occupied/vacated).
+fn occupancy_set(app: &str, channel: &ChannelName) -> String {
+    format!("occ:{app}:{channel}")
+}
+
+/// The store's set of a presence member's sockets on a channel (decides added/removed).
+fn members_set(app: &str, channel: &ChannelName, user: &UserId) -> String {
+    format!("members:{app}:{channel}:{user}")
+}
+
 /// How many times a fact is tried against the store before its webhooks are given up.
 const FACT_TRIES: u32 = 3;
 const FACT_RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -329,7 +339,7 @@ impl Inner {
                 socket,
                 user,
             } => {
-                let occupancy = format!("occ:{app}:{channel}");
+                let occupancy = occupancy_set(app, channel);
                 if let Some(size) = self.store.add(&occupancy, &socket.to_string()).await? {
                     if size == 1
                         && !self
@@ -348,7 +358,7 @@ impl Inner {
                     self.subscription_count(app, channel, size).await?;
                 }
                 if let Some(user) = user {
-                    let members = format!("members:{app}:{channel}:{user}");
+                    let members = members_set(app, channel, user);
                     let first = self.store.add(&members, &socket.to_string()).await? == Some(1);
                     if first
                         && !self
@@ -368,7 +378,7 @@ impl Inner {
                 user,
             } => {
                 if let Some(user) = user {
-                    let members = format!("members:{app}:{channel}:{user}");
+                    let members = members_set(app, channel, user);
                     if self.store.remove(&members, &socket.to_string()).await? == Some(0) {
                         let pending = format!("leaving:{app}:{channel}:{user}");
                         self.store
@@ -379,7 +389,7 @@ impl Inner {
                             .await?;
                     }
                 }
-                let occupancy = format!("occ:{app}:{channel}");
+                let occupancy = occupancy_set(app, channel);
                 match self.store.remove(&occupancy, &socket.to_string()).await? {
                     Some(0) => {
                         let pending = format!("vacating:{app}:{channel}");
@@ -403,11 +413,11 @@ impl Inner {
             } => {
                 let socket = socket.to_string();
                 self.store
-                    .add(&format!("occ:{app}:{channel}"), &socket)
+                    .add(&occupancy_set(app, channel), &socket)
                     .await?;
                 if let Some(user) = user {
                     self.store
-                        .add(&format!("members:{app}:{channel}:{user}"), &socket)
+                        .add(&members_set(app, channel, user), &socket)
                         .await?;
                 }
             }

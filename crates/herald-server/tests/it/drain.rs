@@ -19,12 +19,7 @@ async fn sigterm_drains_in_paced_batches_and_exits_zero() {
         clients.push(client);
     }
     let signalled = Instant::now();
-    let pid = process.child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&process.child, "-TERM");
 
     // Readiness fails at once, while liveness and the API keep working.
     let deadline = Instant::now() + WAIT;
@@ -85,12 +80,7 @@ async fn sigterm_drains_when_the_log_reader_is_gone() {
     let mut client = process.client().await;
     client.subscribe("news").await;
     process.close_log().await;
-    let pid = process.child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&process.child, "-TERM");
     assert_eq!(client.expect_close().await, Closed::Code(4200));
     let status = tokio::time::timeout(Duration::from_secs(10), process.child.wait())
         .await

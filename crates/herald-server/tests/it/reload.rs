@@ -95,12 +95,7 @@ impl Herald {
     /// Rewrites the file, sends SIGHUP, and returns the log line that reports the outcome.
     async fn reload(&mut self, config_toml: &str) -> Value {
         std::fs::write(&self.config, config_toml).unwrap();
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(&self.child, "-HUP");
         tokio::time::timeout(WAIT, async {
             while let Some(log) = self.logs.recv().await {
                 let message = log["fields"]["message"].as_str().unwrap_or_default();

@@ -442,6 +442,16 @@ pub fn data(frame: &Value) -> Value {
     }
 }
 
+/// Sends `signal` (`"-TERM"`, `"-HUP"`, ...) to a running child process.
+pub fn send_signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the process runs").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
 /// The real `herald` binary in a child process, for signals and `kill -9`; killed on drop.
 pub struct Process {
     pub child: tokio::process::Child,
