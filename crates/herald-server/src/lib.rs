@@ -166,7 +166,7 @@ impl Shared {
     /// Makes `apps` the node's apps: the registry (sockets of disabled or removed apps closed
     /// with 4003), the added apps' metric series, and the webhook targets.
     pub fn apply_apps(&self, apps: Vec<App>) -> AppsChanged {
-        let hooks = reload::webhook_apps(&apps, self.config.webhook_url.as_deref());
+        let hooks = webhooks::hooks_for(&apps, self.config.webhook_url.as_deref());
         let changed = self.node.registry().replace(apps);
         self.apps_changed(&changed);
         self.webhooks.set_apps(hooks);
@@ -257,7 +257,7 @@ fn start_webhooks(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<Webhooks> {
-    let apps = reload::webhook_apps(apps, config.webhook_url.as_deref());
+    let apps = webhooks::hooks_for(apps, config.webhook_url.as_deref());
     let store = match &config.redis_url {
         Some(url) => Store::in_redis(
             herald_redis::conn::Target::parse(url, config.cluster.sharded)?,

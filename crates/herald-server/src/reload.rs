@@ -9,14 +9,12 @@
 //!
 //! Invariant: a file that does not load or validate changes nothing; the running apps stay.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use herald_core::{App, AppsChanged};
+use herald_core::AppsChanged;
 
 use crate::config::{Config, Overrides};
-use crate::webhooks::AppHooks;
 use crate::Shared;
 
 /// Reloads the apps from `file` on every SIGHUP until the broker's background tasks stop.
@@ -117,24 +115,5 @@ fn settings_needing_restart(running: &Config, loaded: &Config) -> Vec<String> {
         .iter()
         .filter(|(key, value)| key.as_str() != "apps" && running.get(key.as_str()) != Some(value))
         .map(|(key, _)| key.clone())
-        .collect()
-}
-
-/// Every app with a webhook target, with what signing and sending its webhooks takes.
-/// `webhook_url` (the node-wide target) goes to the first app, as at start-up.
-pub fn webhook_apps(apps: &[App], webhook_url: Option<&str>) -> HashMap<String, AppHooks> {
-    let targets = Config::webhook_targets_of(apps, webhook_url);
-    apps.iter()
-        .filter_map(|app| {
-            let targets = targets.get(&app.id)?.clone();
-            Some((
-                app.id.clone(),
-                AppHooks {
-                    key: app.key.clone(),
-                    secret: app.secret.clone(),
-                    targets,
-                },
-            ))
-        })
         .collect()
 }

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::session::{Left, Outcome};
-use herald_core::{AppSecret, SubscriptionEntry};
+use herald_core::{App, AppSecret, SubscriptionEntry};
 use herald_protocol::{ChannelKind, ChannelName, SocketId, UserId};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{WebhookTarget, WebhooksConfig};
+use crate::config::{Config, WebhookTarget, WebhooksConfig};
 use crate::metrics;
 use store::WebhookStoreResult;
 pub use store::{Job, MemoryStore, Store};
@@ -105,6 +105,25 @@ pub struct AppHooks {
     pub key: String,
     pub secret: AppSecret,
     pub targets: Vec<WebhookTarget>,
+}
+
+/// Every app with a webhook target, with what signing and sending its webhooks takes.
+/// `webhook_url` (the node-wide target) goes to the first app, as at start-up.
+pub fn hooks_for(apps: &[App], webhook_url: Option<&str>) -> HashMap<String, AppHooks> {
+    let targets = Config::webhook_targets_of(apps, webhook_url);
+    apps.iter()
+        .filter_map(|app| {
+            let targets = targets.get(&app.id)?.clone();
+            Some((
+                app.id.clone(),
+                AppHooks {
+                    key: app.key.clone(),
+                    secret: app.secret.clone(),
+                    targets,
+                },
+            ))
+        })
+        .collect()
 }
 
 #[derive(Debug)]
