@@ -137,14 +137,17 @@ impl Shared {
 
     /// The configuration the server started with (a SIGHUP reload changes only the apps, which
     /// are read from the node).
+    #[inline]
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    #[inline]
     pub fn node(&self) -> &Arc<Node> {
         &self.node
     }
 
+    #[inline]
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
     }
@@ -154,16 +157,19 @@ impl Shared {
         self.broker_stats.as_ref()
     }
 
+    #[inline]
     pub fn webhooks(&self) -> &Webhooks {
         &self.webhooks
     }
 
+    #[inline]
     pub fn limits(&self) -> &Arc<NodeLimits> {
         &self.limits
     }
 
     /// The tracker of the accept loop, HTTP connections and sockets: the drain closes it and
     /// waits for them.
+    #[inline]
     pub fn connection_tasks(&self) -> &TaskTracker {
         &self.connection_tasks
     }

@@ -1,6 +1,6 @@
 //! `/admin/api/apps`: the apps with their settings (never the secret) and live counts, and the
-//! writes that go through the app store (`Apps::{create, update, delete}`: applied on this node
-//! at once, on the others through the store's change notification).
+//! writes that go through the app store (`Shared::{create_app, update_app, delete_app}`: applied
+//! on this node at once, on the others through the store's change notification).
 //!
 //! A write is checked the way start-up checks the file's apps (`config::validate_app`); a change
 //! is the current app serialized, the body laid over it and the result deserialized again, so
