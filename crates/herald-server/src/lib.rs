@@ -2,16 +2,16 @@
 //! API), the WebSocket endpoint and the shutdown drain.
 //!
 //! This file only declares the modules and re-exports the entry points. The modules import
-//! downward only, never from the crate root: `config`, `metrics`, `app_store` and `webhooks` at
-//! the bottom; [`state`] ([`Shared`]) over them; the HTTP API, the admin API, the WebSocket
-//! endpoint, `reload` and `shutdown` over `state`; [`router`] and [`server`] ([`run`],
-//! [`serve`]) on top.
+//! downward only, never from the crate root: at the bottom `config`, `app_store`, `metrics` and
+//! `webhooks` (each importing only those before it); over them [`state`] ([`Shared`]); over
+//! `state` the HTTP API, the admin API, the WebSocket endpoint, `reload` and `shutdown`; on top
+//! [`router`](mod@router) and [`server`] ([`run`], [`serve`]).
 //!
 //! Invariant: every long-lived task of a server runs on one of the two `TaskTracker`s in
 //! [`Shared`] (`connection_tasks`: the accept loop, HTTP connections and sockets;
-//! `background_tasks`: the broker, webhooks, SIGHUP and signal handlers, metrics upkeep, the
-//! liveness sweep), each stopped by a token that [`serve`] cancels, so [`serve`] returns once
-//! they ended (or their deadline passed).
+//! `background_tasks`: the broker, webhooks, the app store's sync loop, SIGHUP and signal
+//! handlers, metrics upkeep, the liveness sweep), each stopped by a token that [`serve`] cancels,
+//! so [`serve`] returns once they ended (or their deadline passed).
 
 pub mod admin;
 pub mod app_store;
