@@ -2,14 +2,16 @@
 //!
 //! [`Apps`] wraps the configured [`AppStore`]: the configuration file (read-only; SIGHUP reloads
 //! it, `reload.rs`) or a database (`app_store.url`, herald-appstore). A change made through the
-//! admin API is written to the store and then applied on this node at once
-//! ([`Shared::apply_apps`]); other nodes see it through the store's change notification.
+//! admin API is written to the store and then applied on this node at once (`Shared::create_app`
+//! and its siblings, through `Shared::apply_apps`); other nodes see it through the store's change
+//! notification. What applies a list of apps is passed in (`apply`): this module knows nothing of
+//! the server's state.
 //!
 //! Invariant: the connection and publish paths never call the store; they read the registry.
 //! A store that cannot be reached changes nothing: the last apps applied stay.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{
@@ -19,7 +21,6 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::Shared;
 
 /// The app store in use, and how its last sync went.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ pub struct AppStoreStatus {
     pub invalid_rows: u64,
 }
 
-/// How long [`crate::serve`] waits for a database's apps before it starts serving without them
+/// How long `serve` waits for a database's apps before it starts serving without them
 /// (the sync loop keeps trying).
 pub const FIRST_LOAD_WAIT: Duration = Duration::from_secs(3);
 
@@ -166,95 +167,62 @@ impl Apps {
         self.status.lock().clone()
     }
 
-    /// Adds an app to the store and applies it on this node.
-    ///
-    /// # Errors
-    /// `ReadOnly`, `Conflict`, `Unavailable`; nothing changed.
-    pub async fn create(&self, shared: &Shared, app: App) -> AppStoreResult<AppsChanged> {
-        self.store.create(app).await?;
-        self.sync(shared).await
-    }
-
-    /// Changes an app in the store atomically ([`AppStore::update`]) and applies it on this
-    /// node; returns the app as written.
-    ///
-    /// # Errors
-    /// `ReadOnly`, `NotFound`, `Conflict`, `Invalid`, `Unavailable`; nothing changed.
-    pub async fn update(
-        &self,
-        shared: &Shared,
-        id: &str,
-        change: AppChange,
-    ) -> AppStoreResult<App> {
-        let app = self.store.update(id, change).await?;
-        self.sync(shared).await?;
-        Ok(app)
-    }
-
-    /// Removes an app from the store and from this node (its sockets close with 4003).
-    ///
-    /// # Errors
-    /// `ReadOnly`, `NotFound`, `Unavailable`; nothing changed.
-    pub async fn delete(&self, shared: &Shared, id: &str) -> AppStoreResult<AppsChanged> {
-        self.store.delete(id).await?;
-        self.sync(shared).await
-    }
-
-    /// Loads every app from the store and applies the list on this node.
+    /// Loads every app from the store and applies the list on this node with `apply`
+    /// (`Shared::apply_apps`).
     ///
     /// # Errors
     /// The store is unreachable; the running apps stay, and the status says so.
-    pub async fn sync(&self, shared: &Shared) -> AppStoreResult<AppsChanged> {
-        match self.store.load().await {
-            Ok(apps) => {
-                let changed = shared.apply_apps(apps);
-                *self.status.lock() = AppStoreStatus {
-                    kind: self.store.kind(),
-                    ok: true,
-                    error: None,
-                    last_sync_ms: herald_core::monitor::now_ms(),
-                    invalid_rows: self.store.invalid_rows(),
-                };
-                self.syncs_ok.fetch_add(1, Ordering::Relaxed);
-                self.loaded.send_replace(true);
-                Ok(changed)
-            }
-            Err(err) => {
-                self.record_error(&err);
-                Err(err)
-            }
-        }
+    pub async fn sync(
+        &self,
+        apply: impl FnOnce(Vec<App>) -> AppsChanged,
+    ) -> AppStoreResult<AppsChanged> {
+        let apps = self.load().await?;
+        let changed = apply(apps);
+        self.record_loaded();
+        Ok(changed)
+    }
+
+    /// Every app in the store; a failure is recorded in the status.
+    async fn load(&self) -> AppStoreResult<Vec<App>> {
+        self.store
+            .load()
+            .await
+            .inspect_err(|err| self.record_error(err))
+    }
+
+    /// The apps just loaded are applied: the status says the store answers.
+    fn record_loaded(&self) {
+        *self.status.lock() = AppStoreStatus {
+            kind: self.store.kind(),
+            ok: true,
+            error: None,
+            last_sync_ms: herald_core::monitor::now_ms(),
+            invalid_rows: self.store.invalid_rows(),
+        };
+        self.syncs_ok.fetch_add(1, Ordering::Relaxed);
+        self.loaded.send_replace(true);
     }
 }
 
-/// Starts the sync loop (`serve` does) on `shared.background_tasks`, stopped by
-/// `shared.background`: it loads the store's apps whenever [`AppStore::changed`] says they may
-/// have changed, and retries with backoff (at most 1 s) while the store is unreachable,
-/// keeping the apps it has. It holds `shared` weakly.
-pub fn spawn_sync(shared: &Arc<Shared>) {
-    let stop = shared.background.clone();
-    let store = shared.apps.store().clone();
-    let weak = Arc::downgrade(shared);
-    shared.background_tasks.spawn(async move {
-        tokio::select! {
-            () = sync_loop(weak, store) => {}
-            () = stop.cancelled() => {}
-        }
-    });
-}
-
-async fn sync_loop(shared: Weak<Shared>, store: Arc<dyn AppStore>) {
+/// The sync loop (`Shared::spawn_app_sync` runs it on the background tasks): it loads the store's
+/// apps whenever [`AppStore::changed`] says they may have changed and applies them with `apply`
+/// (`Shared::apply_apps`), and retries with backoff (at most 1 s) while the store is
+/// unreachable, keeping the apps it has. `apply` holds the node weakly: the loop ends when it
+/// answers `None` (the node is gone).
+pub async fn sync_loop(apps: Arc<Apps>, apply: impl Fn(Vec<App>) -> Option<AppsChanged>) {
+    let store = apps.store().clone();
     let mut backoff = Duration::from_millis(100);
     // A database's apps are not on the node yet: load them first.
-    let mut must_load = shared.upgrade().is_some_and(|s| !s.apps.loaded());
+    let mut must_load = !apps.loaded();
     let mut failing = false;
     loop {
         let failed = if must_load {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            match shared.apps.sync(&shared).await {
-                Ok(changed) => {
+            match apps.load().await {
+                Ok(list) => {
+                    let Some(changed) = apply(list) else {
+                        return;
+                    };
+                    apps.record_loaded();
                     must_load = false;
                     if failing || !changed.is_empty() {
                         tracing::info!(
@@ -277,9 +245,7 @@ async fn sync_loop(shared: Weak<Shared>, store: Arc<dyn AppStore>) {
                     None
                 }
                 Err(err) => {
-                    if let Some(shared) = shared.upgrade() {
-                        shared.apps.record_error(&err);
-                    }
+                    apps.record_error(&err);
                     // Load again once it answers: the apps may have changed meanwhile.
                     must_load = true;
                     Some(err)

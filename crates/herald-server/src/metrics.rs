@@ -11,10 +11,12 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use herald_cluster::BrokerStats;
+use herald_core::Node;
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::Shared;
+use crate::app_store::Apps;
 
 pub const NODE_CONNECTIONS: &str = "herald_node_connections";
 pub const CONNECTIONS_ACTIVE: &str = "herald_connections_active";
@@ -231,11 +233,23 @@ fn describe() {
     );
 }
 
+/// What [`render`] reads from one server at scrape time (`Shared::render_metrics` fills it in).
+pub struct Scrape<'a> {
+    pub node: &'a Node,
+    /// Whether the node drains.
+    pub draining: bool,
+    /// The cluster broker's counters; `None` (zeros) for a node alone.
+    pub broker_stats: Option<&'a BrokerStats>,
+    pub app_store: &'a Apps,
+    /// The process-wide registry, rendered last.
+    pub registry: &'a PrometheusHandle,
+}
+
 /// What `/metrics` answers: this node's own gauges and broker counters (kept by the node, so
 /// several servers in one process each report their own), then the process-wide registry.
-pub fn render(shared: &Shared) -> String {
+pub fn render(scrape: &Scrape) -> String {
     use std::fmt::Write;
-    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -248,16 +262,16 @@ pub fn render(shared: &Shared) -> String {
         NODE_CONNECTIONS,
         "gauge",
         "Open WebSocket connections on this node (all apps).",
-        &[("", shared.node.connection_count() as u64)],
+        &[("", scrape.node.connection_count() as u64)],
     );
     family(
         DRAINING,
         "gauge",
         "1 while this node drains (after SIGTERM), else 0.",
-        &[("", u64::from(shared.draining.load(Acquire)))],
+        &[("", u64::from(scrape.draining))],
     );
-    let default = herald_redis::BrokerStats::default();
-    let stats = shared.broker_stats.as_deref().unwrap_or(&default);
+    let default = BrokerStats::default();
+    let stats = scrape.broker_stats.unwrap_or(&default);
     let counters = [
         (
             BROKER_PUBLISHES,
@@ -308,7 +322,7 @@ pub fn render(shared: &Shared) -> String {
             ("{reason=\"invalid\"}", stats.dropped_invalid.load(Relaxed)),
         ],
     );
-    let apps = shared.node.apps();
+    let apps = scrape.node.apps();
     let label = |app: &herald_core::AppState| app.id().replace('\\', "\\\\").replace('"', "\\\"");
     let replayed: Vec<(String, u64)> = apps
         .iter()
@@ -345,8 +359,8 @@ pub fn render(shared: &Shared) -> String {
         "Resubscriptions of recognised returning clients, by result: replayed, or why not (the client got herald:resume_failed).",
         &resumes.iter().map(|(l, v)| (l.as_str(), *v)).collect::<Vec<_>>(),
     );
-    render_app_store(shared, &mut out);
-    out.push_str(&shared.metrics.render());
+    render_app_store(scrape.app_store, &mut out);
+    out.push_str(&scrape.registry.render());
     out
 }
 
@@ -490,12 +504,12 @@ pub const APP_STORE_UP: &str = "herald_app_store_up";
 pub const APP_STORE_SYNCS: &str = "herald_app_store_syncs_total";
 pub const APP_STORE_INVALID_ROWS: &str = "herald_app_store_invalid_rows";
 
-/// The app store's families, kept by `Shared::apps` (so each server in a process reports its
-/// own), at zero from start-up.
-fn render_app_store(shared: &Shared, out: &mut String) {
+/// The app store's families, kept by the server's [`Apps`] (so each server in a process reports
+/// its own), at zero from start-up.
+fn render_app_store(apps: &Apps, out: &mut String) {
     use std::fmt::Write;
-    let status = shared.apps.status();
-    let (ok, failed) = shared.apps.syncs();
+    let status = apps.status();
+    let (ok, failed) = apps.syncs();
     let kind = status.kind;
     let _ = write!(
         out,

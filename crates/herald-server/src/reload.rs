@@ -3,21 +3,19 @@
 //! Only the `apps` section (and what derives from it: the apps' webhook targets) is applied to
 //! the running node, through the app registry: apps are added, changed in place or removed, and
 //! a disabled or removed app's sockets are closed with 4003; an added app's metric series are
-//! registered at zero ([`Shared::apps_changed`]). Every other setting needs a
+//! registered at zero ([`Shared::apply_apps`]). Every other setting needs a
 //! restart; a change to one is logged as a warning and ignored. In a cluster each node reloads
 //! its own file.
 //!
 //! Invariant: a file that does not load or validate changes nothing; the running apps stay.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use herald_core::{App, AppsChanged};
+use herald_core::AppsChanged;
 
 use crate::config::{Config, Overrides};
-use crate::webhooks::AppHooks;
-use crate::Shared;
+use crate::state::Shared;
 
 /// Reloads the apps from `file` on every SIGHUP until the broker's background tasks stop.
 /// Without a file there is nothing to reload: SIGHUP is logged and otherwise ignored (rather
@@ -33,27 +31,19 @@ pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Ov
             return;
         }
     };
-    let stop = shared.background.clone();
-    let tasks = shared.background_tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                received = hangup.recv() => {
-                    if received.is_none() {
-                        return;
-                    }
-                    // Logged either way: the log is how an operator (and a test) sees the result.
-                    match &file {
-                        Some(file) => {
-                            let _ = reload(&shared, file, &overrides);
-                        }
-                        None if shared.apps.store().kind() != "file" => {
-                            let _ = reload(&shared, std::path::Path::new(""), &overrides);
-                        }
-                        None => tracing::warn!("SIGHUP ignored: herald runs without a configuration file (--config)"),
-                    }
+    shared.clone().spawn_background(async move {
+        while hangup.recv().await.is_some() {
+            // Logged either way: the log is how an operator (and a test) sees the result.
+            match &file {
+                Some(file) => {
+                    let _ = reload(&shared, file, &overrides);
                 }
-                () = stop.cancelled() => return,
+                None if shared.apps().store().kind() != "file" => {
+                    let _ = reload(&shared, std::path::Path::new(""), &overrides);
+                }
+                None => tracing::warn!(
+                    "SIGHUP ignored: herald runs without a configuration file (--config)"
+                ),
             }
         }
     });
@@ -64,9 +54,9 @@ pub fn spawn_on_hangup(shared: Arc<Shared>, file: Option<PathBuf>, overrides: Ov
 /// # Errors
 /// The file does not load or validate; nothing was changed, and the error was logged.
 pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Result<AppsChanged> {
-    if shared.apps.store().kind() != "file" {
+    if shared.apps().store().kind() != "file" {
         tracing::warn!(
-            kind = shared.apps.store().kind(),
+            kind = shared.apps().store().kind(),
             "SIGHUP: apps come from the database (app_store.url), which every node follows by \
              itself; nothing reloaded"
         );
@@ -83,7 +73,7 @@ pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Re
             return Err(err);
         }
     };
-    let restart_needed = settings_needing_restart(&shared.config, &config);
+    let restart_needed = settings_needing_restart(shared.config(), &config);
     if !restart_needed.is_empty() {
         tracing::warn!(
             keys = %restart_needed.join(", "),
@@ -91,8 +81,8 @@ pub fn reload(shared: &Shared, file: &Path, overrides: &Overrides) -> anyhow::Re
         );
     }
     // `webhook_url` is not an apps setting: it stays as it was (and was warned about above).
-    config.webhook_url.clone_from(&shared.config.webhook_url);
-    if let Some(file_store) = shared.apps.file() {
+    config.webhook_url.clone_from(&shared.config().webhook_url);
+    if let Some(file_store) = shared.apps().file() {
         file_store.set(config.apps());
     }
     let changed = shared.apply_apps(config.apps());
@@ -117,24 +107,5 @@ fn settings_needing_restart(running: &Config, loaded: &Config) -> Vec<String> {
         .iter()
         .filter(|(key, value)| key.as_str() != "apps" && running.get(key.as_str()) != Some(value))
         .map(|(key, _)| key.clone())
-        .collect()
-}
-
-/// Every app with a webhook target, with what signing and sending its webhooks takes.
-/// `webhook_url` (the node-wide target) goes to the first app, as at start-up.
-pub fn webhook_apps(apps: &[App], webhook_url: Option<&str>) -> HashMap<String, AppHooks> {
-    let targets = Config::webhook_targets_of(apps, webhook_url);
-    apps.iter()
-        .filter_map(|app| {
-            let targets = targets.get(&app.id)?.clone();
-            Some((
-                app.id.clone(),
-                AppHooks {
-                    key: app.key.clone(),
-                    secret: app.secret.clone(),
-                    targets,
-                },
-            ))
-        })
         .collect()
 }

@@ -7,7 +7,6 @@
 //! `drain.deadline` passes is dropped. Events published during the drain still reach every socket
 //! that is open. A second signal exits at once.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use herald_core::{CloseRequest, DisconnectReason, Outbox};
@@ -17,27 +16,21 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
+use crate::state::Shared;
 
 /// How many close batches per second of drain window, at most.
 const BATCHES_PER_SECOND: u64 = 20;
 
 /// Cancels `token` on the first SIGTERM/SIGINT and exits the process on the second. The task
-/// runs on `shared.background_tasks` until the drain is over (`shared.background`).
+/// runs on the background tasks until the drain is over ([`Shared::spawn_background`]).
 pub fn spawn_signal_handler(shared: &Shared, token: CancellationToken) {
-    let stop = shared.background.clone();
-    shared.background_tasks.spawn(async move {
-        tokio::select! {
-            () = async {
-                wait_for_signal().await;
-                token.cancel();
-                tracing::info!("shutdown signal received: draining");
-                wait_for_signal().await;
-                tracing::warn!("second shutdown signal: exiting now");
-                std::process::exit(1);
-            } => {}
-            () = stop.cancelled() => {}
-        }
+    shared.spawn_background(async move {
+        wait_for_signal().await;
+        token.cancel();
+        tracing::info!("shutdown signal received: draining");
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal: exiting now");
+        std::process::exit(1);
     });
 }
 
@@ -55,27 +48,26 @@ async fn wait_for_signal() {
 /// Runs the drain sequence; returns when every task finished or the deadline passed.
 pub async fn drain(shared: &Shared, stop_accepting: &CancellationToken) {
     let started = Instant::now();
-    let drain = &shared.config.drain;
-    shared.draining.store(true, Ordering::Release);
-    shared.drain_started.cancel();
+    let drain = &shared.config().drain;
+    shared.start_draining();
     tokio::time::sleep(drain.delay).await;
 
     stop_accepting.cancel();
-    let mut sockets: Vec<Outbox> = shared.node.outboxes();
+    let mut sockets: Vec<Outbox> = shared.node().outboxes();
     tracing::info!(sockets = sockets.len(), window = ?drain.window, "closing sockets with 4200");
     sockets.shuffle(&mut rand::thread_rng());
     close_paced(sockets, drain.window).await;
 
-    shared.tracker.close();
+    shared.connection_tasks().close();
     let deadline = started + drain.deadline;
-    if tokio::time::timeout_at(deadline, shared.tracker.wait())
+    if tokio::time::timeout_at(deadline, shared.connection_tasks().wait())
         .await
         .is_err()
     {
         tracing::warn!("drain deadline reached with tasks still running");
     }
     // Leave events of the sockets just closed fall due after the leave delay: send what can be.
-    shared.webhooks.flush(deadline).await;
+    shared.webhooks().flush(deadline).await;
 }
 
 async fn close_paced(sockets: Vec<Outbox>, window: Duration) {

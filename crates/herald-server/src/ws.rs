@@ -26,8 +26,8 @@ use herald_ws::{Deflate, Message, OpCode};
 use tracing::Instrument;
 
 use crate::metrics::{self, AppMetrics, Limit};
+use crate::state::Shared;
 use crate::websocket::{self, Incoming, ProtocolError, WebSocket};
-use crate::Shared;
 
 /// A socket whose writes stall this long is dropped as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ pub async fn upgrade(
         .and_then(|app| crate::resume_cookie::for_handshake(&app.app(), req.headers()));
     let (token, set_cookie) = cookie.map_or((None, None), |c| (Some(c.token), Some(c.set_cookie)));
     // permessage-deflate is offered unless the node or the app turns it off.
-    let deflate = shared.config.deflate && admission.as_ref().is_ok_and(|app| app.app().deflate);
+    let deflate = shared.config().deflate && admission.as_ref().is_ok_and(|app| app.app().deflate);
     let mut res = accept_upgrade(shared, req, deflate, move |shared, mut socket| async move {
         match admission {
             Ok(app) => serve(shared, app, socket, token).await,
@@ -83,7 +83,7 @@ pub async fn fallback(State(shared): State<Arc<Shared>>, req: Request<Body>) -> 
             reject(&mut socket, ConnectionError::PathNotFound).await;
         });
     }
-    crate::json_error(StatusCode::NOT_FOUND, "Not found")
+    crate::http_api::json_error(StatusCode::NOT_FOUND, "Not found")
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -110,9 +110,9 @@ where
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
     };
-    let max_message = shared.config.limits.max_frame_bytes;
+    let max_message = shared.config().limits.max_frame_bytes;
     let (res, socket) = websocket::switch_protocols(&mut req, &key, deflate, max_message);
-    let tracker = shared.tracker.clone();
+    let tracker = shared.connection_tasks().clone();
     // The task outlives the handshake by hours: capture as little as possible, and hold
     // nothing but the socket across its long await (memory per connection).
     tracker.spawn(async move {
@@ -185,7 +185,7 @@ impl Refusal {
 
     fn into_response(self) -> Response {
         let (status, message, header) = self.answer();
-        let mut res = crate::json_error(status, message);
+        let mut res = crate::http_api::json_error(status, message);
         if let Some((name, value)) = header {
             res.headers_mut()
                 .insert(name, HeaderValue::from_static(value));
@@ -236,7 +236,7 @@ fn admit(
     headers: &HeaderMap,
 ) -> Result<Arc<AppState>, ConnectionError> {
     let app = shared
-        .node
+        .node()
         .app_by_key(key)
         .ok_or(ConnectionError::AppNotFound)?;
     if !app.app().enabled {
@@ -310,14 +310,14 @@ fn serve(
         let left = session.close();
         let app_id = app.id();
         for left in &left {
-            shared.webhooks.record_left(app_id, socket_id, left);
+            shared.webhooks().record_left(app_id, socket_id, left);
         }
         if app.monitor().active() {
             let code = close_code(&session, reason);
             monitor_closed(&app, socket_id, reason, code, &left);
         }
         app.remove_connection(socket_id);
-        shared.node.remove_connection();
+        shared.node().remove_connection();
         metrics::connection_closed(app_id, reason.as_str());
         tracing::debug!(reason = reason.as_str(), "socket closed");
     }
@@ -331,18 +331,18 @@ async fn admit_socket(
     resume_token: Option<Box<str>>,
 ) -> Option<(Session, tracing::Span)> {
     if !shared
-        .node
-        .try_add_connection(shared.config.max_connections)
+        .node()
+        .try_add_connection(shared.config().max_connections)
     {
         metrics::limit_rejected_for(app.id(), Limit::NodeConnections);
         limit_hit(app, None, "node_max_connections");
         reject(socket, ConnectionError::NodeOverCapacity).await;
         return None;
     }
-    let socket_id = shared.node.next_socket_id();
-    let outbox = Outbox::new(shared.limits.outbox_max_bytes);
+    let socket_id = shared.node().next_socket_id();
+    let outbox = Outbox::new(shared.limits().outbox_max_bytes);
     if let Err(refused) = app.add_connection(socket_id, &outbox) {
-        shared.node.remove_connection();
+        shared.node().remove_connection();
         let err = match refused {
             ConnectionRefused::OverQuota => {
                 metrics::limit_rejected_for(app.id(), Limit::AppConnections);
@@ -359,16 +359,16 @@ async fn admit_socket(
         socket_id: socket_id.to_string(),
     });
     // The echo mode sends nothing but echoes.
-    if !shared.config.websocket_echo {
+    if !shared.config().websocket_echo {
         let _ = outbox.push(Frame::new(server_message::connection_established(
             socket_id,
-            shared.config.activity_timeout.as_secs(),
+            shared.config().activity_timeout.as_secs(),
         )));
     }
     let mut session = Session::new(
         app.clone(),
-        shared.broker.clone(),
-        shared.limits.clone(),
+        shared.broker().clone(),
+        shared.limits().clone(),
         socket_id,
         outbox,
     );
@@ -387,7 +387,7 @@ fn connection_loop<'a>(
 ) -> impl std::future::Future<Output = DisconnectReason> + 'a {
     async move {
         let app_metrics = shared.app_metrics(session.app().id());
-        let mut message_budget = TokenBucket::new(shared.config.limits.max_messages_per_second);
+        let mut message_budget = TokenBucket::new(shared.config().limits.max_messages_per_second);
         // Deliveries write to this socket themselves while nothing is queued for it, instead
         // of waking this task (issue 14); everything else queues, and this task writes it.
         session.outbox().set_direct(
@@ -436,7 +436,7 @@ fn connection_loop<'a>(
                     return DisconnectReason::ClientClose;
                 }
                 Step::Fail(failure) => {
-                    let max_frame_bytes = shared.config.limits.max_frame_bytes;
+                    let max_frame_bytes = shared.config().limits.max_frame_bytes;
                     // What was complete before the broken frame is still answered.
                     if Box::pin(write_queued(session, socket, &app_metrics))
                         .await
@@ -656,7 +656,7 @@ fn on_data(
     match message {
         Message::Text(text) => {
             tracing::debug!(target: "herald::frame", direction = "in", frame = %text);
-            if shared.config.websocket_echo {
+            if shared.config().websocket_echo {
                 let _ = session
                     .outbox()
                     .push(echo(OpCode::Text, text.as_bytes(), deflate));
@@ -681,14 +681,14 @@ fn on_data(
                         _ => {}
                     }
                     shared
-                        .webhooks
+                        .webhooks()
                         .record_outcome(app_id, session.socket_id(), &outcome);
                     let monitor = session.app().monitor();
                     if monitor.active() {
                         if let Some(event) =
                             MonitorEvent::from_outcome(session.socket_id(), &outcome)
                         {
-                            monitor.emit(shared.node.id(), event);
+                            monitor.emit(shared.node().id(), event);
                         }
                     }
                 }
@@ -696,7 +696,7 @@ fn on_data(
             }
             Step::Continue
         }
-        Message::Binary(bytes) if shared.config.websocket_echo => {
+        Message::Binary(bytes) if shared.config().websocket_echo => {
             let _ = session.outbox().push(echo(OpCode::Binary, bytes, deflate));
             Step::Continue
         }
@@ -789,10 +789,10 @@ async fn depart(shared: &Shared, session: &mut Session) {
     let socket_id = session.socket_id();
     for left in &session.close() {
         shared
-            .webhooks
+            .webhooks()
             .record_left(session.app().id(), socket_id, left);
     }
-    let _ = tokio::time::timeout(DEPARTURE_WAIT, shared.broker.announced()).await;
+    let _ = tokio::time::timeout(DEPARTURE_WAIT, shared.broker().announced()).await;
 }
 
 /// Fails the connection (RFC 6455 §7.1.7) with the close code for `failure`, after a
@@ -822,8 +822,8 @@ const CONFIRMATIONS_PER_SECOND: u32 = 500;
 /// leave the ping unanswered for `pong_timeout` (4201). One sweep for the node instead of a timer
 /// in every socket task; `serve` stops it once the drain is over.
 pub async fn sweep_liveness(shared: Arc<Shared>) {
-    let activity = shared.config.activity_timeout;
-    let pong = shared.config.pong_timeout;
+    let activity = shared.config().activity_timeout;
+    let pong = shared.config().pong_timeout;
     let period = (activity.min(pong) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     // Each connection is checked once a period, but the pass is spread over SLICES ticks: the
     // pings it sends (a connection that was sent frames is pinged every 5 s to confirm them)
@@ -843,16 +843,16 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
         // The monitors' upkeep, once a second: watchers that left, rate samples.
         if last_monitor_tick.elapsed() >= Duration::from_millis(900) {
             last_monitor_tick = Instant::now();
-            shared.node.tick_monitors();
+            shared.node().tick_monitors();
         }
         if slice == 0 {
             // Copied out once a period, so that connects and disconnects never wait for a pass.
             outboxes.clear();
-            outboxes.extend(shared.node.outboxes());
+            outboxes.extend(shared.node().outboxes());
         }
         let now = herald_core::outbox::clock_ms();
         // The echo mode sends nothing of its own: no pings.
-        if !shared.config.websocket_echo {
+        if !shared.config().websocket_echo {
             let mut confirmations = confirmations_per_tick;
             for outbox in outboxes.iter().skip(slice).step_by(SLICES) {
                 if outbox.check_liveness(now, activity, pong, confirmations > 0)

@@ -1,6 +1,6 @@
 //! `/admin/api/apps`: the apps with their settings (never the secret) and live counts, and the
-//! writes that go through the app store (`Apps::{create, update, delete}`: applied on this node
-//! at once, on the others through the store's change notification).
+//! writes that go through the app store (`Shared::{create_app, update_app, delete_app}`: applied
+//! on this node at once, on the others through the store's change notification).
 //!
 //! A write is checked the way start-up checks the file's apps (`config::validate_app`); a change
 //! is the current app serialized, the body laid over it and the result deserialized again, so
@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::{app_state, AdminError};
 use crate::config::validate_app;
-use crate::Shared;
+use crate::state::Shared;
 
 /// Fields a `PATCH` may not touch: the credentials (the secret changes through rotate-secret).
 const FIXED: [&str; 3] = ["id", "key", "secret"];
@@ -38,7 +38,7 @@ pub(super) fn view(app: &App, counts: &AppCounts) -> Value {
 /// The app's view with its counts on this node's registry (zero when it is not there yet).
 fn view_of(shared: &Shared, app: &App) -> Value {
     let counts = shared
-        .node
+        .node()
         .app_by_id(&app.id)
         .map(|state| state.counts())
         .unwrap_or_default();
@@ -47,15 +47,15 @@ fn view_of(shared: &Shared, app: &App) -> Value {
 
 /// `GET /admin/api/apps`.
 pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
-    let mut apps = shared.node.apps();
+    let mut apps = shared.node().apps();
     apps.sort_by(|a, b| a.id().cmp(b.id()));
     let apps: Vec<Value> = apps
         .iter()
         .map(|state| view(&state.app(), &state.counts()))
         .collect();
     Json(json!({
-        "app_store": shared.apps.status(),
-        "read_only": shared.apps.read_only(),
+        "app_store": shared.apps().status(),
+        "read_only": shared.apps().read_only(),
         "apps": apps,
     }))
     .into_response()
@@ -102,7 +102,7 @@ pub(super) async fn create(
         }
     }
     let secret = app.secret.expose().to_owned();
-    shared.apps.create(&shared, app.clone()).await?;
+    shared.create_app(app.clone()).await?;
     tracing::info!(app_id = %app.id, key = %app.key, "admin API: app created");
     let body = json!({ "app": view_of(&shared, &app), "secret": secret });
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -136,7 +136,7 @@ pub(super) async fn update(
             AdminError::UnknownApp(id) => AppStoreError::NotFound(id),
         })
     });
-    let app = shared.apps.update(&shared, &id, change).await?;
+    let app = shared.update_app(&id, change).await?;
     tracing::info!(app_id = %app.id, enabled = app.enabled, "admin API: app changed");
     Ok(Json(view_of(&shared, &app)))
 }
@@ -154,7 +154,7 @@ pub(super) async fn rotate_secret(
         app.secret = new_secret;
         Ok(app)
     });
-    shared.apps.update(&shared, &id, change).await?;
+    shared.update_app(&id, change).await?;
     tracing::info!(app_id = %id, "admin API: app secret rotated");
     Ok(Json(json!({ "secret": secret })))
 }
@@ -165,14 +165,14 @@ pub(super) async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
     writable(&shared)?;
-    shared.apps.delete(&shared, &id).await?;
+    shared.delete_app(&id).await?;
     tracing::info!(app_id = %id, "admin API: app deleted");
     Ok(Json(json!({ "deleted": id })))
 }
 
 /// 409 at once on a read-only store (the file), before the body is looked at.
 fn writable(shared: &Shared) -> Result<(), AdminError> {
-    if shared.apps.read_only() {
+    if shared.apps().read_only() {
         return Err(AppStoreError::ReadOnly.into());
     }
     Ok(())

@@ -10,7 +10,7 @@ use herald_protocol::{ChannelKind, ChannelName};
 use serde_json::{json, Map, Value};
 
 use super::{app_state, AdminError};
-use crate::Shared;
+use crate::state::Shared;
 
 /// `GET /admin/api/apps/{id}/channels`: sorted by name.
 pub(super) async fn list(
@@ -34,7 +34,7 @@ pub(super) async fn info(
 ) -> Result<Json<Value>, AdminError> {
     let app = app_state(&shared, &id)?;
     let channel =
-        ChannelName::parse(&name, shared.limits.max_channel_name_length).map_err(|reason| {
+        ChannelName::parse(&name, shared.limits().max_channel_name_length).map_err(|reason| {
             AdminError::BadRequest(format!("invalid channel name {name:?}: {reason}"))
         })?;
     let info = app.channel_info(&channel);

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::{app_state, AdminError};
-use crate::Shared;
+use crate::state::Shared;
 
 /// How often a comment line keeps the stream (and proxies' idle timers) alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -40,7 +40,7 @@ pub(super) async fn stream(
     Path(id): Path<String>,
 ) -> Result<Response, AdminError> {
     let app = app_state(&shared, &id)?;
-    let node = shared.node.id().to_string();
+    let node = shared.node().id().to_string();
     let hello = json!({
         "type": "hello",
         "node": node,
@@ -53,7 +53,7 @@ pub(super) async fn stream(
         node,
         &hello.to_string(),
         KEEP_ALIVE,
-        shared.drain_started.clone(),
+        shared.drain_started().clone(),
     );
     drop(app);
     let body = Body::from_stream(futures_util::stream::unfold(watcher, Watcher::next));

@@ -25,16 +25,16 @@ use herald_protocol::signature;
 use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::Shared;
+use crate::state::Shared;
 
 /// The admin API's routes and the console's (`console.rs`), or none when no token is configured.
 pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
-    let Some(token) = &shared.config.admin.token else {
+    let Some(token) = &shared.config().admin.token else {
         return Router::new();
     };
     let auth = Arc::new(Auth::new(token.expose()));
     tracing::info!("admin API on /admin/api");
-    let limits = &shared.config.limits;
+    let limits = &shared.config().limits;
     Router::new()
         .route("/admin/api/nodes", get(nodes))
         .route("/admin/api/apps", get(apps::list).post(apps::create))
@@ -113,7 +113,7 @@ async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
 
 /// `GET /admin/api/nodes`: the cluster's nodes as this node knows them, this node first.
 async fn nodes(State(shared): State<Arc<Shared>>) -> Response {
-    Json(json!({ "nodes": shared.node.nodes() })).into_response()
+    Json(json!({ "nodes": shared.node().nodes() })).into_response()
 }
 
 /// Why an admin request was refused: a status and `{"error": "..."}`.
@@ -163,7 +163,7 @@ impl IntoResponse for AdminError {
 /// The app with this id on this node, or 404.
 fn app_state(shared: &Shared, id: &str) -> Result<Arc<herald_core::AppState>, AdminError> {
     shared
-        .node
+        .node()
         .app_by_id(id)
         .ok_or_else(|| AdminError::UnknownApp(id.to_owned()))
 }

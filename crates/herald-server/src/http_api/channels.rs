@@ -8,7 +8,7 @@ use herald_protocol::ChannelKind;
 use serde_json::{json, Map, Value};
 
 use super::{parse_channel, respond, ApiError, Info, InfoAttribute, SignedRequest};
-use crate::Shared;
+use crate::state::Shared;
 
 pub async fn list(req: Result<SignedRequest, ApiError>) -> Response {
     respond("channels", req.and_then(|req| list_inner(&req)))

@@ -2,7 +2,7 @@
 //!
 //! Invariant: every refusal is a status and a JSON body `{"error": "..."}` naming the problem;
 //! `status` is one exhaustive `match`, so a new variant forces a decision. Messages never echo a
-//! secret or a signature.
+//! secret or a signature. [`json_error`] is that body for the router's own refusals too.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -157,17 +157,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let close = self.body_left_unread();
-        let mut res = (
-            self.status(),
-            Json(serde_json::json!({"error": self.to_string()})),
-        )
-            .into_response();
+        let mut res = json_error(self.status(), &self.to_string());
         if close {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }
+}
+
+/// An error the router itself answers (no route, wrong method, a refused upgrade): the status and
+/// `{"error": "..."}`, the same shape as the HTTP API's errors.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({"error": message}))).into_response()
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{parse_channel, respond, ApiError, Info, InfoAttribute, SignedRequest};
-use crate::{metrics, Shared};
+use crate::metrics;
+use crate::state::Shared;
 
 #[derive(Debug, Deserialize)]
 struct EventBody {
@@ -168,7 +169,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 
 fn validate(shared: &Shared, app: &AppState, body: EventBody) -> Result<Event, ApiError> {
     let name = body.name.ok_or(ApiError::MissingField("name"))?;
-    let max_name = shared.limits.max_event_name_length;
+    let max_name = shared.limits().max_event_name_length;
     if name.is_empty() || name.len() > max_name {
         return Err(ApiError::InvalidEventName { max: max_name });
     }
@@ -235,7 +236,7 @@ fn publish(shared: &Shared, app: &AppState, event: &Event) -> Vec<Acceptance> {
         let cache = channel
             .is_cache()
             .then(|| (event.name.clone(), event.data.clone()));
-        let acceptance = shared.broker.accept(Envelope {
+        let acceptance = shared.broker().accept(Envelope {
             app_id: app.id().to_owned(),
             channel: channel.clone(),
             frame,

@@ -20,14 +20,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::Shared;
+use crate::state::Shared;
 
+pub(crate) use error::json_error;
 pub use error::ApiError;
 pub use info::{Info, InfoAttribute};
 pub use signed_request::SignedRequest;
 
 pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
-    let limits = &shared.config.limits;
+    let limits = &shared.config().limits;
     Router::new()
         .route("/apps/{app_id}/events", post(events::trigger))
         .route("/apps/{app_id}/batch_events", post(events::batch))
@@ -66,7 +67,7 @@ fn respond(endpoint: &'static str, res: Result<serde_json::Value, ApiError>) -> 
 
 /// Validates a channel name from a request; the error names it.
 fn parse_channel(shared: &Shared, name: &str) -> Result<herald_protocol::ChannelName, ApiError> {
-    herald_protocol::ChannelName::parse(name, shared.limits.max_channel_name_length).map_err(
+    herald_protocol::ChannelName::parse(name, shared.limits().max_channel_name_length).map_err(
         |reason| ApiError::InvalidChannelName {
             name: name.to_owned(),
             reason,

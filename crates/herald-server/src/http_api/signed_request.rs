@@ -18,7 +18,8 @@ use herald_protocol::signature;
 use http_body_util::BodyExt;
 
 use super::ApiError;
-use crate::{metrics, Shared};
+use crate::metrics;
+use crate::state::Shared;
 
 /// The only `auth_version` the Pusher HTTP API has.
 const AUTH_VERSION: &str = "1.0";
@@ -67,7 +68,7 @@ impl FromRequest<Arc<Shared>> for SignedRequest {
         let query = parse_query(parts.uri.query().unwrap_or_default())?;
         let app = match find(&path, "app_id") {
             Some(app_id) => shared
-                .node
+                .node()
                 .app_by_id(app_id)
                 .ok_or_else(|| ApiError::UnknownApp(app_id.to_owned()))?,
             // `POST /users/{id}/terminate_connections` (the Python SDK) names no app: the app
@@ -75,14 +76,14 @@ impl FromRequest<Arc<Shared>> for SignedRequest {
             None => {
                 let key = find(&query, "auth_key").ok_or(ApiError::MissingAuthParam("auth_key"))?;
                 shared
-                    .node
+                    .node()
                     .app_by_key(key)
                     .ok_or(ApiError::UnknownAuthKey)?
             }
         }
         .clone();
         check_content_type(&parts.method, &parts.headers)?;
-        let max = shared.config.limits.max_request_body_bytes;
+        let max = shared.config().limits.max_request_body_bytes;
         let body = read_body(&parts.headers, body, max)
             .await
             .inspect_err(|err| {
@@ -222,7 +223,7 @@ fn verify(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let window = shared.config.limits.api_timestamp_window.as_secs();
+    let window = shared.config().limits.api_timestamp_window.as_secs();
     if now.abs_diff(timestamp) > window {
         return Err(ApiError::StaleTimestamp { window, now });
     }
@@ -235,7 +236,7 @@ fn verify(
     }
     let params = || query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let secret = settings.secret.expose();
-    let valid = signed_paths(uri.path(), &shared.config.path_prefix)
+    let valid = signed_paths(uri.path(), &shared.config().path_prefix)
         .iter()
         .any(|path| {
             let string = signature::api_string_to_sign(method.as_str(), path, params());

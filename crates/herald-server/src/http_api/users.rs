@@ -10,7 +10,7 @@ use herald_protocol::{ChannelKind, UserId};
 use serde_json::{json, Value};
 
 use super::{parse_channel, respond, ApiError, SignedRequest};
-use crate::Shared;
+use crate::state::Shared;
 
 pub async fn list(
     State(shared): State<Arc<Shared>>,
@@ -53,7 +53,7 @@ fn terminate_inner(shared: &Shared, req: &SignedRequest) -> Result<Value, ApiErr
     }
     let app_id = req.app.id();
     let closed = shared
-        .broker
+        .broker()
         .terminate_user(app_id, &UserId(user_id.to_owned()));
     tracing::info!(app_id, user_id, closed, "terminated user connections");
     Ok(json!({}))

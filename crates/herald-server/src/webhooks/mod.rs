@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::session::{Left, Outcome};
-use herald_core::{AppSecret, SubscriptionEntry};
+use herald_core::{App, AppSecret, SubscriptionEntry};
 use herald_protocol::{ChannelKind, ChannelName, SocketId, UserId};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{WebhookTarget, WebhooksConfig};
+use crate::config::{Config, WebhookTarget, WebhooksConfig};
 use crate::metrics;
 use store::WebhookStoreResult;
 pub use store::{Job, MemoryStore, Store};
@@ -105,6 +105,25 @@ pub struct AppHooks {
     pub key: String,
     pub secret: AppSecret,
     pub targets: Vec<WebhookTarget>,
+}
+
+/// Every app with a webhook target, with what signing and sending its webhooks takes.
+/// `webhook_url` (the node-wide target) goes to the first app, as at start-up.
+pub fn hooks_for(apps: &[App], webhook_url: Option<&str>) -> HashMap<String, AppHooks> {
+    let targets = Config::webhook_targets_of(apps, webhook_url);
+    apps.iter()
+        .filter_map(|app| {
+            let targets = targets.get(&app.id)?.clone();
+            Some((
+                app.id.clone(),
+                AppHooks {
+                    key: app.key.clone(),
+                    secret: app.secret.clone(),
+                    targets,
+                },
+            ))
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -294,6 +313,18 @@ fn members_set(app: &str, channel: &ChannelName, user: &UserId) -> String {
     format!("members:{app}:{channel}:{user}")
 }
 
+/// The store's flag of a channel whose `channel_vacated` is pending (a join within the leave
+/// delay takes it, and the webhook is not sent).
+fn vacating_flag(app: &str, channel: &ChannelName) -> String {
+    format!("vacating:{app}:{channel}")
+}
+
+/// The store's flag of a presence member whose `member_removed` is pending (a join within the
+/// leave delay takes it, and the webhook is not sent).
+fn leaving_flag(app: &str, channel: &ChannelName, user: &UserId) -> String {
+    format!("leaving:{app}:{channel}:{user}")
+}
+
 /// How many times a fact is tried against the store before its webhooks are given up.
 const FACT_TRIES: u32 = 3;
 const FACT_RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -330,97 +361,27 @@ impl Inner {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Applies one fact to the store, queueing the webhooks it makes.
     async fn apply(&self, fact: &Fact) -> WebhookStoreResult<()> {
-        let delay = self.config.leave_delay;
         match fact {
             Fact::Joined {
                 app,
                 channel,
                 socket,
                 user,
-            } => {
-                let occupancy = occupancy_set(app, channel);
-                if let Some(size) = self.store.add(&occupancy, &socket.to_string()).await? {
-                    if size == 1
-                        && !self
-                            .store
-                            .take(&format!("vacating:{app}:{channel}"))
-                            .await?
-                    {
-                        self.emit(
-                            app,
-                            json!({"name": "channel_occupied", "channel": channel.as_str()}),
-                            None,
-                            0,
-                        )
-                        .await?;
-                    }
-                    self.subscription_count(app, channel, size).await?;
-                }
-                if let Some(user) = user {
-                    let members = members_set(app, channel, user);
-                    let first = self.store.add(&members, &socket.to_string()).await? == Some(1);
-                    if first
-                        && !self
-                            .store
-                            .take(&format!("leaving:{app}:{channel}:{user}"))
-                            .await?
-                    {
-                        let event = json!({"name": "member_added", "channel": channel.as_str(), "user_id": user.as_str()});
-                        self.emit(app, event, None, 0).await?;
-                    }
-                }
-            }
+            } => self.joined(app, channel, *socket, user.as_ref()).await,
             Fact::Left {
                 app,
                 channel,
                 socket,
                 user,
-            } => {
-                if let Some(user) = user {
-                    let members = members_set(app, channel, user);
-                    if self.store.remove(&members, &socket.to_string()).await? == Some(0) {
-                        let pending = format!("leaving:{app}:{channel}:{user}");
-                        self.store
-                            .set_once(&pending, delay + Duration::from_secs(60))
-                            .await?;
-                        let event = json!({"name": "member_removed", "channel": channel.as_str(), "user_id": user.as_str()});
-                        self.emit(app, event, Some(pending), delay.as_millis() as u64)
-                            .await?;
-                    }
-                }
-                let occupancy = occupancy_set(app, channel);
-                match self.store.remove(&occupancy, &socket.to_string()).await? {
-                    Some(0) => {
-                        let pending = format!("vacating:{app}:{channel}");
-                        self.store
-                            .set_once(&pending, delay + Duration::from_secs(60))
-                            .await?;
-                        let event = json!({"name": "channel_vacated", "channel": channel.as_str()});
-                        self.emit(app, event, Some(pending), delay.as_millis() as u64)
-                            .await?;
-                        self.subscription_count(app, channel, 0).await?;
-                    }
-                    Some(size) => self.subscription_count(app, channel, size).await?,
-                    None => {}
-                }
-            }
+            } => self.left(app, channel, *socket, user.as_ref()).await,
             Fact::Restored {
                 app,
                 channel,
                 socket,
                 user,
-            } => {
-                let socket = socket.to_string();
-                self.store
-                    .add(&occupancy_set(app, channel), &socket)
-                    .await?;
-                if let Some(user) = user {
-                    self.store
-                        .add(&members_set(app, channel, user), &socket)
-                        .await?;
-                }
-            }
+            } => self.restored(app, channel, *socket, user.as_ref()).await,
             Fact::ClientEvent {
                 app,
                 channel,
@@ -429,35 +390,148 @@ impl Inner {
                 socket,
                 user,
             } => {
-                // Pusher sends the client's data as a string.
-                let data = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.clone());
-                let mut payload = json!({
-                    "name": "client_event",
-                    "channel": channel.as_str(),
-                    "event": event,
-                    "data": data,
-                    "socket_id": socket.to_string(),
-                });
-                if let Some(user) = user {
-                    payload["user_id"] = json!(user.as_str());
-                }
-                self.emit(app, payload, None, 0).await?;
+                self.client_event(app, channel, event, data, *socket, user.as_ref())
+                    .await
             }
-            Fact::CacheMiss { app, channel } => {
-                if self
-                    .store
-                    .set_once(&format!("cache_miss:{app}:{channel}"), CACHE_MISS_DEDUP)
-                    .await?
-                {
-                    self.emit(
-                        app,
-                        json!({"name": "cache_miss", "channel": channel.as_str()}),
-                        None,
-                        0,
-                    )
+            Fact::CacheMiss { app, channel } => self.cache_miss(app, channel).await,
+        }
+    }
+
+    /// A socket subscribed: `channel_occupied` for the channel's first socket (unless it was
+    /// vacated within the leave delay), `member_added` for a presence member's first socket
+    /// (unless it left within the leave delay), and the subscription count.
+    async fn joined(
+        &self,
+        app: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+        user: Option<&UserId>,
+    ) -> WebhookStoreResult<()> {
+        let occupancy = occupancy_set(app, channel);
+        if let Some(size) = self.store.add(&occupancy, &socket.to_string()).await? {
+            if size == 1 && !self.store.take(&vacating_flag(app, channel)).await? {
+                self.emit(
+                    app,
+                    json!({"name": "channel_occupied", "channel": channel.as_str()}),
+                    None,
+                    0,
+                )
+                .await?;
+            }
+            self.subscription_count(app, channel, size).await?;
+        }
+        if let Some(user) = user {
+            let members = members_set(app, channel, user);
+            let first = self.store.add(&members, &socket.to_string()).await? == Some(1);
+            if first && !self.store.take(&leaving_flag(app, channel, user)).await? {
+                let event = json!({"name": "member_added", "channel": channel.as_str(), "user_id": user.as_str()});
+                self.emit(app, event, None, 0).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A socket left: `member_removed` for a presence member's last socket and `channel_vacated`
+    /// for the channel's last, both after the leave delay (a join within it cancels them), and
+    /// the subscription count.
+    async fn left(
+        &self,
+        app: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+        user: Option<&UserId>,
+    ) -> WebhookStoreResult<()> {
+        let delay = self.config.leave_delay;
+        if let Some(user) = user {
+            let members = members_set(app, channel, user);
+            if self.store.remove(&members, &socket.to_string()).await? == Some(0) {
+                let pending = leaving_flag(app, channel, user);
+                self.store
+                    .set_once(&pending, delay + Duration::from_secs(60))
                     .await?;
-                }
+                let event = json!({"name": "member_removed", "channel": channel.as_str(), "user_id": user.as_str()});
+                self.emit(app, event, Some(pending), delay.as_millis() as u64)
+                    .await?;
             }
+        }
+        let occupancy = occupancy_set(app, channel);
+        match self.store.remove(&occupancy, &socket.to_string()).await? {
+            Some(0) => {
+                let pending = vacating_flag(app, channel);
+                self.store
+                    .set_once(&pending, delay + Duration::from_secs(60))
+                    .await?;
+                let event = json!({"name": "channel_vacated", "channel": channel.as_str()});
+                self.emit(app, event, Some(pending), delay.as_millis() as u64)
+                    .await?;
+                self.subscription_count(app, channel, 0).await?;
+            }
+            Some(size) => self.subscription_count(app, channel, size).await?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A subscription put back after the store may have lost it: the sets only, no webhook.
+    async fn restored(
+        &self,
+        app: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+        user: Option<&UserId>,
+    ) -> WebhookStoreResult<()> {
+        let socket = socket.to_string();
+        self.store
+            .add(&occupancy_set(app, channel), &socket)
+            .await?;
+        if let Some(user) = user {
+            self.store
+                .add(&members_set(app, channel, user), &socket)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A client event: `client_event`, with the client's data as a string (as Pusher sends it).
+    async fn client_event(
+        &self,
+        app: &str,
+        channel: &ChannelName,
+        event: &str,
+        data: &str,
+        socket: SocketId,
+        user: Option<&UserId>,
+    ) -> WebhookStoreResult<()> {
+        // Pusher sends the client's data as a string.
+        let data = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.to_owned());
+        let mut payload = json!({
+            "name": "client_event",
+            "channel": channel.as_str(),
+            "event": event,
+            "data": data,
+            "socket_id": socket.to_string(),
+        });
+        if let Some(user) = user {
+            payload["user_id"] = json!(user.as_str());
+        }
+        self.emit(app, payload, None, 0).await
+    }
+
+    /// A subscription to an empty cache channel: one `cache_miss` per channel per
+    /// [`CACHE_MISS_DEDUP`], however many clients subscribed.
+    async fn cache_miss(&self, app: &str, channel: &ChannelName) -> WebhookStoreResult<()> {
+        if self
+            .store
+            .set_once(&format!("cache_miss:{app}:{channel}"), CACHE_MISS_DEDUP)
+            .await?
+        {
+            self.emit(
+                app,
+                json!({"name": "cache_miss", "channel": channel.as_str()}),
+                None,
+                0,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -225,7 +225,7 @@ async fn nodes_lists_this_node_first_with_its_connections() {
     let (status, body) = call(&server, "GET", "/admin/api/nodes", None).await;
     assert_eq!(status, 200, "{body}");
     let node = &body["nodes"][0];
-    assert_eq!(node["id"], server.shared.node.id().to_string());
+    assert_eq!(node["id"], server.shared.node().id().to_string());
     assert_eq!(node["this_node"], true);
     assert_eq!(node["connections"], 1);
     assert_eq!(node["apps"]["1"], 1);
@@ -383,7 +383,7 @@ async fn patch_changes_settings_and_disabling_closes_sockets_with_4003() {
     assert_eq!(
         server
             .shared
-            .node
+            .node()
             .app_by_id("1")
             .unwrap()
             .app()
@@ -673,12 +673,12 @@ fn client_event(n: usize) -> MonitorEvent {
 #[tokio::test]
 async fn the_event_stream_starts_with_hello_then_carries_records() {
     let server = TestServer::start(with_token).await;
-    let node = server.shared.node.id();
+    let node = server.shared.node().id();
     let mut stream = EventStream::open(&server, "1").await;
     let hello = stream.next().await;
     assert_eq!(hello["type"], "hello");
     assert_eq!(hello["node"], node.to_string());
-    let app = server.shared.node.app_by_id("1").unwrap();
+    let app = server.shared.node().app_by_id("1").unwrap();
     assert_eq!(app.monitor().local_watchers(), 1);
     assert!(app.monitor().active());
     app.monitor().emit(node, client_event(1));
@@ -694,10 +694,10 @@ async fn the_event_stream_starts_with_hello_then_carries_records() {
 #[tokio::test]
 async fn the_event_stream_stays_bounded_under_a_flood() {
     let server = TestServer::start(with_token).await;
-    let node = server.shared.node.id();
+    let node = server.shared.node().id();
     let mut stream = EventStream::open(&server, "1").await;
     assert_eq!(stream.next().await["type"], "hello");
-    let app = server.shared.node.app_by_id("1").unwrap();
+    let app = server.shared.node().app_by_id("1").unwrap();
     // Far more than a watcher's queue and the sampling bound, faster than anyone reads.
     const FLOOD: usize = 20 * herald_core::monitor::WATCHER_QUEUE;
     for n in 0..FLOOD {
@@ -733,10 +733,10 @@ async fn the_event_stream_stays_bounded_under_a_flood() {
 #[tokio::test]
 async fn the_event_stream_ends_when_the_client_goes_away() {
     let server = TestServer::start(with_token).await;
-    let node = server.shared.node.id();
+    let node = server.shared.node().id();
     let mut stream = EventStream::open(&server, "1").await;
     assert_eq!(stream.next().await["type"], "hello");
-    let app = server.shared.node.app_by_id("1").unwrap();
+    let app = server.shared.node().app_by_id("1").unwrap();
     assert_eq!(app.monitor().local_watchers(), 1);
     drop(stream);
     // A write to the closed connection ends the stream (the keep-alive would, within 15 s).

@@ -20,7 +20,7 @@ async fn node(db: &Database) -> TestServer {
     let url = db.url();
     let server = TestServer::start(move |c| c.app_store.url = Some(url)).await;
     assert!(
-        server.shared.apps.wait_loaded(WAIT).await,
+        server.shared.apps().wait_loaded(WAIT).await,
         "the node loaded the database's apps"
     );
     server
@@ -120,12 +120,7 @@ async fn tables_are_created_on_first_start_and_reused(kind: Kind) {
     // The configuration's demo app is not served: apps come from the database only.
     let refused = try_connect(&first, KEY).await.err().expect("no demo app");
     assert_eq!(data(&refused)["code"], 4001, "{refused}");
-    first
-        .shared
-        .apps
-        .create(&first.shared, app("10"))
-        .await
-        .unwrap();
+    first.shared.create_app(app("10")).await.unwrap();
 
     // SIGHUP reloads nothing while a database holds the apps.
     let file = std::env::temp_dir().join(format!("herald-store-{}.toml", rand::random::<u32>()));
@@ -137,8 +132,8 @@ async fn tables_are_created_on_first_start_and_reused(kind: Kind) {
     let changed = herald_server::reload::reload(&first.shared, &file, &Default::default()).unwrap();
     std::fs::remove_file(&file).unwrap();
     assert!(changed.is_empty(), "{changed:?}");
-    assert!(first.shared.node.app_by_key("from-file").is_none());
-    assert!(first.shared.node.app_by_key("key-10").is_some());
+    assert!(first.shared.node().app_by_key("from-file").is_none());
+    assert!(first.shared.node().app_by_key("key-10").is_some());
     first.stop().await;
 
     // A second start finds the tables (and their version) and serves what they hold.
@@ -180,11 +175,7 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     let db = Database::start(kind).await;
     let (one, two) = tokio::join!(node(&db), node(&db));
     let mut created = app("20");
-    one.shared
-        .apps
-        .create(&one.shared, created.clone())
-        .await
-        .unwrap();
+    one.shared.create_app(created.clone()).await.unwrap();
     // Node 1 applied it at once; node 2 through the database.
     try_connect(&one, "key-20")
         .await
@@ -202,22 +193,12 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     // A taken id or key is a conflict, and changes nothing.
     let mut same_key = app("21");
     same_key.key = "key-20".into();
-    let err = one
-        .shared
-        .apps
-        .create(&one.shared, same_key)
-        .await
-        .unwrap_err();
+    let err = one.shared.create_app(same_key).await.unwrap_err();
     assert!(
         matches!(err, herald_core::AppStoreError::Conflict(_)),
         "{err:?}"
     );
-    let err = one
-        .shared
-        .apps
-        .create(&one.shared, app("20"))
-        .await
-        .unwrap_err();
+    let err = one.shared.create_app(app("20")).await.unwrap_err();
     assert!(
         matches!(&err, herald_core::AppStoreError::Conflict(m) if m.contains("id")),
         "{err:?}"
@@ -226,8 +207,7 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     // Rotating the secret: the old signature is refused on node 2, the new one works.
     created.secret = "rotated-20".into();
     one.shared
-        .apps
-        .update(&one.shared, "20", replace(created.clone()))
+        .update_app("20", replace(created.clone()))
         .await
         .unwrap();
     let took = eventually(PROPAGATION, "node 2 refuses the old secret", || async {
@@ -241,8 +221,7 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     created.enabled = false;
     let start = Instant::now();
     one.shared
-        .apps
-        .update(&one.shared, "20", replace(created.clone()))
+        .update_app("20", replace(created.clone()))
         .await
         .unwrap();
     let closed = tokio::time::timeout(PROPAGATION, socket.expect_close())
@@ -252,17 +231,16 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
     eprintln!("{kind:?}: disable reached node 2 in {:?}", start.elapsed());
 
     // Deleting: node 2 no longer knows the key.
-    one.shared.apps.delete(&one.shared, "20").await.unwrap();
+    one.shared.delete_app("20").await.unwrap();
     eventually(PROPAGATION, "node 2 forgets the deleted app", || async {
         matches!(try_connect(&two, "key-20").await, Err(frame) if data(&frame)["code"] == 4001)
     })
     .await;
-    let err = one.shared.apps.delete(&one.shared, "20").await.unwrap_err();
+    let err = one.shared.delete_app("20").await.unwrap_err();
     assert_eq!(err, herald_core::AppStoreError::NotFound("20".into()));
     let err = one
         .shared
-        .apps
-        .update(&one.shared, "20", replace(app("20")))
+        .update_app("20", replace(app("20")))
         .await
         .unwrap_err();
     assert_eq!(err, herald_core::AppStoreError::NotFound("20".into()));
@@ -274,11 +252,7 @@ async fn changes_reach_every_node_within_two_seconds(kind: Kind) {
 async fn concurrent_changes_all_stay(kind: Kind) {
     let db = Database::start(kind).await;
     let (one, two) = tokio::join!(node(&db), node(&db));
-    one.shared
-        .apps
-        .create(&one.shared, app("30"))
-        .await
-        .unwrap();
+    one.shared.create_app(app("30")).await.unwrap();
     type Set = fn(&mut App, usize);
     let sets: [Set; 6] = [
         |a, n| a.max_connections = 1000 + n,
@@ -297,17 +271,13 @@ async fn concurrent_changes_all_stay(kind: Kind) {
                     set(&mut app, round);
                     Ok(app)
                 });
-                server
-                    .shared
-                    .apps
-                    .update(&server.shared, "30", change)
-                    .await
+                server.shared.update_app("30", change).await
             }
         });
         for res in futures_util::future::join_all(changes).await {
             res.unwrap();
         }
-        let stored = one.shared.apps.store().load().await.unwrap();
+        let stored = one.shared.apps().store().load().await.unwrap();
         let stored = stored.iter().find(|a| a.id == "30").unwrap();
         let mut expected = app("30");
         for _ in 0..=round {
@@ -348,11 +318,7 @@ async fn an_outage_leaves_the_known_apps_working(kind: Kind) {
     let mut db = Database::start(kind).await;
     let (one, two) = tokio::join!(node(&db), node(&db));
     let known = app("30");
-    one.shared
-        .apps
-        .create(&one.shared, known.clone())
-        .await
-        .unwrap();
+    one.shared.create_app(known.clone()).await.unwrap();
     eventually(PROPAGATION, "node 2 serves the app", || async {
         try_connect(&two, "key-30").await.is_ok()
     })
@@ -383,12 +349,7 @@ async fn an_outage_leaves_the_known_apps_working(kind: Kind) {
     open.expect("ev").await;
     fresh.expect("ev").await;
     // A write fails as unavailable and changes nothing.
-    let err = one
-        .shared
-        .apps
-        .create(&one.shared, app("31"))
-        .await
-        .unwrap_err();
+    let err = one.shared.create_app(app("31")).await.unwrap_err();
     assert!(
         matches!(err, herald_core::AppStoreError::Unavailable(_)),
         "{err:?}"
@@ -408,11 +369,7 @@ async fn an_outage_leaves_the_known_apps_working(kind: Kind) {
     })
     .await;
     assert_eq!(metric(&two, &up).await, Some(1.0));
-    one.shared
-        .apps
-        .create(&one.shared, app("32"))
-        .await
-        .unwrap();
+    one.shared.create_app(app("32")).await.unwrap();
     let took = eventually(
         PROPAGATION,
         "node 2 serves an app created after the outage",
@@ -455,7 +412,7 @@ async fn a_malformed_row_is_skipped(kind: Kind) {
         let refused = try_connect(&server, key).await.err().expect("skipped");
         assert_eq!(data(&refused)["code"], 4001, "{refused}");
     }
-    let app = server.shared.node.app_by_key("key-40").unwrap();
+    let app = server.shared.node().app_by_key("key-40").unwrap();
     assert_eq!(app.app().max_connections, 5);
     let (_, body) = ready(&server).await;
     assert_eq!(body["app_store"]["ok"], true, "{body}");

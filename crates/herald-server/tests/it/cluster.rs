@@ -459,7 +459,7 @@ async fn stopped_node_members_are_removed_within_the_timeout_exactly_once(engine
         "alice"
     );
 
-    victim.shared.background.cancel();
+    victim.shared.stop_background();
     let stopped = tokio::time::Instant::now();
     let removed = tokio::time::timeout(
         Duration::from_secs(10),
@@ -477,7 +477,7 @@ async fn stopped_node_members_are_removed_within_the_timeout_exactly_once(engine
         .api("GET", "/apps/1/channels/presence-room/users", &[], None)
         .await;
     assert_eq!(users, json!({"users": [{"id": "watcher"}]}));
-    let stats = survivor.shared.broker_stats.as_ref().unwrap();
+    let stats = survivor.shared.broker_stats().unwrap();
     assert_eq!(
         stats
             .nodes_reaped
@@ -654,7 +654,7 @@ async fn killed_node_client_resumes(how: Identified) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !survivor
         .shared
-        .broker
+        .broker()
         .silent_nodes()
         .iter()
         .any(|(n, _)| *n == victim_node)
@@ -827,8 +827,7 @@ async fn webhook_bookkeeping_is_restored_after_redis_restarts_empty() {
         }
         let gaps = |s: &TestServer| {
             s.shared
-                .broker_stats
-                .as_ref()
+                .broker_stats()
                 .unwrap()
                 .gaps_lost
                 .load(std::sync::atomic::Ordering::Relaxed)

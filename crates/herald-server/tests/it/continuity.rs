@@ -12,7 +12,7 @@ use crate::support::{data, Closed, TestClient, TestServer, WAIT};
 /// Closes every socket of the server with 4200, as a drain does, and waits until each client saw
 /// its close and the server let go of every connection.
 async fn drain_sockets(server: &TestServer, clients: Vec<TestClient>) {
-    for outbox in server.shared.node.outboxes() {
+    for outbox in server.shared.node().outboxes() {
         outbox.close(CloseRequest {
             code: CloseCode::ReconnectImmediately,
             message: "Server is shutting down; reconnect",
@@ -23,7 +23,7 @@ async fn drain_sockets(server: &TestServer, clients: Vec<TestClient>) {
         assert_eq!(client.expect_close().await, Closed::Code(4200));
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server.shared.node.connection_count() > 0 {
+    while server.shared.node().connection_count() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the server never let go of the drained sockets"
@@ -472,7 +472,7 @@ async fn a_client_that_closes_on_purpose_gets_no_replay() {
     alice.subscribe_presence("presence-room", "alice").await;
     alice.ws.close(None).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server.shared.node.connection_count() > 0 {
+    while server.shared.node().connection_count() > 0 {
         assert!(tokio::time::Instant::now() < deadline, "never closed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -586,7 +586,7 @@ async fn a_drained_client_that_reconnects_at_once_elsewhere_resumes() {
         expect_events(&mut alice, "presence-room", "msg", 1).await,
         ["1"]
     );
-    for outbox in a.shared.node.outboxes() {
+    for outbox in a.shared.node().outboxes() {
         outbox.close(CloseRequest {
             code: CloseCode::ReconnectImmediately,
             message: "Server is shutting down; reconnect",
@@ -658,7 +658,7 @@ async fn a_lost_connection_resumes_at_least_once() {
     );
     drop(alice);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server.shared.node.connection_count() > 0 {
+    while server.shared.node().connection_count() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the loss was never noticed"

@@ -1292,10 +1292,10 @@ async fn hostile_corpus_gets_documented_answers_and_the_canary_survives() {
     run_corpus(server.addr, &mut canary).await;
 
     // Nothing the corpus did is left in the node's state once its sockets are gone.
-    let app = server.shared.node.app_by_key(KEY).unwrap().clone();
+    let app = server.shared.node().app_by_key(KEY).unwrap().clone();
     tokio::time::timeout(WAIT, async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while app.connection_count() != 1 || server.shared.node.outboxes().len() != 1 {
+        while app.connection_count() != 1 || server.shared.node().outboxes().len() != 1 {
             tick.tick().await;
         }
     })

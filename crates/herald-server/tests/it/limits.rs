@@ -125,7 +125,7 @@ async fn slow_consumer_is_closed_without_hurting_others() {
     let mut n = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut received = 0;
-    while server.shared.node.connection_count() == 2 {
+    while server.shared.node().connection_count() == 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "stalled client was never closed"

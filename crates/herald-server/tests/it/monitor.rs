@@ -15,7 +15,7 @@ use crate::cluster::{Bus, Engine};
 use crate::support::*;
 
 fn app(server: &TestServer) -> std::sync::Arc<AppState> {
-    server.shared.node.app_by_id("1").expect("app 1")
+    server.shared.node().app_by_id("1").expect("app 1")
 }
 
 /// The next record that `matches`, skipping others; panics after [`WAIT`].
@@ -95,7 +95,7 @@ async fn a_watcher_sees_connections_subscriptions_events_and_limits() {
             reached: 2,
         }
     );
-    assert_eq!(published.node, server.shared.node.id().to_string());
+    assert_eq!(published.node, server.shared.node().id().to_string());
     // The record is what the SSE stream sends: no event data, only its size.
     let json = serde_json::to_value(&published).unwrap();
     assert_eq!(json["type"], "published");
@@ -171,7 +171,7 @@ async fn a_watcher_sees_connections_subscriptions_events_and_limits() {
     );
 
     // Bob is closed by the server: his channel is left, then the close with the server's code.
-    server.shared.node.app_by_id("1").unwrap().close_all();
+    server.shared.node().app_by_id("1").unwrap().close_all();
     until_record(&mut watch, "bob leaving his channel", |r| {
         r.event
             == MonitorEvent::Unsubscribed {
@@ -288,7 +288,7 @@ async fn a_watcher_on_one_node_sees_the_whole_cluster(engine: Engine) {
     let (one, two, three) = (bus.node().await, bus.node().await, bus.node().await);
     let ids: Vec<u64> = [&one, &two, &three]
         .iter()
-        .map(|n| n.shared.node.id())
+        .map(|n| n.shared.node().id())
         .collect();
     let mut watch = app(&one).monitor().watch();
     until("nodes 2 and 3 hear that node 1 watches", || {
@@ -351,11 +351,11 @@ async fn a_watcher_on_one_node_sees_the_whole_cluster(engine: Engine) {
 
     // The cluster view: every node, its connections, and cluster-wide counts.
     until("node 1 knows every node's connections", || {
-        let nodes = one.shared.node.nodes();
+        let nodes = one.shared.node().nodes();
         nodes.len() == 3 && nodes.iter().filter(|n| n.connections == 1).count() == 2
     })
     .await;
-    let nodes = one.shared.node.nodes();
+    let nodes = one.shared.node().nodes();
     assert!(nodes[0].this_node && nodes[0].id == ids[0].to_string());
     for node in &nodes[1..] {
         assert!(!node.this_node);
@@ -374,8 +374,7 @@ async fn a_watcher_on_one_node_sees_the_whole_cluster(engine: Engine) {
     // A forged record on the bus (another node's socket) is dropped and counted.
     let before = one
         .shared
-        .broker_stats
-        .as_ref()
+        .broker_stats()
         .unwrap()
         .dropped_invalid
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -388,8 +387,7 @@ async fn a_watcher_on_one_node_sees_the_whole_cluster(engine: Engine) {
     .await;
     until("the forged record is counted", || {
         one.shared
-            .broker_stats
-            .as_ref()
+            .broker_stats()
             .unwrap()
             .dropped_invalid
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -478,7 +476,7 @@ async fn a_slow_consumer_is_a_limit_hit_then_a_4100_close() {
     // `stalled` never reads from here on.
     let payload = "x".repeat(256 * 1024);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while server.shared.node.connection_count() == 1 {
+    while server.shared.node().connection_count() == 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled client was never closed"

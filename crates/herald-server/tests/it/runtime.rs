@@ -125,8 +125,8 @@ async fn webhook_targets_added_at_runtime_work_without_a_restart() {
 }
 
 /// `serve` returns only once every task it started has ended: the accept loop, connections and
-/// sockets (`tracker`), the broker's, the webhooks' (a request included), the metrics upkeep and
-/// the liveness sweep (`background_tasks`).
+/// sockets (`connection_tasks`), the broker's, the webhooks' (a request included), the metrics
+/// upkeep and the liveness sweep (`background_tasks`).
 #[tokio::test]
 async fn serve_returns_once_every_task_it_started_has_ended() {
     let mut receiver = Receiver::start(vec![]).await;
@@ -146,19 +146,19 @@ async fn serve_returns_once_every_task_it_started_has_ended() {
     let mut client = server.client().await;
     client.subscribe("room").await;
     assert_eq!(receiver.next_event().await["name"], "channel_occupied");
-    assert!(!server.shared.background_tasks.is_empty());
+    assert!(!server.shared.background_tasks().is_empty());
 
     let closed = tokio::spawn(async move { client.expect_close().await });
     let shared = server.stop().await;
     assert_eq!(closed.await.unwrap(), Closed::Code(4200));
-    assert!(shared.tracker.is_closed() && shared.background_tasks.is_closed());
+    assert!(shared.connection_tasks().is_closed() && shared.background_tasks().is_closed());
     assert_eq!(
-        shared.tracker.len(),
+        shared.connection_tasks().len(),
         0,
         "socket or HTTP tasks outlived serve"
     );
     assert_eq!(
-        shared.background_tasks.len(),
+        shared.background_tasks().len(),
         0,
         "background tasks outlived serve"
     );

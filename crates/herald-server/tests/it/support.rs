@@ -76,7 +76,7 @@ impl TestServer {
             // As a deployment does, start once the node has joined: it is `/ready` only after
             // reading the cluster's log back to its start.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !shared.broker.caught_up() {
+            while !shared.broker().caught_up() {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "the node never read the cluster log"
