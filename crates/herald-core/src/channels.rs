@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::cache::CacheStore;
+use crate::error::PresenceFull;
 use crate::history::{
     self, HistoryLimits, Log, Position, Resume, ResumeFailure, Resumed, RESUME_FAILED_EVENT,
 };
@@ -222,11 +223,6 @@ pub struct PresenceMember {
     pub user_info: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubscribeError {
-    PresenceFull { max: usize },
-}
-
 /// What a subscribe changed, for webhooks and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Subscribed {
@@ -286,7 +282,7 @@ impl Channels {
         member: Option<PresenceMember>,
         cookie: Option<Arc<str>>,
         resume: Option<Resume>,
-    ) -> Result<Subscribed, SubscribeError> {
+    ) -> Result<Subscribed, PresenceFull> {
         let mut res = Subscribed::default();
         {
             let mut channels = self.table.write();
@@ -298,7 +294,7 @@ impl Channels {
                 let roster = existing.presence.as_ref();
                 let is_new = roster.is_none_or(|r| !r.contains(&member.user_id));
                 if is_new && roster.is_some_and(|r| r.user_count() >= app.max_presence_members) {
-                    return Err(SubscribeError::PresenceFull {
+                    return Err(PresenceFull {
                         max: app.max_presence_members,
                     });
                 }
@@ -892,7 +888,7 @@ mod tests {
                 None,
                 None
             ),
-            Err(SubscribeError::PresenceFull { max: 2 })
+            Err(PresenceFull { max: 2 })
         );
         assert_eq!(channels.info(&room).user_count, Some(2));
         let removed = channels.remove_stale(&app, 2, &HashSet::new());
