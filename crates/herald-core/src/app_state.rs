@@ -183,7 +183,7 @@ impl AppState {
     }
 
     /// The outboxes of this app's open connections on this node.
-    pub fn outboxes(&self) -> Vec<Outbox> {
+    pub(crate) fn outboxes(&self) -> Vec<Outbox> {
         self.connections.outboxes()
     }
 
@@ -214,7 +214,7 @@ impl AppState {
 
     /// Subscribes, then queues what the client missed since `resume` (or
     /// `herald:resume_failed`) right after `subscription_succeeded`, before any later event.
-    pub fn subscribe_resuming(
+    pub(crate) fn subscribe_resuming(
         &self,
         socket: SocketId,
         outbox: &Outbox,
@@ -268,7 +268,12 @@ impl AppState {
     }
 
     /// Removes a socket from a channel; `leaving` decides where it may resume.
-    pub fn leave(&self, socket: SocketId, channel: &ChannelName, leaving: Leaving) -> Unsubscribed {
+    pub(crate) fn leave(
+        &self,
+        socket: SocketId,
+        channel: &ChannelName,
+        leaving: Leaving,
+    ) -> Unsubscribed {
         self.channels
             .unsubscribe(&self.app(), socket, channel, leaving)
     }
@@ -287,7 +292,7 @@ impl AppState {
     /// be this client's old socket, and it resumes from [`SILENCE_SLACK`] before that node was
     /// last heard: at least once (a second device or tab of the same identity subscribing while
     /// a node is silent gets those events too).
-    pub fn resume_after_silence(
+    pub(crate) fn resume_after_silence(
         &self,
         identities: &[Identity],
         channel: &ChannelName,
@@ -394,8 +399,9 @@ impl AppState {
         });
     }
 
-    /// Expires channel histories at most once a second, lazily from the publish path (the server
-    /// also calls [`AppState::sweep`] on a timer, for apps that went quiet).
+    /// Expires history older than the window and drops channels left with nothing, at most once
+    /// a second: lazily from the publish path, and from [`crate::Node::sweep_history`] on a timer
+    /// for apps that went quiet.
     fn maybe_sweep(&self, app: &App) {
         let now = clock_ms();
         let next = self.next_sweep_ms.load(Ordering::Relaxed);
@@ -422,16 +428,9 @@ impl AppState {
         self.channels.lose()
     }
 
-    /// [`AppState::sweep`] unless one ran within the last second.
-    pub fn sweep_if_due(&self) {
+    /// Expires history unless a sweep ran within the last second.
+    pub(crate) fn sweep_if_due(&self) {
         self.maybe_sweep(&self.app());
-    }
-
-    /// Expires history older than the window and drops channels left with nothing.
-    pub fn sweep(&self) {
-        self.next_sweep_ms
-            .store(clock_ms() + SWEEP_INTERVAL_MS, Ordering::Relaxed);
-        self.channels.sweep(&self.app());
     }
 
     /// Remembers the last event published to a cache channel.
@@ -463,7 +462,7 @@ impl AppState {
     }
 
     /// Registers a signed-in socket; true when the user just came online (cluster-wide).
-    pub fn sign_in(&self, user: &UserId, socket: SocketId, outbox: &Outbox) -> bool {
+    pub(crate) fn sign_in(&self, user: &UserId, socket: SocketId, outbox: &Outbox) -> bool {
         let came_online = self.users.sign_in(user, socket, outbox);
         if came_online {
             self.watchlists.notify(user, Transition::Online);
@@ -472,7 +471,7 @@ impl AppState {
     }
 
     /// Forgets a signed-in socket; true when the user just went offline (cluster-wide).
-    pub fn sign_out(&self, user: &UserId, socket: SocketId) -> bool {
+    pub(crate) fn sign_out(&self, user: &UserId, socket: SocketId) -> bool {
         let went_offline = self.users.sign_out(user, socket);
         if went_offline {
             self.watchlists.notify(user, Transition::Offline);
@@ -495,7 +494,7 @@ impl AppState {
         users.iter().cloned().partition(|u| self.is_online(u))
     }
 
-    pub fn unwatch(&self, socket: SocketId, users: &[UserId]) {
+    pub(crate) fn unwatch(&self, socket: SocketId, users: &[UserId]) {
         self.watchlists.unwatch(socket, users);
     }
 

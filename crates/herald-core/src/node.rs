@@ -82,7 +82,6 @@ impl Node {
             .collect()
     }
 
-    /// A new cluster-unique socket id.
     /// Expires channel histories of every app (at most once a second each): the timer half of
     /// "an idle channel costs nothing after its window".
     pub fn sweep_history(&self) {
@@ -91,6 +90,7 @@ impl Node {
         }
     }
 
+    /// A new cluster-unique socket id.
     pub fn next_socket_id(&self) -> SocketId {
         SocketId {
             node: self.id,

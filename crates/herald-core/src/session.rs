@@ -77,14 +77,9 @@ impl Session {
         self.resume_token = Some(token.into());
     }
 
-    /// The client closed the connection with a close frame: it left on purpose (a closed tab,
-    /// `pusher.disconnect()`), so no replay is kept for it.
-    pub fn closed_by_client(&mut self) {
-        self.closed_by_client_with(None);
-    }
-
-    /// [`closed_by_client`](Self::closed_by_client), with the close frame's code (1005, "no
-    /// status", when it had none).
+    /// The client closed the connection with a close frame (with this code, or 1005, "no
+    /// status", when it had none): it left on purpose (a closed tab, `pusher.disconnect()`), so
+    /// no replay is kept for it.
     pub fn closed_by_client_with(&mut self, code: Option<u16>) {
         self.client_close_code = Some(code.unwrap_or(1005));
     }
@@ -149,10 +144,6 @@ impl Session {
         &self.app
     }
 
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
     pub fn handle(&mut self, message: ClientMessage) -> Outcome {
         match message {
             ClientMessage::Ping => {
@@ -193,7 +184,7 @@ impl Session {
     }
 
     /// Sends `pusher:error` without closing.
-    pub fn send_error(&self, code: Option<ErrorCode>, message: &str) {
+    pub(crate) fn send_error(&self, code: Option<ErrorCode>, message: &str) {
         self.reply(server_message::error(code.map(ErrorCode::code), message));
     }
 
