@@ -795,27 +795,13 @@ fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sid(node: u64, seq: u64) -> SocketId {
-        SocketId { node, seq }
-    }
+    use crate::testing::{events, sid};
 
     fn member(user: &str) -> Option<PresenceMember> {
         Some(PresenceMember {
             user_id: UserId(user.into()),
             user_info: None,
         })
-    }
-
-    fn events(outbox: &Outbox) -> Vec<String> {
-        let (batch, _) = outbox.take();
-        batch
-            .iter()
-            .map(|f| {
-                let v: serde_json::Value = serde_json::from_slice(f.text()).unwrap();
-                v["event"].as_str().unwrap().to_owned()
-            })
-            .collect()
     }
 
     #[test]

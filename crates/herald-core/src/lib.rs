@@ -21,6 +21,8 @@ pub mod presence;
 pub mod rate_limit;
 pub mod registry;
 pub mod session;
+#[cfg(test)]
+mod testing;
 mod users;
 mod watchlist;
 pub mod webhook_store;
