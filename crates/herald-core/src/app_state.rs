@@ -1,16 +1,15 @@
 //! One app's state on this node: [`AppState`], the facade over parts that each own their lock.
 //!
-//! The parts: the channel table with presence rosters and each channel's log
-//! ([`crate::channels`]), cache channels' last events ([`crate::cache`]), signed-in users
-//! ([`crate::users`]), watchlists ([`crate::watchlist`]), open connections
-//! ([`crate::connections`]), where departed sockets stopped ([`crate::history`]), the admin
-//! console's stream ([`crate::monitor`]) and the app's settings. `AppState`'s methods are the API
-//! the session, the HTTP API and the brokers use; they compose the parts. The types of that API
-//! are re-exported here.
+//! The parts: the channel table with presence rosters and each channel's log (`channels.rs`),
+//! cache channels' last events (`cache.rs`), signed-in users (`users.rs`), watchlists
+//! (`watchlist.rs`), open connections (`connections.rs`), where departed sockets stopped
+//! ([`crate::history`]), the admin console's stream ([`crate::monitor`]) and the app's settings.
+//! `AppState`'s public methods are the API the session, the HTTP API and the brokers use; they
+//! compose the parts. The types of that API are re-exported here.
 //!
 //! Invariant: no lock is held across an await (there are none), nothing but bookkeeping and
 //! non-blocking `Outbox::push` happens under a lock, and locks nest only in the order of
-//! [`crate::lock_order`] (checked in debug builds).
+//! `lock_order.rs` (checked in debug builds).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

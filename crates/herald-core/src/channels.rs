@@ -123,7 +123,7 @@ pub struct SubscriptionEntry {
     /// Raw JSON of the presence `user_info`.
     pub user_info: Option<String>,
     /// The socket's resume cookie token, so that its client can resume on another node if
-    /// this one dies ([`crate::AppState::resume_after_silence`]).
+    /// this one dies (`AppState::resume_after_silence`).
     pub cookie: Option<Arc<str>>,
 }
 
