@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use herald_protocol::{ChannelName, SocketId, UserId};
 
+use crate::app_state::{Delivery, Durability, SubscriptionEntry};
 use crate::history::{Departure, Identity};
-use crate::node::{Delivery, Durability, Node, SubscriptionEntry};
+use crate::node::Node;
 use crate::outbox::Frame;
 
 /// One published event, serialized once, on its way to every subscriber of `channel`.

@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::cache::CacheStore;
+use crate::error::PresenceFull;
 use crate::history::{
     self, HistoryLimits, Log, Position, Resume, ResumeFailure, Resumed, RESUME_FAILED_EVENT,
 };
@@ -122,7 +123,7 @@ pub struct SubscriptionEntry {
     /// Raw JSON of the presence `user_info`.
     pub user_info: Option<String>,
     /// The socket's resume cookie token, so that its client can resume on another node if
-    /// this one dies ([`crate::AppState::resume_after_silence`]).
+    /// this one dies (`AppState::resume_after_silence`).
     pub cookie: Option<Arc<str>>,
 }
 
@@ -222,11 +223,6 @@ pub struct PresenceMember {
     pub user_info: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubscribeError {
-    PresenceFull { max: usize },
-}
-
 /// What a subscribe changed, for webhooks and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Subscribed {
@@ -286,7 +282,7 @@ impl Channels {
         member: Option<PresenceMember>,
         cookie: Option<Arc<str>>,
         resume: Option<Resume>,
-    ) -> Result<Subscribed, SubscribeError> {
+    ) -> Result<Subscribed, PresenceFull> {
         let mut res = Subscribed::default();
         {
             let mut channels = self.table.write();
@@ -298,7 +294,7 @@ impl Channels {
                 let roster = existing.presence.as_ref();
                 let is_new = roster.is_none_or(|r| !r.contains(&member.user_id));
                 if is_new && roster.is_some_and(|r| r.user_count() >= app.max_presence_members) {
-                    return Err(SubscribeError::PresenceFull {
+                    return Err(PresenceFull {
                         max: app.max_presence_members,
                     });
                 }
@@ -799,27 +795,13 @@ fn send_subscription_count(channel: &ChannelName, entry: &mut Channel) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sid(node: u64, seq: u64) -> SocketId {
-        SocketId { node, seq }
-    }
+    use crate::testing::{events, sid};
 
     fn member(user: &str) -> Option<PresenceMember> {
         Some(PresenceMember {
             user_id: UserId(user.into()),
             user_info: None,
         })
-    }
-
-    fn events(outbox: &Outbox) -> Vec<String> {
-        let (batch, _) = outbox.take();
-        batch
-            .iter()
-            .map(|f| {
-                let v: serde_json::Value = serde_json::from_slice(f.text()).unwrap();
-                v["event"].as_str().unwrap().to_owned()
-            })
-            .collect()
     }
 
     #[test]
@@ -892,7 +874,7 @@ mod tests {
                 None,
                 None
             ),
-            Err(SubscribeError::PresenceFull { max: 2 })
+            Err(PresenceFull { max: 2 })
         );
         assert_eq!(channels.info(&room).user_count, Some(2));
         let removed = channels.remove_stale(&app, 2, &HashSet::new());

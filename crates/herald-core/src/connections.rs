@@ -133,10 +133,7 @@ fn close_all(table: &Table) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sid(seq: u64) -> SocketId {
-        SocketId { node: 1, seq }
-    }
+    use crate::testing::sid;
 
     #[test]
     fn quota_counts_other_nodes_and_retire_refuses_and_closes() {
@@ -147,19 +144,19 @@ mod tests {
         let settings = || app.clone();
         connections.set_remote(2, 1);
         let (a, b) = (Outbox::new(1 << 20), Outbox::new(1 << 20));
-        assert_eq!(connections.add(sid(1), &a, settings), Ok(()));
-        assert_eq!(connections.add(sid(2), &b, settings), Ok(()));
+        assert_eq!(connections.add(sid(1, 1), &a, settings), Ok(()));
+        assert_eq!(connections.add(sid(1, 2), &b, settings), Ok(()));
         assert_eq!(
-            connections.add(sid(3), &b, settings),
+            connections.add(sid(1, 3), &b, settings),
             Err(ConnectionRefused::OverQuota)
         );
         connections.forget_remote(2);
-        connections.remove(sid(2));
+        connections.remove(sid(1, 2));
         assert_eq!(connections.count(), 1);
         assert_eq!(connections.retire(), 1);
         assert_eq!(a.take().1.map(|c| c.code), Some(CloseCode::AppDisabled));
         assert_eq!(
-            connections.add(sid(4), &b, settings),
+            connections.add(sid(1, 4), &b, settings),
             Err(ConnectionRefused::Disabled)
         );
     }
@@ -171,7 +168,7 @@ mod tests {
         app.enabled = false;
         let app = Arc::new(app);
         assert_eq!(
-            connections.add(sid(1), &Outbox::new(1 << 20), || app.clone()),
+            connections.add(sid(1, 1), &Outbox::new(1 << 20), || app.clone()),
             Err(ConnectionRefused::Disabled)
         );
     }

@@ -69,6 +69,13 @@ pub enum SubscribeError {
     },
 }
 
+/// The channel table's one refusal of a subscribe: a new member would exceed the app's
+/// `max_presence_members`. Told to the client as [`SubscribeError::PresenceFull`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceFull {
+    pub max: usize,
+}
+
 /// What is wrong with presence `channel_data` that was correctly signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelDataError {
@@ -110,13 +117,9 @@ impl From<ChannelNameError> for SubscribeError {
     }
 }
 
-impl From<crate::node::SubscribeError> for SubscribeError {
-    fn from(err: crate::node::SubscribeError) -> SubscribeError {
-        match err {
-            crate::node::SubscribeError::PresenceFull { max } => {
-                SubscribeError::PresenceFull { max }
-            }
-        }
+impl From<PresenceFull> for SubscribeError {
+    fn from(PresenceFull { max }: PresenceFull) -> SubscribeError {
+        SubscribeError::PresenceFull { max }
     }
 }
 

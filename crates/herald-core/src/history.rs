@@ -37,7 +37,7 @@ pub const RESUME_FAILED_EVENT: &str = "herald:resume_failed";
 pub const RESUME_MARK_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// How far before a silent node was last heard its clients resume when they come back on
-/// another node ([`crate::AppState::resume_after_silence`]): what its sockets may not have
+/// another node (`AppState::resume_after_silence`): what its sockets may not have
 /// received before it went silent (queued, or in flight in the kernel when it was killed).
 pub const SILENCE_SLACK: Duration = Duration::from_secs(2);
 

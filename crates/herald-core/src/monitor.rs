@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::outbox::clock_ms;
-use crate::session::{Outcome, SessionLimit};
+use crate::outcome::{Outcome, SessionLimit};
 
 /// Records buffered for each watcher before it is told it fell behind.
 pub const WATCHER_QUEUE: usize = 1024;

@@ -526,17 +526,7 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn events(outbox: &Outbox) -> Vec<String> {
-        let (frames, _) = outbox.take();
-        frames
-            .iter()
-            .map(|f| {
-                let v: serde_json::Value = serde_json::from_slice(f.text()).unwrap();
-                v["event"].as_str().unwrap().to_owned()
-            })
-            .collect()
-    }
+    use crate::testing::events;
 
     #[test]
     fn silent_connection_is_pinged_then_closed_with_4201() {

@@ -96,25 +96,25 @@ impl PresenceRoster {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sid(seq: u64) -> SocketId {
-        SocketId { node: 1, seq }
-    }
+    use crate::testing::sid;
 
     #[test]
     fn presence_member_removed_after_last_socket_leaves() {
         let mut roster = PresenceRoster::default();
         let alice = UserId("alice".into());
-        assert!(roster.add(sid(1), &alice, None));
-        assert!(!roster.add(sid(2), &alice, None));
+        assert!(roster.add(sid(1, 1), &alice, None));
+        assert!(!roster.add(sid(1, 2), &alice, None));
         assert!(
-            !roster.add(sid(2), &alice, None),
+            !roster.add(sid(1, 2), &alice, None),
             "re-subscribing is idempotent"
         );
         assert_eq!(roster.user_count(), 1);
-        assert!(!roster.remove(sid(1), &alice));
-        assert!(roster.remove(sid(2), &alice));
+        assert!(!roster.remove(sid(1, 1), &alice));
+        assert!(roster.remove(sid(1, 2), &alice));
         assert_eq!(roster.user_count(), 0);
-        assert!(!roster.remove(sid(2), &alice), "removing twice is a no-op");
+        assert!(
+            !roster.remove(sid(1, 2), &alice),
+            "removing twice is a no-op"
+        );
     }
 }

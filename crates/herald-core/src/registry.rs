@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::app::App;
-use crate::node::AppState;
+use crate::app_state::AppState;
 
 /// The apps of one node, by id and by key.
 #[derive(Debug, Default)]

@@ -13,64 +13,17 @@ use herald_protocol::{ChannelKind, ChannelName, ClientMessage, ErrorCode, Socket
 use serde_json::value::RawValue;
 
 use crate::app::NodeLimits;
+use crate::app_state::{AppState, Durability, Leaving, PresenceMember, SubscriptionEntry};
 use crate::broker::{Announcement, Broker, Envelope};
 use crate::error::{ChannelDataError, ClientEventError, MessageError, SigninError, SubscribeError};
 use crate::history::{wall_ms, Departure, Identity};
-use crate::node::{
-    AppState, Delivery, Durability, Leaving, PresenceMember, Subscribed, SubscriptionEntry,
-    Unsubscribed,
-};
 use crate::outbox::{CloseRequest, DisconnectReason, Frame, Outbox};
 use crate::rate_limit::TokenBucket;
 
+pub use crate::outcome::{Left, Outcome, SessionLimit};
+
 /// Longest presence user id Pusher accepts.
 const MAX_USER_ID_LENGTH: usize = 128;
-
-/// What handling one message did, for metrics and webhooks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Nothing,
-    Subscribed {
-        channel: ChannelName,
-        res: Subscribed,
-        /// The presence identity, for presence channels.
-        user: Option<UserId>,
-        /// A re-subscription with another identity replaced this one.
-        replaced: Option<UserId>,
-    },
-    SubscribeRejected,
-    Unsubscribed(Left),
-    ClientEvent {
-        channel: ChannelName,
-        delivery: Delivery,
-        event: String,
-        /// The raw JSON the client sent as `data`.
-        data: String,
-        user: Option<UserId>,
-    },
-    ClientEventRejected,
-    /// The message was refused because it would exceed a limit (counted as such).
-    LimitReached(SessionLimit),
-    SignedIn,
-    SigninRejected,
-}
-
-/// The per-connection limits a session enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionLimit {
-    ChannelsPerConnection,
-    PresenceMembers,
-    ClientEventRate,
-    ClientEventSize,
-}
-
-/// A socket left a channel (by unsubscribing or by disconnecting).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Left {
-    pub channel: ChannelName,
-    pub res: Unsubscribed,
-    pub user: Option<UserId>,
-}
 
 #[derive(Debug)]
 struct SignedIn {
@@ -124,14 +77,9 @@ impl Session {
         self.resume_token = Some(token.into());
     }
 
-    /// The client closed the connection with a close frame: it left on purpose (a closed tab,
-    /// `pusher.disconnect()`), so no replay is kept for it.
-    pub fn closed_by_client(&mut self) {
-        self.closed_by_client_with(None);
-    }
-
-    /// [`closed_by_client`](Self::closed_by_client), with the close frame's code (1005, "no
-    /// status", when it had none).
+    /// The client closed the connection with a close frame (with this code, or 1005, "no
+    /// status", when it had none): it left on purpose (a closed tab, `pusher.disconnect()`), so
+    /// no replay is kept for it.
     pub fn closed_by_client_with(&mut self, code: Option<u16>) {
         self.client_close_code = Some(code.unwrap_or(1005));
     }
@@ -196,10 +144,6 @@ impl Session {
         &self.app
     }
 
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
     pub fn handle(&mut self, message: ClientMessage) -> Outcome {
         match message {
             ClientMessage::Ping => {
@@ -240,7 +184,7 @@ impl Session {
     }
 
     /// Sends `pusher:error` without closing.
-    pub fn send_error(&self, code: Option<ErrorCode>, message: &str) {
+    pub(crate) fn send_error(&self, code: Option<ErrorCode>, message: &str) {
         self.reply(server_message::error(code.map(ErrorCode::code), message));
     }
 

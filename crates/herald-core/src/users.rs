@@ -147,10 +147,7 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sid(node: u64, seq: u64) -> SocketId {
-        SocketId { node, seq }
-    }
+    use crate::testing::sid;
 
     #[test]
     fn online_from_the_first_socket_anywhere_to_the_last() {
