@@ -133,12 +133,11 @@ impl<T: Transport> Inner<T> {
                 if applied.invalid > 0 {
                     bump(&self.stats.dropped_invalid, applied.invalid as u64);
                 }
-                if let (Some(app), Some(hook), false) =
-                    (state_of, &self.on_node_gone, applied.removed.is_empty())
-                {
-                    hook(&app, applied.removed);
-                } else {
-                    self.delivered(applied);
+                match state_of {
+                    Some(app) if !applied.removed.is_empty() => {
+                        self.hooks.node_gone(&app, applied.removed);
+                    }
+                    _ => self.delivered(applied),
                 }
             }
             Err(err) => {
@@ -149,22 +148,22 @@ impl<T: Transport> Inner<T> {
     }
 
     fn delivered(&self, applied: wire::Applied) {
-        if let (Some((app, delivery)), Some(hook)) = (applied.delivered, self.on_delivery.get()) {
-            hook(&app, delivery);
+        if let Some((app, delivery)) = applied.delivered {
+            self.hooks.delivered(&app, delivery);
         }
     }
 
     pub(super) fn reap(&self) {
         let connected_for = self.connected_since.lock().map(|t| t.elapsed());
         // Only judge others while we can hear them, and not before they had time to speak.
-        if connected_for.is_none_or(|d| d < self.config.node_timeout) {
+        if connected_for.is_none_or(|d| d < self.settings.node_timeout) {
             return;
         }
         let dead: Vec<u64> = {
             let mut peers = self.peers.lock();
             let dead: Vec<u64> = peers
                 .iter()
-                .filter(|(_, seen)| seen.elapsed() > self.config.node_timeout)
+                .filter(|(_, seen)| seen.elapsed() > self.settings.node_timeout)
                 .map(|(id, _)| *id)
                 .collect();
             for id in &dead {
@@ -181,8 +180,8 @@ impl<T: Transport> Inner<T> {
             self.node.forget_peer(id);
             for app in self.node.apps() {
                 let removed = app.forget_node(id);
-                if let (Some(hook), false) = (&self.on_node_gone, removed.is_empty()) {
-                    hook(app.id(), removed);
+                if !removed.is_empty() {
+                    self.hooks.node_gone(app.id(), removed);
                 }
             }
         }
@@ -216,11 +215,10 @@ impl<T: Transport> Inner<T> {
         bump(&self.stats.gaps_lost, 1);
         let mut told = 0;
         for app in self.node.apps() {
-            if self.shard(app.id(), None) == shard || self.config.shard_by == ShardBy::Channel {
+            if self.shard(app.id(), None) == shard || self.settings.shard_by == ShardBy::Channel {
                 told += app.lose_history();
-                if let Some(hook) = self.on_log_lost.get() {
-                    hook(app.id(), app.local_state().subscriptions);
-                }
+                self.hooks
+                    .log_lost(app.id(), || app.local_state().subscriptions);
             }
         }
         tracing::warn!(

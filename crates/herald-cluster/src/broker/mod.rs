@@ -56,8 +56,8 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use hooks::{DeliveryHook, NodeGoneHook};
-pub use settings::{ClusterConfig, ShardBy};
+pub use hooks::{DeliveryHook, Hooks, SubscriptionsHook};
+pub use settings::{ClusterSettings, ShardBy};
 pub use stats::BrokerStats;
 
 use outbound::Queued;
@@ -68,7 +68,7 @@ const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
 
 struct Inner<T> {
     node: Arc<Node>,
-    config: ClusterConfig,
+    settings: ClusterSettings,
     transport: T,
     tx: mpsc::Sender<Queued>,
     stats: Arc<BrokerStats>,
@@ -82,8 +82,6 @@ struct Inner<T> {
     shards_caught_up: AtomicUsize,
     /// Wall-clock ms when the node started: entries older than this are backfill.
     started_ms: u64,
-    /// Told about the subscriptions of a node declared dead (for webhooks).
-    on_node_gone: Option<NodeGoneHook>,
     /// Held while announcing and while snapshotting state, so a `State` never overtakes, or is
     /// overtaken by, a delta about the same socket on the bus.
     order: Mutex<()>,
@@ -91,10 +89,8 @@ struct Inner<T> {
     state_dirty: AtomicBool,
     /// The last batch handed to the transport failed.
     publish_failing: AtomicBool,
-    on_delivery: std::sync::OnceLock<DeliveryHook>,
-    /// Told, per app, this node's own subscriptions after the log lost entries (webhooks put
-    /// them back into their store, which may have lost them with the log).
-    on_log_lost: std::sync::OnceLock<NodeGoneHook>,
+    /// What the owner is told: deliveries, other nodes' lost subscriptions, a lost log.
+    hooks: Hooks,
 }
 
 impl<T: Transport> std::fmt::Debug for Inner<T> {
@@ -119,20 +115,20 @@ impl<T: Transport> Clone for ClusterBroker<T> {
 impl<T: Transport> ClusterBroker<T> {
     /// Starts the publisher, subscriber and heartbeat tasks on `tracker`, until `stop`. The
     /// transport need not be reachable: the node serves its own sockets meanwhile and joins the
-    /// cluster when the transport answers.
+    /// cluster when the transport answers. `hooks` is all the broker tells its owner.
     pub fn start(
         node: Arc<Node>,
-        config: ClusterConfig,
+        settings: ClusterSettings,
         transport: T,
         tracker: &TaskTracker,
         stop: CancellationToken,
-        on_node_gone: Option<NodeGoneHook>,
+        hooks: Hooks,
     ) -> ClusterBroker<T> {
-        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let shards = config.shards.max(1);
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let shards = settings.shards.max(1);
         let inner = Arc::new(Inner {
             node,
-            config,
+            settings,
             transport,
             tx,
             stats: Arc::default(),
@@ -141,12 +137,10 @@ impl<T: Transport> ClusterBroker<T> {
             shards_up: AtomicUsize::new(0),
             shards_caught_up: AtomicUsize::new(0),
             started_ms: wire::now_ms(),
-            on_node_gone,
             order: Mutex::new(()),
             state_dirty: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
-            on_delivery: std::sync::OnceLock::new(),
-            on_log_lost: std::sync::OnceLock::new(),
+            hooks,
         });
         tracker.spawn(tasks::publisher(inner.clone(), rx, stop.clone()));
         for shard in 0..shards {
@@ -155,16 +149,6 @@ impl<T: Transport> ClusterBroker<T> {
         tracker.spawn(tasks::forward_monitors(inner.clone(), stop.clone()));
         tracker.spawn(tasks::heartbeat(inner.clone(), stop));
         ClusterBroker(inner)
-    }
-
-    /// Sets what is told of every delivery of an event read from the bus (once).
-    pub fn on_delivery(&self, hook: DeliveryHook) {
-        let _ = self.0.on_delivery.set(hook);
-    }
-
-    /// Sets what is told this node's subscriptions (per app) after the log lost entries.
-    pub fn on_log_lost(&self, hook: NodeGoneHook) {
-        let _ = self.0.on_log_lost.set(hook);
     }
 
     pub fn stats(&self) -> Arc<BrokerStats> {
@@ -314,7 +298,7 @@ impl<T: Transport> Broker for ClusterBroker<T> {
             .lock()
             .iter()
             .map(|(node, seen)| (*node, seen.elapsed()))
-            .filter(|(_, silent)| *silent > inner.config.heartbeat_interval)
+            .filter(|(_, silent)| *silent > inner.settings.heartbeat_interval)
             .map(|(node, silent)| (node, u64::try_from(silent.as_millis()).unwrap_or(u64::MAX)))
             .collect()
     }

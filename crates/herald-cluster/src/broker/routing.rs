@@ -16,12 +16,12 @@ fn shard_of(key: &str, shards: usize) -> usize {
 
 impl<T: Transport> Inner<T> {
     pub(super) fn shards(&self) -> usize {
-        self.config.shards.max(1)
+        self.settings.shards.max(1)
     }
 
     /// The shard of a message about `app` (and, for events, `channel`).
     pub(super) fn shard(&self, app: &str, channel: Option<&str>) -> usize {
-        match (self.config.shard_by, channel) {
+        match (self.settings.shard_by, channel) {
             (ShardBy::Channel, Some(channel)) => {
                 shard_of(&format!("{app}\u{0}{channel}"), self.shards())
             }

@@ -16,7 +16,7 @@ pub enum ShardBy {
 
 /// The protocol's timing and queue settings (the transport has its own).
 #[derive(Debug, Clone)]
-pub struct ClusterConfig {
+pub struct ClusterSettings {
     pub heartbeat_interval: Duration,
     /// A node silent this long is considered dead and its members are removed.
     pub node_timeout: Duration,

@@ -173,7 +173,7 @@ pub(super) async fn subscriber<T: Transport>(
 
 /// Heartbeats, reaps silent peers, and resyncs after this node itself stalled.
 pub(super) async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(inner.config.heartbeat_interval);
+    let mut tick = tokio::time::interval(inner.settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
     loop {
@@ -200,7 +200,7 @@ pub(super) async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: Cancella
                 });
             }
         }
-        if gap > inner.config.node_timeout {
+        if gap > inner.settings.node_timeout {
             // We were frozen long enough for others to declare us dead: rebuild both ways.
             tracing::warn!(?gap, "this node stalled: resyncing cluster state");
             inner.resync();
@@ -234,7 +234,7 @@ pub(super) async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: Cancella
 pub(super) async fn forward_monitors<T: Transport>(inner: Arc<Inner<T>>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(FORWARD_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let every = inner.config.heartbeat_interval;
+    let every = inner.settings.heartbeat_interval;
     let ttl_ms = u64::try_from(every.saturating_mul(3).as_millis()).unwrap_or(u64::MAX);
     let me = inner.node.id();
     // When each app watched here was last announced.

@@ -15,7 +15,7 @@ use herald_protocol::{ChannelName, SocketId, UserId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{ClusterBroker, ClusterConfig, ShardBy};
+use super::{ClusterBroker, ClusterSettings, Hooks, ShardBy};
 use crate::memory::MemoryHub;
 use crate::transport::{BusItem, Outgoing, Transport};
 
@@ -28,7 +28,7 @@ struct TestNode {
 
 fn start(hub: &MemoryHub, id: u64, tracker: &TaskTracker, stop: &CancellationToken) -> TestNode {
     let node = Arc::new(Node::new(id, vec![App::demo()], NodeLimits::default()));
-    let config = ClusterConfig {
+    let settings = ClusterSettings {
         heartbeat_interval: Duration::from_millis(50),
         node_timeout: Duration::from_millis(500),
         queue_capacity: 1024,
@@ -37,11 +37,11 @@ fn start(hub: &MemoryHub, id: u64, tracker: &TaskTracker, stop: &CancellationTok
     };
     let broker = ClusterBroker::start(
         node.clone(),
-        config,
+        settings,
         hub.transport(),
         tracker,
         stop.clone(),
-        None,
+        Hooks::default(),
     );
     TestNode { node, broker }
 }
