@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use herald_core::history::{Departure, Identity};
 use herald_core::{
-    Announcement, Delivery, Durability, Envelope, Frame, LocalState, MonitorRecord, Node, Position,
-    PresenceMember, SubscriptionEntry,
+    Announcement, AppState, Delivery, Durability, Envelope, Frame, LocalState, MonitorRecord, Node,
+    Position, PresenceMember, SubscriptionEntry,
 };
 use herald_protocol::{ChannelName, SocketId, UserId};
 use serde::{Deserialize, Serialize};
@@ -382,13 +382,14 @@ fn user_info(info: &str) -> Result<Box<RawValue>, WireError> {
     RawValue::from_string(info.to_owned()).map_err(|_| WireError::Invalid("user info"))
 }
 
-/// Validates a message from another node and applies it.
+/// Validates a message from another node and applies it. Each family of messages has its own
+/// function below: events, a node's sockets (subscriptions, sign-ins, terminations), replay
+/// (departures and resumes), a node's full state, heartbeats, and the monitor's traffic.
 ///
 /// # Errors
 /// Whatever failed validation; nothing was applied then.
-/// Returns the subscriptions a `State` removed (for webhooks); empty for other messages.
 pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<Applied, WireError> {
-    let app_state = |app: &str| {
+    let app_state = |app: &str| -> Result<Arc<AppState>, WireError> {
         node.app_by_id(app)
             .ok_or_else(|| WireError::UnknownApp(app.to_owned()))
     };
@@ -402,30 +403,12 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             ephemeral,
             ..
         } => {
-            let app = app_state(&app)?;
-            let channel = channel_name(&channel)?;
-            let except = except
-                .map(|s| SocketId::parse(&s).ok_or(WireError::Invalid("socket id")))
-                .transpose()?;
-            let is_object = serde_json::from_str::<serde::de::IgnoredAny>(&frame).is_ok()
-                && frame.trim_start().starts_with('{');
-            if !is_object {
-                return Err(WireError::Invalid("event frame"));
-            }
-            let frame = Frame::published(frame, std::time::Instant::now());
-            if let Some((event, data)) = &cache {
-                app.store_cache(&channel, event, data, &frame);
-            }
             let durability = match (ephemeral, placement) {
                 (true, _) => Durability::Ephemeral,
                 (false, Placement::Live(position)) => Durability::At(position),
                 (false, Placement::Backfill(position)) => Durability::Backfill(position),
             };
-            let delivery = app.deliver(&channel, &frame, except, durability);
-            return Ok(Applied {
-                delivered: Some((app.id().to_owned(), delivery)),
-                ..Applied::default()
-            });
+            deliver_event(app_state(&app)?, &channel, frame, except, cache, durability)
         }
         BusMessage::Subscribed {
             node: from,
@@ -435,48 +418,34 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             user,
             info,
             cookie,
-        } => {
-            let app = app_state(&app)?;
-            let channel = channel_name(&channel)?;
-            let socket = socket_of(from, &socket)?;
-            let cookie = cookie
-                .map(bounded_cookie)
-                .transpose()?
-                .map(Arc::<str>::from);
-            let member = match user {
-                Some(user) => Some(PresenceMember {
-                    user_id: user_id(user)?,
-                    user_info: info.as_deref().map(user_info).transpose()?,
-                }),
-                None => None,
-            };
-            app.remote_subscribe(socket, &channel, member, cookie);
-        }
+        } => remote_subscribe(
+            app_state(&app)?,
+            from,
+            &channel,
+            &socket,
+            user,
+            info,
+            cookie,
+        ),
         BusMessage::Unsubscribed {
             node: from,
             app,
             channel,
             socket,
-        } => {
-            let app = app_state(&app)?;
-            app.remote_unsubscribe(socket_of(from, &socket)?, &channel_name(&channel)?);
-        }
+        } => remote_unsubscribe(app_state(&app)?, from, &channel, &socket),
         BusMessage::SignedIn {
             node: from,
             app,
             socket,
             user,
-        } => {
-            app_state(&app)?.remote_sign_in(socket_of(from, &socket)?, &user_id(user)?);
-        }
+        } => remote_sign_in(app_state(&app)?, from, &socket, user),
         BusMessage::SignedOut {
             node: from,
             app,
             socket,
             user,
-        } => {
-            app_state(&app)?.remote_sign_out(socket_of(from, &socket)?, &user_id(user)?);
-        }
+        } => remote_sign_out(app_state(&app)?, from, &socket, user),
+        BusMessage::Terminate { app, user, .. } => terminate_user(app_state(&app)?, user),
         BusMessage::Departed {
             node: from,
             app,
@@ -487,94 +456,241 @@ pub fn apply(node: &Node, message: BusMessage, placement: Placement) -> Result<A
             left_ms,
         } => {
             let app = app_state(&app)?;
-            let identities = identities_from_wire(identities)?;
-            let departure = Departure {
-                after: after
-                    .parse()
-                    .map_err(|_| WireError::Invalid("log position"))?,
-                socket: socket_of(from, &socket)?,
-                left_ms,
-            };
-            app.record_departure(&identities, &channel_name(&channel)?, departure);
+            record_departure(app, from, &channel, identities, &after, &socket, left_ms)
         }
         BusMessage::Resumed {
             app,
             channel,
             identities,
             ..
-        } => {
-            let app = app_state(&app)?;
-            let identities = identities_from_wire(identities)?;
-            let _ = app.take_resume(&identities, &channel_name(&channel)?);
-        }
-        BusMessage::Terminate { app, user, .. } => {
-            app_state(&app)?.terminate_user(&user_id(user)?);
-        }
+        } => record_resume(app_state(&app)?, &channel, identities),
+        BusMessage::State {
+            node: from,
+            app,
+            state,
+        } => replace_node(app_state(&app)?, from, state),
         BusMessage::Heartbeat {
             node: from,
             connections,
             started_at_ms,
             messages,
         } => {
-            let mut known = Vec::with_capacity(connections.len());
-            for (app_id, count) in &connections {
-                if let Some(app) = node.app_by_id(app_id) {
-                    app.set_remote_connections(from, *count);
-                    known.push((app_id.as_str(), *count));
-                }
-            }
-            node.heard_from(from, started_at_ms, &known);
-            for (app, counters) in messages {
-                if let Some(app) = node.app_by_id(&app) {
-                    app.traffic().sample_peer(from, started_at_ms, counters);
-                }
-            }
+            heard_from(node, from, started_at_ms, &connections, messages);
+            Ok(Applied::default())
         }
         BusMessage::Watching { app, ttl_ms, .. } => {
-            app_state(&app)?
-                .monitor()
-                .remote_watch(ttl_ms.min(MAX_WATCH_TTL_MS));
+            remote_watch(app_state(&app)?, ttl_ms);
+            Ok(Applied::default())
         }
         BusMessage::Monitor {
             node: from,
             app,
             records,
-        } => {
-            let app = app_state(&app)?;
-            if records.len() > MAX_MONITOR_BATCH {
-                return Err(WireError::Invalid("monitor batch"));
-            }
-            let monitor = app.monitor();
-            if monitor.local_watchers() == 0 {
-                return Ok(Applied::default());
-            }
-            let mut invalid = 0;
-            for record in records {
-                match MonitorRecord::from_remote(from, record) {
-                    Some(record) => monitor.publish(std::sync::Arc::new(record)),
-                    None => invalid += 1,
-                }
-            }
-            return Ok(Applied {
-                invalid,
-                ..Applied::default()
-            });
-        }
-        BusMessage::State {
-            node: from,
-            app,
-            state,
-        } => {
-            let app = app_state(&app)?;
-            return Ok(Applied {
-                removed: app.replace_node(from, &state.into_local(from)?),
-                ..Applied::default()
-            });
-        }
+        } => forward_records(app_state(&app)?, from, records),
         // Answered by the broker, which owns the publisher; a mark concerns only its node.
-        BusMessage::SyncRequest { .. } | BusMessage::CaughtUp { .. } => {}
+        BusMessage::SyncRequest { .. } | BusMessage::CaughtUp { .. } => Ok(Applied::default()),
     }
+}
+
+// Events.
+
+/// Delivers an event to this node's subscribers (and keeps a cache channel's last event), once
+/// its frame is known to be a JSON object.
+fn deliver_event(
+    app: Arc<AppState>,
+    channel: &str,
+    frame: String,
+    except: Option<String>,
+    cache: Option<(String, String)>,
+    durability: Durability,
+) -> Result<Applied, WireError> {
+    let channel = channel_name(channel)?;
+    let except = except
+        .map(|s| SocketId::parse(&s).ok_or(WireError::Invalid("socket id")))
+        .transpose()?;
+    let is_object = serde_json::from_str::<serde::de::IgnoredAny>(&frame).is_ok()
+        && frame.trim_start().starts_with('{');
+    if !is_object {
+        return Err(WireError::Invalid("event frame"));
+    }
+    let frame = Frame::published(frame, std::time::Instant::now());
+    if let Some((event, data)) = &cache {
+        app.store_cache(&channel, event, data, &frame);
+    }
+    let delivery = app.deliver(&channel, &frame, except, durability);
+    Ok(Applied {
+        delivered: Some((app.id().to_owned(), delivery)),
+        ..Applied::default()
+    })
+}
+
+// A node's sockets: what each of another node's sockets subscribed to and signed in as.
+
+fn remote_subscribe(
+    app: Arc<AppState>,
+    from: u64,
+    channel: &str,
+    socket: &str,
+    user: Option<String>,
+    info: Option<String>,
+    cookie: Option<String>,
+) -> Result<Applied, WireError> {
+    let channel = channel_name(channel)?;
+    let socket = socket_of(from, socket)?;
+    let cookie = cookie
+        .map(bounded_cookie)
+        .transpose()?
+        .map(Arc::<str>::from);
+    let member = match user {
+        Some(user) => Some(PresenceMember {
+            user_id: user_id(user)?,
+            user_info: info.as_deref().map(user_info).transpose()?,
+        }),
+        None => None,
+    };
+    app.remote_subscribe(socket, &channel, member, cookie);
     Ok(Applied::default())
+}
+
+fn remote_unsubscribe(
+    app: Arc<AppState>,
+    from: u64,
+    channel: &str,
+    socket: &str,
+) -> Result<Applied, WireError> {
+    app.remote_unsubscribe(socket_of(from, socket)?, &channel_name(channel)?);
+    Ok(Applied::default())
+}
+
+fn remote_sign_in(
+    app: Arc<AppState>,
+    from: u64,
+    socket: &str,
+    user: String,
+) -> Result<Applied, WireError> {
+    app.remote_sign_in(socket_of(from, socket)?, &user_id(user)?);
+    Ok(Applied::default())
+}
+
+fn remote_sign_out(
+    app: Arc<AppState>,
+    from: u64,
+    socket: &str,
+    user: String,
+) -> Result<Applied, WireError> {
+    app.remote_sign_out(socket_of(from, socket)?, &user_id(user)?);
+    Ok(Applied::default())
+}
+
+/// Disconnects a user's sockets on this node (`POST /users/{id}/terminate_connections` on
+/// another node).
+fn terminate_user(app: Arc<AppState>, user: String) -> Result<Applied, WireError> {
+    app.terminate_user(&user_id(user)?);
+    Ok(Applied::default())
+}
+
+// Replay: where sockets that may resume left a channel, and which resumed.
+
+fn record_departure(
+    app: Arc<AppState>,
+    from: u64,
+    channel: &str,
+    identities: Vec<(String, String)>,
+    after: &str,
+    socket: &str,
+    left_ms: u64,
+) -> Result<Applied, WireError> {
+    let identities = identities_from_wire(identities)?;
+    let departure = Departure {
+        after: after
+            .parse()
+            .map_err(|_| WireError::Invalid("log position"))?,
+        socket: socket_of(from, socket)?,
+        left_ms,
+    };
+    app.record_departure(&identities, &channel_name(channel)?, departure);
+    Ok(Applied::default())
+}
+
+fn record_resume(
+    app: Arc<AppState>,
+    channel: &str,
+    identities: Vec<(String, String)>,
+) -> Result<Applied, WireError> {
+    let identities = identities_from_wire(identities)?;
+    let _ = app.take_resume(&identities, &channel_name(channel)?);
+    Ok(Applied::default())
+}
+
+// A node's full state.
+
+/// Replaces what this node knew of `from` in `app`; returns the subscriptions that went (for
+/// webhooks).
+fn replace_node(app: Arc<AppState>, from: u64, state: WireState) -> Result<Applied, WireError> {
+    Ok(Applied {
+        removed: app.replace_node(from, &state.into_local(from)?),
+        ..Applied::default()
+    })
+}
+
+// Heartbeats.
+
+/// Records that `from` is alive, with its connection and message counts (apps not configured
+/// here are left out).
+fn heard_from(
+    node: &Node,
+    from: u64,
+    started_at_ms: u64,
+    connections: &HashMap<String, usize>,
+    messages: HashMap<String, (u64, u64)>,
+) {
+    let mut known = Vec::with_capacity(connections.len());
+    for (app_id, count) in connections {
+        if let Some(app) = node.app_by_id(app_id) {
+            app.set_remote_connections(from, *count);
+            known.push((app_id.as_str(), *count));
+        }
+    }
+    node.heard_from(from, started_at_ms, &known);
+    for (app, counters) in messages {
+        if let Some(app) = node.app_by_id(&app) {
+            app.traffic().sample_peer(from, started_at_ms, counters);
+        }
+    }
+}
+
+// The monitor's traffic.
+
+/// Another node watches `app`: keep forwarding its records for `ttl_ms` (bounded).
+fn remote_watch(app: Arc<AppState>, ttl_ms: u64) {
+    app.monitor().remote_watch(ttl_ms.min(MAX_WATCH_TTL_MS));
+}
+
+/// Publishes another node's monitor records to this node's watchers; what fails validation is
+/// dropped and counted in `Applied::invalid`.
+fn forward_records(
+    app: Arc<AppState>,
+    from: u64,
+    records: Vec<serde_json::Value>,
+) -> Result<Applied, WireError> {
+    if records.len() > MAX_MONITOR_BATCH {
+        return Err(WireError::Invalid("monitor batch"));
+    }
+    let monitor = app.monitor();
+    if monitor.local_watchers() == 0 {
+        return Ok(Applied::default());
+    }
+    let mut invalid = 0;
+    for record in records {
+        match MonitorRecord::from_remote(from, record) {
+            Some(record) => monitor.publish(std::sync::Arc::new(record)),
+            None => invalid += 1,
+        }
+    }
+    Ok(Applied {
+        invalid,
+        ..Applied::default()
+    })
 }
 
 pub fn now_ms() -> u64 {
