@@ -209,6 +209,11 @@ impl<T: Transport> Inner<T> {
         *self.connected_since.lock() = None;
     }
 
+    /// Whether every shard's reader read back its backfill (`ClusterBroker::is_caught_up`).
+    pub(super) fn is_caught_up(&self) -> bool {
+        self.shards_caught_up.load(Ordering::Acquire) >= self.shards()
+    }
+
     /// The log could not give us everything after where we stopped: tell every app's
     /// subscribers on this node, and let no replay span the hole.
     pub(super) fn gap(&self, shard: usize) {

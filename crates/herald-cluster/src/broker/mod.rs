@@ -66,6 +66,7 @@ use stats::bump;
 /// How long a cache channel's last event is kept for nodes that start later.
 const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
 
+/// The broker's state, shared by its handles ([`ClusterBroker`]) and its tasks.
 struct Inner<T> {
     node: Arc<Node>,
     settings: ClusterSettings,
@@ -163,7 +164,7 @@ impl<T: Transport> ClusterBroker<T> {
     /// Whether the node has read every shard's log up to when it started: the departures and
     /// events a client resuming here needs are known. Stays true once it was.
     pub fn is_caught_up(&self) -> bool {
-        self.0.shards_caught_up.load(Ordering::Acquire) >= self.0.shards()
+        self.0.is_caught_up()
     }
 
     /// The engine underneath, for what goes beyond the bus (ordered logs).

@@ -21,7 +21,7 @@ use crate::wire::{self, BusMessage};
 use super::inbound::CatchUp;
 use super::outbound::Queued;
 use super::stats::bump;
-use super::{ClusterBroker, Inner};
+use super::Inner;
 
 /// Most messages handed to the transport in one batch (one Redis pipeline).
 const MAX_BATCH: usize = 512;
@@ -190,7 +190,7 @@ pub(super) async fn heartbeat<T: Transport>(inner: Arc<Inner<T>>, stop: Cancella
             // Announcements were lost: others get our whole state again (they apply the diff).
             inner.publish_state();
         }
-        if !ClusterBroker(inner.clone()).is_caught_up() {
+        if !inner.is_caught_up() {
             // A mark lost on its way (a full queue, a failed append) is sent again; a shard
             // already caught up ignores a second one.
             for shard in 0..inner.shards() {
