@@ -10,6 +10,8 @@ pub mod memory;
 pub mod transport;
 pub mod wire;
 
-pub use broker::{BrokerStats, ClusterBroker, ClusterConfig, DeliveryHook, NodeGoneHook, ShardBy};
+pub use broker::{
+    BrokerStats, ClusterBroker, ClusterSettings, DeliveryHook, Hooks, ShardBy, SubscriptionsHook,
+};
 pub use memory::{MemoryHub, MemoryTransport};
 pub use transport::{BusItem, Kept, Outgoing, Position, Subscription, Transport, TransportError};

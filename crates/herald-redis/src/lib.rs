@@ -14,7 +14,7 @@ pub mod conn;
 pub mod webhook_store;
 
 pub use bus::RedisBus;
-pub use herald_cluster::{BrokerStats, NodeGoneHook};
+pub use herald_cluster::{BrokerStats, SubscriptionsHook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

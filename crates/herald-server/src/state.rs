@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use herald_cluster::{BrokerStats, ClusterBroker, ClusterConfig, NodeGoneHook, Transport};
+use herald_cluster::{BrokerStats, ClusterBroker, ClusterSettings, Hooks, Transport};
 use herald_core::{
     App, AppChange, AppStoreResult, AppsChanged, Broker, MemoryBroker, Node, NodeLimits,
 };
@@ -349,14 +349,21 @@ fn start_broker(
         ),
         (None, None) => return Ok((Arc::new(MemoryBroker::new(node.clone())), None)),
     };
-    let on_node_gone = {
-        let webhooks = webhooks.clone();
-        Some(
-            Arc::new(move |app: &str, entries| webhooks.record_node_gone(app, entries))
-                as NodeGoneHook,
-        )
+    let hooks = {
+        let (gone, lost) = (webhooks.clone(), webhooks.clone());
+        Hooks {
+            node_gone: Some(Arc::new(move |app: &str, entries| {
+                gone.record_node_gone(app, entries);
+            })),
+            delivery: Some(Arc::new(|app: &str, delivery: herald_core::Delivery| {
+                metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
+            })),
+            log_lost: Some(Arc::new(move |app: &str, entries| {
+                lost.restore(app, entries);
+            })),
+        }
     };
-    let settings = ClusterConfig {
+    let settings = ClusterSettings {
         heartbeat_interval: config.cluster.heartbeat_interval,
         node_timeout: config.cluster.node_timeout,
         queue_capacity: config.cluster.queue_capacity,
@@ -369,17 +376,8 @@ fn start_broker(
         transport,
         tracker,
         stop.clone(),
-        on_node_gone,
+        hooks,
     );
-    broker.on_delivery(Arc::new(|app: &str, delivery: herald_core::Delivery| {
-        metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
-    }));
-    {
-        let webhooks = webhooks.clone();
-        broker.on_log_lost(Arc::new(move |app: &str, entries| {
-            webhooks.restore(app, entries);
-        }));
-    }
     let stats = broker.stats();
     Ok((Arc::new(broker), Some(stats)))
 }
