@@ -10,14 +10,12 @@
 pub mod admin;
 pub mod app_store;
 pub mod config;
+pub mod connection;
 pub mod http_api;
 pub mod metrics;
 pub mod reload;
-pub mod resume_cookie;
 pub mod shutdown;
 pub mod webhooks;
-pub mod websocket;
-pub mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -278,7 +276,7 @@ fn start_webhooks(
 /// the configured path prefix.
 pub fn router(shared: Arc<Shared>) -> Router {
     let mut pusher = Router::new()
-        .route("/app/{key}", get(ws::upgrade))
+        .route("/app/{key}", get(connection::upgrade))
         .merge(http_api::router(&shared));
     let prefix = shared.config.path_prefix.clone();
     if !prefix.is_empty() {
@@ -293,7 +291,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(render_metrics))
         .merge(pusher)
         .merge(admin::router(&shared))
-        .fallback(ws::fallback)
+        .fallback(connection::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
@@ -405,7 +403,7 @@ pub async fn serve(
     background.spawn(until(housekeeping.clone(), upkeep(shared.clone())));
     background.spawn(until(
         housekeeping.clone(),
-        ws::sweep_liveness(shared.clone()),
+        connection::sweep_liveness(shared.clone()),
     ));
     // The app store's sync loop; a database's apps are loaded before the first accept (or a
     // few seconds passed: an outage must not keep the node from serving).
