@@ -4,7 +4,7 @@
 //! This file only declares the modules and re-exports the entry points. The modules import
 //! downward only, never from the crate root: at the bottom `config`, `app_store`, `metrics` and
 //! `webhooks` (each importing only those before it); over them [`state`] ([`Shared`]); over
-//! `state` the HTTP API, the admin API, the WebSocket endpoint, `reload` and `shutdown`; on top
+//! `state` the HTTP API, the admin API, [`connection`] (WebSockets), `reload` and `shutdown`; on top
 //! [`router`](mod@router) and [`server`] ([`run`], [`serve`]).
 //!
 //! Invariant: every long-lived task of a server runs on one of the two `TaskTracker`s in
@@ -16,17 +16,15 @@
 pub mod admin;
 pub mod app_store;
 pub mod config;
+pub mod connection;
 pub mod http_api;
 pub mod metrics;
 pub mod reload;
-pub mod resume_cookie;
 pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod webhooks;
-pub mod websocket;
-pub mod ws;
 
 pub use config::Config;
 pub use router::router;

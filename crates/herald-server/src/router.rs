@@ -14,13 +14,13 @@ use axum::{Json, Router};
 
 use crate::http_api::{self, json_error};
 use crate::state::Shared;
-use crate::{admin, ws};
+use crate::{admin, connection};
 
 /// Builds every route: health, metrics, the WebSocket endpoint and the HTTP API, each also under
 /// the configured path prefix.
 pub fn router(shared: Arc<Shared>) -> Router {
     let mut pusher = Router::new()
-        .route("/app/{key}", get(ws::upgrade))
+        .route("/app/{key}", get(connection::upgrade))
         .merge(http_api::router(&shared));
     let prefix = shared.config().path_prefix.clone();
     if !prefix.is_empty() {
@@ -35,7 +35,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(render_metrics))
         .merge(pusher)
         .merge(admin::router(&shared))
-        .fallback(ws::fallback)
+        .fallback(connection::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)

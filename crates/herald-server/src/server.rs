@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::router::router;
 use crate::state::{until, Shared};
-use crate::{shutdown, ws};
+use crate::{connection, shutdown};
 
 /// Serves until `shutdown` is cancelled, then drains (see [`shutdown`]) and returns.
 ///
@@ -63,7 +63,7 @@ pub async fn serve(
     background_tasks.spawn(until(housekeeping.clone(), upkeep(shared.clone())));
     background_tasks.spawn(until(
         housekeeping.clone(),
-        ws::sweep_liveness(shared.clone()),
+        connection::sweep_liveness(shared.clone()),
     ));
     // The app store's sync loop; a database's apps are loaded before the first accept (or a
     // few seconds passed: an outage must not keep the node from serving).

@@ -1,6 +1,6 @@
 //! One WebSocket connection over herald's own codec (`herald-ws`): the 101 answer with the
 //! negotiated extension, reads parsed in place, shared frames written as they are, and both
-//! closing handshakes. `ws.rs` runs Pusher on it (or, in the echo mode that the Autobahn suite
+//! closing handshakes. `task.rs` runs Pusher on it (or, in the echo mode that the Autobahn suite
 //! runs against, echoes every message). A ping is handed over like any message: its pong is
 //! queued in order with the replies.
 //!
