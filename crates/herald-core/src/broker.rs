@@ -119,15 +119,31 @@ pub trait Broker: Send + Sync + Debug {
     }
 }
 
+/// Told, with the app's id, what delivering one event did on this node. Every broker calls it
+/// wherever it delivers (a node alone as it publishes; a cluster's node for what it publishes
+/// best-effort and for every event it reads from the log), so deliveries are counted in one
+/// place whatever the broker. Runs on the publishing path: it must not block.
+pub type DeliveryHook = Arc<dyn Fn(&str, Delivery) + Send + Sync>;
+
 /// The in-memory broker of a single node.
-#[derive(Debug)]
 pub struct MemoryBroker {
     node: Arc<Node>,
+    on_delivery: Option<DeliveryHook>,
 }
 
 impl MemoryBroker {
-    pub fn new(node: Arc<Node>) -> MemoryBroker {
-        MemoryBroker { node }
+    /// A node alone's broker; `on_delivery` is told what each publish delivered.
+    pub fn new(node: Arc<Node>, on_delivery: Option<DeliveryHook>) -> MemoryBroker {
+        MemoryBroker { node, on_delivery }
+    }
+}
+
+impl Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("node", &self.node.id())
+            .field("on_delivery", &self.on_delivery.is_some())
+            .finish()
     }
 }
 
@@ -139,12 +155,16 @@ impl Broker for MemoryBroker {
         if let Some((event, data)) = &envelope.cache {
             app.store_cache(&envelope.channel, event, data, &envelope.frame);
         }
-        app.deliver(
+        let delivery = app.deliver(
             &envelope.channel,
             &envelope.frame,
             envelope.except,
             envelope.durability,
-        )
+        );
+        if let Some(hook) = &self.on_delivery {
+            hook(app.id(), delivery);
+        }
+        delivery
     }
 
     /// A single node's log is its memory: delivered is accepted.

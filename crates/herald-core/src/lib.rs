@@ -33,7 +33,9 @@ pub use app_state::{
     PresenceMember, SubscriptionEntry,
 };
 pub use app_store::{AppChange, AppStore, AppStoreError, AppStoreFuture, AppStoreResult};
-pub use broker::{Acceptance, Announcement, Broker, Envelope, MemoryBroker, Unavailable};
+pub use broker::{
+    Acceptance, Announcement, Broker, DeliveryHook, Envelope, MemoryBroker, Unavailable,
+};
 pub use error::{
     ChannelDataError, ClientEventError, ConnectionError, MessageError, SigninError, SubscribeError,
     SubscriptionRefusal,

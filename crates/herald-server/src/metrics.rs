@@ -442,12 +442,14 @@ pub fn http_request(endpoint: &'static str, status: u16) {
     counter!(HTTP_REQUESTS, "endpoint" => endpoint, "status" => status.to_string()).increment(1);
 }
 
-pub fn broadcast(app_id: &str, source: &'static str, delivered: usize, dropped_slow: usize) {
+/// One event broadcast (an HTTP publish per channel, or a client event). What it delivered is
+/// counted apart, by [`deliveries`], where the broker delivers it.
+pub fn broadcast(app_id: &str, source: &'static str) {
     counter!(BROADCASTS, "app_id" => app_id.to_owned(), "source" => source).increment(1);
-    deliveries(app_id, delivered, dropped_slow);
 }
 
-/// Deliveries of one event on this node (in a cluster, counted where it is read from the bus).
+/// Deliveries of one event on this node: the one place they are counted, as the broker's
+/// delivery hook (`Shared`'s `start_broker`), whichever broker delivered it.
 pub fn deliveries(app_id: &str, delivered: usize, dropped_slow: usize) {
     counter!(DELIVERIES, "app_id" => app_id.to_owned()).increment(delivered as u64);
     if dropped_slow > 0 {

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use herald_cluster::{BrokerStats, ClusterBroker, ClusterSettings, Hooks, Transport};
 use herald_core::{
-    App, AppChange, AppStoreResult, AppsChanged, Broker, MemoryBroker, Node, NodeLimits,
+    App, AppChange, AppStoreResult, AppsChanged, Broker, Delivery, DeliveryHook, MemoryBroker,
+    Node, NodeLimits,
 };
 use herald_redis::RedisBus;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -340,6 +341,10 @@ fn start_broker(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<BrokerAndStats> {
+    // Deliveries are counted here, for whichever broker delivers.
+    let delivery: DeliveryHook = Arc::new(|app: &str, delivery: Delivery| {
+        metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
+    });
     let prefix = &config.cluster.prefix;
     let transport: Box<dyn Transport> = match (&config.cluster.hub, &config.redis_url) {
         (Some(hub), _) => Box::new(hub.transport()),
@@ -347,7 +352,12 @@ fn start_broker(
             RedisBus::new(url, prefix, config.cluster.sharded)?
                 .with_log_max_len(config.cluster.log_max_len),
         ),
-        (None, None) => return Ok((Arc::new(MemoryBroker::new(node.clone())), None)),
+        (None, None) => {
+            return Ok((
+                Arc::new(MemoryBroker::new(node.clone(), Some(delivery))),
+                None,
+            ))
+        }
     };
     let hooks = {
         let (gone, lost) = (webhooks.clone(), webhooks.clone());
@@ -355,9 +365,7 @@ fn start_broker(
             node_gone: Some(Arc::new(move |app: &str, entries| {
                 gone.record_node_gone(app, entries);
             })),
-            delivery: Some(Arc::new(|app: &str, delivery: herald_core::Delivery| {
-                metrics::deliveries(app, delivery.delivered, delivery.dropped_slow);
-            })),
+            delivery: Some(delivery),
             log_lost: Some(Arc::new(move |app: &str, entries| {
                 lost.restore(app, entries);
             })),

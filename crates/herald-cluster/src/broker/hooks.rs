@@ -3,14 +3,10 @@
 
 use std::sync::Arc;
 
-use herald_core::{Delivery, SubscriptionEntry};
+use herald_core::{Delivery, DeliveryHook, SubscriptionEntry};
 
 /// Called with an app id and subscriptions in it (see the fields of [`Hooks`] for which).
 pub type SubscriptionsHook = Arc<dyn Fn(&str, Vec<SubscriptionEntry>) + Send + Sync>;
-
-/// Called with an app id and what delivering one event read from the bus did on this node (for
-/// metrics: in a cluster an HTTP publish is answered before any node delivers it).
-pub type DeliveryHook = Arc<dyn Fn(&str, Delivery) + Send + Sync>;
 
 /// What the broker tells its owner. Every hook is optional: `Hooks::default()` attaches none.
 /// Hooks run on the broker's shard readers and heartbeat, so they must not block.
@@ -19,7 +15,8 @@ pub struct Hooks {
     /// Told the subscriptions another node no longer holds, per app: all of a node declared
     /// dead, or those its new full state left out (webhooks: members removed, channels vacated).
     pub node_gone: Option<SubscriptionsHook>,
-    /// Told what delivering each event read from the bus did on this node.
+    /// Told what delivering each event did on this node: those read from the bus, and the
+    /// client events this node publishes best-effort (delivered here before they go on the bus).
     pub delivery: Option<DeliveryHook>,
     /// Told, per app, this node's own subscriptions after the log lost entries (webhooks put
     /// them back into their store, which may have lost them with the log).

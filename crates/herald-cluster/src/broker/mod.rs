@@ -56,7 +56,8 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use hooks::{DeliveryHook, Hooks, SubscriptionsHook};
+pub use herald_core::DeliveryHook;
+pub use hooks::{Hooks, SubscriptionsHook};
 pub use settings::{ClusterSettings, ShardBy};
 pub use stats::BrokerStats;
 
@@ -206,6 +207,7 @@ impl<T: Transport> Broker for ClusterBroker<T> {
             envelope.except,
             envelope.durability,
         );
+        inner.hooks.delivered(app.id(), delivery);
         inner.send(&BusMessage::event(inner.node.id(), &envelope), None);
         delivery
     }

@@ -51,14 +51,7 @@ pub(super) fn on_text(shared: &Shared, session: &mut Session, text: &str) {
                 Outcome::LimitReached(limit) => {
                     metrics::limit_rejected_for(app_id, (*limit).into());
                 }
-                Outcome::ClientEvent { delivery, .. } => {
-                    metrics::broadcast(
-                        app_id,
-                        "client_event",
-                        delivery.delivered,
-                        delivery.dropped_slow,
-                    );
-                }
+                Outcome::ClientEvent { .. } => metrics::broadcast(app_id, "client_event"),
                 _ => {}
             }
             shared

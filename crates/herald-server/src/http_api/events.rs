@@ -247,7 +247,7 @@ fn publish(shared: &Shared, app: &AppState, event: &Event) -> Vec<Acceptance> {
         let app_id = app.id().to_owned();
         acceptances.push(Box::pin(async move {
             let delivery = acceptance.await?;
-            metrics::broadcast(&app_id, "api", delivery.delivered, delivery.dropped_slow);
+            metrics::broadcast(&app_id, "api");
             Ok(delivery)
         }) as Acceptance);
     }
