@@ -40,10 +40,12 @@ pub async fn sweep_liveness(shared: Arc<Shared>) {
     let mut last_monitor_tick = Instant::now();
     loop {
         tick.tick().await;
-        // The monitors' upkeep, once a second: watchers that left, rate samples.
+        // Once a second: the monitors' upkeep (watchers that left, rate samples), and channel
+        // histories past their window, so an idle channel costs nothing after it.
         if last_monitor_tick.elapsed() >= Duration::from_millis(900) {
             last_monitor_tick = Instant::now();
             shared.node().tick_monitors();
+            shared.node().sweep_history();
         }
         if slice == 0 {
             // Copied out once a period, so that connects and disconnects never wait for a pass.
