@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -11,7 +13,6 @@ async fn sigterm_drains_in_paced_batches_and_exits_zero() {
         &[],
     )
     .await;
-    let server = RemoteServer::new(&process.addr);
     let mut clients = Vec::new();
     for _ in 0..40 {
         let mut client = process.client().await;
@@ -23,14 +24,15 @@ async fn sigterm_drains_in_paced_batches_and_exits_zero() {
 
     // Readiness fails at once, while liveness and the API keep working.
     let deadline = Instant::now() + WAIT;
-    while server.get("/ready").await != 503 {
+    while get_status(&process.addr, "/ready").await != 503 {
         assert!(Instant::now() < deadline, "/ready never turned 503");
     }
     let not_ready_at = signalled.elapsed();
-    assert_eq!(server.get("/up").await, 200);
+    assert_eq!(get_status(&process.addr, "/up").await, 200);
 
     // Publishes during the drain reach every socket still open.
-    server.trigger("news", "during-drain", "1").await;
+    let publish = json!({"name": "during-drain", "channel": "news", "data": "1"});
+    assert_eq!(publish_to(&process.addr, &publish, SECRET).await, 200);
 
     // Every client waits on its own task, so each close is timed when it arrives.
     let waits: Vec<_> = clients
@@ -87,55 +89,4 @@ async fn sigterm_drains_when_the_log_reader_is_gone() {
         .expect("no exit after SIGTERM with the log pipe closed")
         .unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-/// Just enough of `TestServer` to talk to a server in another process.
-struct RemoteServer {
-    addr: String,
-}
-
-impl RemoteServer {
-    fn new(addr: &str) -> RemoteServer {
-        RemoteServer {
-            addr: addr.to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> u16 {
-        let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header("host", &self.addr)
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .unwrap();
-        sender.send_request(req).await.unwrap().status().as_u16()
-    }
-
-    async fn trigger(&self, channel: &str, event: &str, data: &str) {
-        let body = serde_json::json!({"name": event, "channel": channel, "data": data}).to_string();
-        let uri = signed_uri(
-            "POST",
-            "/apps/1/events",
-            &[],
-            body.as_bytes(),
-            SECRET,
-            now(),
-        );
-        let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::post(uri)
-            .header("host", &self.addr)
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
-            .unwrap();
-        assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
-    }
 }

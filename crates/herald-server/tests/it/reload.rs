@@ -145,27 +145,8 @@ impl Herald {
 
     /// A publish to app 1 signed with `secret`; returns the HTTP status.
     async fn publish(&self, secret: &str) -> u16 {
-        let body = json!({"name": "e", "channel": "news", "data": "d"}).to_string();
-        let uri = signed_uri(
-            "POST",
-            "/apps/1/events",
-            &[],
-            body.as_bytes(),
-            secret,
-            now(),
-        );
-        let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::post(uri)
-            .header("host", &self.addr)
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
-            .unwrap();
-        sender.send_request(req).await.unwrap().status().as_u16()
+        let body = json!({"name": "e", "channel": "news", "data": "d"});
+        publish_to(&self.addr, &body, secret).await
     }
 }
 

@@ -452,6 +452,51 @@ pub fn send_signal(child: &tokio::process::Child, signal: &str) {
     assert!(sent.success(), "kill {signal} {pid}");
 }
 
+/// A publish to app 1 signed with `secret`, to the server at `addr` (`host:port`, usually another
+/// process); returns the HTTP status.
+pub async fn publish_to(addr: &str, body: &Value, secret: &str) -> u16 {
+    let body = body.to_string();
+    let uri = signed_uri(
+        "POST",
+        "/apps/1/events",
+        &[],
+        body.as_bytes(),
+        secret,
+        now(),
+    );
+    let req = hyper::Request::post(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    status_of(addr, req).await
+}
+
+/// `GET path` on the server at `addr` (`host:port`); returns the HTTP status.
+pub async fn get_status(addr: &str, path: &str) -> u16 {
+    let req = hyper::Request::get(path)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    status_of(addr, req).await
+}
+
+/// Sends `req` on a fresh HTTP/1 connection to `addr`; returns the status.
+async fn status_of<B>(addr: &str, mut req: hyper::Request<B>) -> u16
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    req.headers_mut()
+        .insert("host", addr.parse().expect("host:port"));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender.send_request(req).await.unwrap().status().as_u16()
+}
+
 /// The real `herald` binary in a child process, for signals and `kill -9`; killed on drop.
 pub struct Process {
     pub child: tokio::process::Child,
