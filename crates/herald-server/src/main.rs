@@ -14,7 +14,8 @@ Every setting can also come from a TOML file (--config) or a HERALD_* environmen
 (HERALD_PORT=6001, HERALD_LIMITS__MAX_FRAME_BYTES=65536); flags win over both, and an unknown key
 or variable stops start-up. With no apps configured, a demo app serves (id 1, key app-key, secret
 app-secret). SIGTERM drains the node (paced 4200 closes); a second SIGTERM exits at once. SIGHUP
-reloads the configuration file's apps. The README lists every setting and its default.";
+reloads the configuration file's apps. docs/guide/configuration.md lists every setting and its
+default.";
 
 #[derive(Debug, Parser)]
 #[command(

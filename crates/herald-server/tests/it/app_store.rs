@@ -392,8 +392,8 @@ async fn mariadb_outage_leaves_the_known_apps_working() {
 async fn a_malformed_row_is_skipped(kind: Kind) {
     let db = Database::start(kind).await;
     let server = node(&db).await;
-    // An operator writes rows by hand: one good, three bad; then bumps the version, as the
-    // README says a direct write must.
+    // An operator writes rows by hand: one good, three bad; then bumps the version, as
+    // docs/guide/app-store.md says a direct write must.
     db.execute(
         "INSERT INTO herald_apps (id, app_key, secret, settings) VALUES \
          ('40', 'key-40', 'secret-40', '{\"max_connections\": 5, \"from_a_newer_herald\": true}'), \

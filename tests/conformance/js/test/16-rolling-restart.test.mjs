@@ -6,13 +6,14 @@
 // a network error is retried as a new event).
 //
 // - A rolling restart (SIGTERM, drain, restart on the same port, /ready, next node): every client
-//   that herald can recognise (ARCHITECTURE.md "Delivery guarantee": its presence user_id on the
-//   presence channel, its `pusher:signin` user id on the others: the harness authenticates users
-//   with a synchronous customHandler, so pusher-js sends `pusher:signin` before it resubscribes)
-//   receives every event that got a 200 while it was subscribed exactly once and in publish
-//   order; a client herald cannot recognise (a Node client on a public or private channel
-//   without sign-in) gets no replay, so it may miss what was published during its reconnect, but
-//   never gets a duplicate nor a reordering. No event refused with a 503 reaches anyone.
+//   that herald can recognise (docs/guide/continuity.md, "Delivery guarantee": its presence
+//   user_id on the presence channel, its `pusher:signin` user id on the others: the harness
+//   authenticates users with a synchronous customHandler, so pusher-js sends `pusher:signin`
+//   before it resubscribes) receives every event that got a 200 while it was subscribed exactly
+//   once and in publish order; a client herald cannot recognise (a Node client on a public or
+//   private channel without sign-in) gets no replay, so it may miss what was published during its
+//   reconnect, but never gets a duplicate nor a reordering. No event refused with a 503 reaches
+//   anyone.
 // - Redis killed for 2 s and restarted empty (no persistence): publishes get 503s during the
 //   outage, and every event that got a 200 reaches every subscriber (which stayed connected);
 //   the only exception the guarantee allows is an event appended just before the crash that no
@@ -96,7 +97,8 @@ class Run {
         const sub = {
           member,
           channel: name,
-          // Herald recognises the client on this channel (ARCHITECTURE.md, "Returning clients").
+          // Herald recognises the client on this channel (docs/guide/continuity.md, "Delivery
+          // guarantee", "Returning clients").
           identified: name.startsWith('presence-') || signedIn,
           got: [],
           succeeded: [],
@@ -394,8 +396,9 @@ describe('rolling restart of three nodes behind a /ready-following balancer, rea
     // subscriber was told; events accepted after Redis is back are never excused.
     const told = (s) => s.failed.some((f) => f.data?.reason === 'log_lost');
     // A publish in flight when Redis died may have been appended (and read by the nodes) with
-    // its answer lost: it gets a 503 yet is delivered (ARCHITECTURE.md: the outcome of a 503
-    // answered to a broken connection is unknown; a retry may duplicate it). Only those.
+    // its answer lost: it gets a 503 yet is delivered (docs/guide/continuity.md, "Delivery
+    // guarantee": the outcome of a 503 answered to a broken connection is unknown; a retry may
+    // duplicate it). Only those.
     const inFlight = (p) => p.t0 <= killedAt && p.t1 >= killedAt;
     const { problems, misses } = run.check(
       (s, p) => told(s) && p.t1 >= killedAt - 1000 && p.t1 <= killedAt,
@@ -413,8 +416,8 @@ describe('rolling restart of three nodes behind a /ready-following balancer, rea
       },
     ]);
     assert.deepEqual(problems, []);
-    // ARCHITECTURE.md: cross-node delivery is back within a second of Redis (reader backoff
-    // 50-500 ms); a debug build on a loaded box gets some slack.
+    // docs/internals/cluster.md, "Gaps": cross-node delivery is back within a second of Redis
+    // (reader backoff 50-500 ms); a debug build on a loaded box gets some slack.
     assert.ok(backAfter < 3000, `publishes accepted ${backAfter} ms after redis was back`);
     assert.ok(Object.keys(stats.refused).includes('503'), `publishes were refused with 503: ${JSON.stringify(stats.refused)}`);
     for (const s of run.subs) {
