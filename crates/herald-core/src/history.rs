@@ -347,9 +347,7 @@ impl Log {
             .entries
             .iter()
             .filter(move |e| {
-                replay
-                    && e.position > after
-                    && (e.except.is_none() || e.except != old_socket)
+                replay && e.position > after && (e.except.is_none() || e.except != old_socket)
             })
             .map(|e| &e.frame);
         (failure, frames)

@@ -44,11 +44,8 @@ fn laravel_frame(n: u64, size: usize) -> String {
             "socket": null,
         })
         .to_string();
-        let text = server_message::channel_event(
-            "App\\Events\\OrderUpdated",
-            "private-orders.42",
-            &data,
-        );
+        let text =
+            server_message::channel_event("App\\Events\\OrderUpdated", "private-orders.42", &data);
         if text.len() >= size {
             return text;
         }
@@ -90,7 +87,9 @@ fn fill(size: usize) -> (Node, (usize, usize, usize)) {
     let added = resident().saturating_sub(before) / CHANNELS;
     drop(frames);
     let app = state.app();
-    let kept = events.min(app.history_events).min(app.history_max_bytes / text);
+    let kept = events
+        .min(app.history_events)
+        .min(app.history_max_bytes / text);
     drop(state);
     (node, (kept, kept * text, added))
 }
