@@ -119,11 +119,16 @@ mod defaults {
     pub fn max_batch_size() -> usize {
         10
     }
+    // Sized together: at 20 events/s a channel's history holds `history_seconds` of events, so
+    // a client back within the window is never told `history_trimmed` (count: 20 a second; bytes:
+    // 1,200 frames of up to 873 bytes; a Laravel broadcast frame is typically 300 B to 1 KB).
+    // docs/guide/continuity.md gives the memory this costs, measured by
+    // `tests/history_memory.rs`.
     pub fn history_events() -> usize {
-        100
+        20 * 60
     }
     pub fn history_seconds() -> u64 {
-        120
+        60
     }
     pub fn history_max_bytes() -> usize {
         1024 * 1024

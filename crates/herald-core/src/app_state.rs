@@ -241,14 +241,18 @@ impl AppState {
                     .events_replayed
                     .fetch_add(events as u64, Ordering::Relaxed);
             }
-            Some(Resumed::Failed(failure)) => {
+            Some(Resumed::Failed { failure, events }) => {
                 tracing::info!(
                     app_id = %self.id,
                     %channel,
                     %socket,
                     reason = failure.as_str(),
-                    "resume failed: the client is sent herald:resume_failed"
+                    replayed = events,
+                    "resume failed: the client is sent herald:resume_failed, then what is left"
                 );
+                stats
+                    .events_replayed
+                    .fetch_add(events as u64, Ordering::Relaxed);
                 let counter = match failure {
                     ResumeFailure::WindowPassed => &stats.failed_window_passed,
                     ResumeFailure::HistoryTrimmed => &stats.failed_history_trimmed,

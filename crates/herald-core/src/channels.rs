@@ -342,7 +342,7 @@ impl Channels {
                 log.expire(limits, crate::outbox::clock_ms());
                 res.resumed = Some(replay(channel, log, &resume, limits, outbox));
             }
-            let replayed = matches!(res.resumed, Some(Resumed::Replayed { events }) if events > 0);
+            let replayed = res.resumed.is_some_and(|r| r.events() > 0);
             match cached {
                 // The replay ended with the channel's last event.
                 Some(Some(_)) if replayed => {}
@@ -739,8 +739,14 @@ fn push_logged(
     res
 }
 
-/// Queues what a returning socket missed (or `herald:resume_failed`) right after its
-/// `subscription_succeeded`.
+/// The share of a socket's outbox (`outbox_max_bytes`) a replay leaves free for the events that
+/// follow it: a replay never makes its own socket a slow consumer, and the events published
+/// while it is written still fit.
+const REPLAY_RESERVE_DIVISOR: usize = 4;
+
+/// Queues what a returning socket missed right after its `subscription_succeeded`: when some of
+/// it is gone, `herald:resume_failed` first ("something before these may be missing"), then
+/// every event still kept after its resume point, in order.
 fn replay(
     channel: &ChannelName,
     log: &Log,
@@ -748,18 +754,19 @@ fn replay(
     limits: HistoryLimits,
     outbox: &Outbox,
 ) -> Resumed {
-    match history::replay(log, resume, limits) {
-        Ok(frames) => {
-            let events = frames.len();
-            for frame in frames {
-                let _ = outbox.push(frame.clone());
-            }
-            Resumed::Replayed { events }
-        }
-        Err(failure) => {
-            let _ = outbox.push(resume_failed(channel, failure));
-            Resumed::Failed(failure)
-        }
+    let (room, cap) = outbox.room();
+    let budget = room.saturating_sub(cap / REPLAY_RESERVE_DIVISOR);
+    let replay = history::replay(log, resume, limits, budget);
+    let events = replay.frames.len();
+    if let Some(failure) = replay.failure {
+        let _ = outbox.push(resume_failed(channel, failure));
+    }
+    for frame in replay.frames {
+        let _ = outbox.push(frame.clone());
+    }
+    match replay.failure {
+        None => Resumed::Replayed { events },
+        Some(failure) => Resumed::Failed { failure, events },
     }
 }
 
@@ -983,7 +990,7 @@ mod tests {
         publish(5);
         let got = texts(&new);
         assert!(got[0].contains("subscription_succeeded"), "{got:?}");
-        assert_eq!(got[1..], ["e3", "e4", "e5"]);
+        assert_eq!(got[1..], ["e3", "e4", "e5"], "a full replay: no notice");
 
         // A lost socket that never answered a ping resumes from where it joined.
         let left = channels.unsubscribe(&app, sid(1, 2), &news, Leaving::Lost { confirmed_ms: 0 });
@@ -1008,12 +1015,47 @@ mod tests {
         assert_eq!(texts(&again)[1..], ["e5"], "at least once: e5 again");
     }
 
+    /// Subscribes `socket` to `channel` resuming after `after` as `old` did.
+    fn resume(
+        channels: &Channels,
+        app: &App,
+        socket: SocketId,
+        outbox: &Outbox,
+        channel: &ChannelName,
+        after: Position,
+        old: SocketId,
+    ) -> Option<Resumed> {
+        let resume = Resume {
+            after,
+            old_socket: old,
+            left_ms: crate::history::wall_ms(),
+        };
+        let cache = CacheStore::default();
+        channels
+            .subscribe(
+                app,
+                &cache,
+                socket,
+                outbox,
+                channel,
+                None,
+                None,
+                Some(resume),
+            )
+            .unwrap()
+            .resumed
+    }
+
     #[test]
-    fn a_resume_past_the_trimmed_history_gets_resume_failed() {
+    fn a_resume_past_the_trimmed_history_gets_resume_failed_then_what_is_left() {
         let (channels, cache) = (Channels::default(), CacheStore::default());
         let mut app = App::demo();
         app.history_events = 2;
         let news = ChannelName::parse("news", 200).unwrap();
+        let publish = |n: usize| {
+            let frame = Frame::new(format!("e{n}"));
+            channels.deliver(&app, &news, &frame, None, Durability::Logged);
+        };
         let old = Outbox::new(1 << 20);
         channels
             .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None, None)
@@ -1023,39 +1065,119 @@ mod tests {
             .resume_after
             .unwrap();
         for n in 0..3 {
-            let frame = Frame::new(format!("e{n}"));
+            publish(n);
+        }
+        // e0 is gone; e1 and e2 are still kept.
+        let new = Outbox::new(1 << 20);
+        let resumed = resume(&channels, &app, sid(1, 2), &new, &news, after, sid(1, 1));
+        assert_eq!(
+            resumed,
+            Some(Resumed::Failed {
+                failure: ResumeFailure::HistoryTrimmed,
+                events: 2
+            })
+        );
+        publish(3);
+        let got = texts(&new);
+        assert!(got[0].contains("subscription_succeeded"), "{got:?}");
+        assert!(
+            got[1].contains(r#""event":"herald:resume_failed""#)
+                && got[1].contains("history_trimmed"),
+            "the notice first: something before what follows may be missing; {got:?}"
+        );
+        assert_eq!(
+            got[2..],
+            ["e1", "e2", "e3"],
+            "what is left, in order, each once, before newer events"
+        );
+
+        // Its position is the channel's last after the replay: a later resume replays none of
+        // it again.
+        let after = channels
+            .unsubscribe(&app, sid(1, 2), &news, Leaving::Drained)
+            .resume_after
+            .unwrap();
+        publish(4);
+        let again = Outbox::new(1 << 20);
+        let resumed = resume(&channels, &app, sid(1, 3), &again, &news, after, sid(1, 2));
+        assert_eq!(resumed, Some(Resumed::Replayed { events: 1 }));
+        assert_eq!(texts(&again)[1..], ["e4"]);
+    }
+
+    #[test]
+    fn a_replay_that_would_overflow_the_outbox_keeps_the_newest_that_fit() {
+        let (channels, cache) = (Channels::default(), CacheStore::default());
+        let app = App::demo();
+        let news = ChannelName::parse("news", 200).unwrap();
+        let old = Outbox::new(1 << 20);
+        channels
+            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None, None)
+            .unwrap();
+        let after = channels
+            .unsubscribe(&app, sid(1, 1), &news, Leaving::Drained)
+            .resume_after
+            .unwrap();
+        for n in 0..10 {
+            // 100 bytes each.
+            let frame = Frame::new(format!("{n:0>100}"));
             channels.deliver(&app, &news, &frame, None, Durability::Logged);
         }
-        let resume = Resume {
-            after,
-            old_socket: sid(1, 1),
-            left_ms: crate::history::wall_ms(),
+        // A 1,000-byte outbox: the replay leaves a quarter free, so after
+        // subscription_succeeded and the notice, six frames fit.
+        let small = Outbox::new(1000);
+        let resumed = resume(&channels, &app, sid(1, 2), &small, &news, after, sid(1, 1));
+        let Some(Resumed::Failed {
+            failure: ResumeFailure::HistoryTrimmed,
+            events,
+        }) = resumed
+        else {
+            panic!("{resumed:?}");
         };
-        let new = Outbox::new(1 << 20);
-        let res = channels
-            .subscribe(
-                &app,
-                &cache,
-                sid(1, 2),
-                &new,
-                &news,
-                None,
-                None,
-                Some(resume),
-            )
+        assert!(!small.is_closing(), "never a slow consumer by its replay");
+        let got = texts(&small);
+        assert_eq!(got.len(), 2 + events);
+        assert!(got[1].contains("herald:resume_failed"), "{got:?}");
+        let expected: Vec<String> = (10 - events..10).map(|n| format!("{n:0>100}")).collect();
+        assert_eq!(got[2..], expected, "the newest, in order");
+        assert!((4..10).contains(&events), "{events} events replayed");
+    }
+
+    #[test]
+    fn a_lost_log_still_replays_nothing() {
+        let (channels, cache) = (Channels::default(), CacheStore::default());
+        let app = App::demo();
+        let news = ChannelName::parse("news", 200).unwrap();
+        let old = Outbox::new(1 << 20);
+        channels
+            .subscribe(&app, &cache, sid(1, 1), &old, &news, None, None, None)
             .unwrap();
+        let after = channels
+            .unsubscribe(&app, sid(1, 1), &news, Leaving::Drained)
+            .resume_after
+            .unwrap();
+        let publish = |n: usize| {
+            let frame = Frame::new(format!("e{n}"));
+            channels.deliver(&app, &news, &frame, None, Durability::Logged);
+        };
+        publish(1);
+        channels.lose();
+        publish(2);
+        let new = Outbox::new(1 << 20);
+        let resumed = resume(&channels, &app, sid(1, 2), &new, &news, after, sid(1, 1));
         assert_eq!(
-            res.resumed,
-            Some(Resumed::Failed(
-                crate::history::ResumeFailure::HistoryTrimmed
-            ))
+            resumed,
+            Some(Resumed::Failed {
+                failure: ResumeFailure::LogLost,
+                events: 0
+            })
         );
         assert_eq!(
             events(&new),
             [
                 "pusher_internal:subscription_succeeded",
                 "herald:resume_failed"
-            ]
+            ],
+            "no replay spans a hole of unknown extent"
         );
     }
 

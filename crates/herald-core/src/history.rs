@@ -9,8 +9,9 @@
 //! keeping an event costs one reference and a small entry, not a copy.
 //!
 //! [`Resumes`] remembers, per (identity, channel), where each departed socket stopped. A socket
-//! of the same identity that subscribes again within the window gets the events after that
-//! position right after `subscription_succeeded`, or [`RESUME_FAILED_EVENT`] with the reason.
+//! of the same identity that subscribes again gets the events after that position right after
+//! `subscription_succeeded`; when some of them are gone, [`RESUME_FAILED_EVENT`] with the reason
+//! first, then those still kept ([`replay`]).
 //!
 //! Invariants: positions of one log strictly increase; a log holds at most `history_events`
 //! entries and `history_max_bytes` of frames, none older than `history_seconds` once expired
@@ -27,8 +28,9 @@ use parking_lot::Mutex;
 use crate::app::App;
 use crate::outbox::{clock_ms, Frame};
 
-/// The event a client gets on a channel when the events it missed cannot be replayed. pusher-js
-/// hands it to `channel.bind('herald:resume_failed', ...)` and `bind_global`; Laravel Echo to
+/// The event a client gets on a channel when some of the events it missed cannot be replayed:
+/// the events it then gets on that channel may not follow the last one it had. pusher-js hands
+/// it to `channel.bind('herald:resume_failed', ...)` and `bind_global`; Laravel Echo to
 /// `.listen('.herald:resume_failed', ...)`. Its data is `{"reason": "..."}` ([`ResumeFailure`]).
 pub const RESUME_FAILED_EVENT: &str = "herald:resume_failed";
 
@@ -132,13 +134,14 @@ impl HistoryLimits {
     }
 }
 
-/// Why a returning client's missed events cannot be replayed; the `reason` of
+/// Why some of a returning client's missed events cannot be replayed; the `reason` of
 /// [`RESUME_FAILED_EVENT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResumeFailure {
     /// Some missed events are older than the app's `history_seconds`.
     WindowPassed,
-    /// Some missed events were pushed out by `history_events` or `history_max_bytes`.
+    /// Some missed events were pushed out by `history_events` or `history_max_bytes`, or would
+    /// not fit in the socket's outbox.
     HistoryTrimmed,
     /// Some events never reached this node: a gap in the cluster's log (trimmed past a node that
     /// was away too long, or Redis lost its data).
@@ -160,8 +163,21 @@ impl ResumeFailure {
 pub enum Resumed {
     /// The missed events (maybe none) were queued right after `subscription_succeeded`.
     Replayed { events: usize },
-    /// They could not be; the client got [`RESUME_FAILED_EVENT`].
-    Failed(ResumeFailure),
+    /// Some could not be: the client got [`RESUME_FAILED_EVENT`], then the `events` still kept
+    /// after its resume point (maybe none), in order.
+    Failed {
+        failure: ResumeFailure,
+        events: usize,
+    },
+}
+
+impl Resumed {
+    /// Events replayed.
+    pub fn events(self) -> usize {
+        match self {
+            Resumed::Replayed { events } | Resumed::Failed { events, .. } => events,
+        }
+    }
 }
 
 /// One event kept for replay.
@@ -312,27 +328,29 @@ impl Log {
         }
     }
 
-    /// The frames after `after`, oldest first, except those published by `old_socket`.
-    ///
-    /// # Errors
-    /// Some event after `after` is no longer kept.
+    /// The frames kept after `after`, oldest first, except those published by `old_socket`,
+    /// and, when some event after `after` is no longer kept, why: then the frames are what is
+    /// left after the gap (none when the log lost events: no replay spans a hole whose extent is
+    /// unknown).
     pub(crate) fn since(
         &self,
         after: Position,
         old_socket: Option<SocketId>,
-    ) -> Result<impl Iterator<Item = &Frame>, ResumeFailure> {
-        if self.trimmed > after {
-            return Err(match self.trimmed_by {
-                Some(Trim::Age) => ResumeFailure::WindowPassed,
-                Some(Trim::Lost) => ResumeFailure::LogLost,
-                Some(Trim::Size) | None => ResumeFailure::HistoryTrimmed,
-            });
-        }
-        Ok(self
+    ) -> (Option<ResumeFailure>, impl Iterator<Item = &Frame>) {
+        let failure = (self.trimmed > after).then_some(match self.trimmed_by {
+            Some(Trim::Age) => ResumeFailure::WindowPassed,
+            Some(Trim::Lost) => ResumeFailure::LogLost,
+            Some(Trim::Size) | None => ResumeFailure::HistoryTrimmed,
+        });
+        let replay = failure != Some(ResumeFailure::LogLost);
+        let frames = self
             .entries
             .iter()
-            .filter(move |e| e.position > after && (e.except.is_none() || e.except != old_socket))
-            .map(|e| &e.frame))
+            .filter(move |e| {
+                replay && e.position > after && (e.except.is_none() || e.except != old_socket)
+            })
+            .map(|e| &e.frame);
+        (failure, frames)
     }
 
     /// The newest position that a client had certainly received if it answered a ping sent at
@@ -498,7 +516,18 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Decides what a resuming subscription gets from `log`: the frames to replay, or why not.
+/// What a resuming subscription gets from a log: why some of what it missed is gone, if it is,
+/// and the frames to replay, oldest first.
+#[derive(Debug)]
+pub(crate) struct Replay<'a> {
+    pub failure: Option<ResumeFailure>,
+    pub frames: Vec<&'a Frame>,
+}
+
+/// Decides what a resuming subscription gets from `log`: every event still kept after
+/// `resume.after` (except the old socket's own), and, when some event after it is gone, why.
+/// The replay is at most `max_bytes` of frames (what the socket's outbox can take): when the
+/// events kept are more, only the newest that fit are replayed, and the rest counts as trimmed.
 ///
 /// A log with no trace of anything after `resume.after` is either one where nothing was
 /// published since (replay nothing) or a fresh log whose predecessor expired while idle: then
@@ -507,7 +536,8 @@ pub(crate) fn replay<'a>(
     log: &'a Log,
     resume: &Resume,
     limits: HistoryLimits,
-) -> Result<Vec<&'a Frame>, ResumeFailure> {
+    max_bytes: usize,
+) -> Replay<'a> {
     let fresh = log.last == Position::START;
     if fresh {
         let since = if resume.after == Position::START {
@@ -515,13 +545,29 @@ pub(crate) fn replay<'a>(
         } else {
             resume.after.ms
         };
-        return if wall_ms().saturating_sub(since) > limits.max_age_ms() {
-            Err(ResumeFailure::WindowPassed)
-        } else {
-            Ok(Vec::new())
+        let passed = wall_ms().saturating_sub(since) > limits.max_age_ms();
+        return Replay {
+            failure: passed.then_some(ResumeFailure::WindowPassed),
+            frames: Vec::new(),
         };
     }
-    Ok(log.since(resume.after, Some(resume.old_socket))?.collect())
+    let (mut failure, frames) = log.since(resume.after, Some(resume.old_socket));
+    let mut frames: Vec<&Frame> = frames.collect();
+    // The newest frames that fit, counted from the end.
+    let mut bytes = 0;
+    let fit = frames
+        .iter()
+        .rev()
+        .take_while(|f| {
+            bytes += f.text().len();
+            bytes <= max_bytes
+        })
+        .count();
+    if fit < frames.len() {
+        frames.drain(..frames.len() - fit);
+        failure.get_or_insert(ResumeFailure::HistoryTrimmed);
+    }
+    Replay { failure, frames }
 }
 
 #[cfg(test)]
@@ -570,14 +616,19 @@ mod tests {
         let positions: Vec<Position> = (0..10)
             .map(|n| log.append(&frame(n), None, limits(4, 1 << 20)))
             .collect();
+        let (failure, frames) = log.since(positions[5], None);
+        assert_eq!(failure, None);
+        assert_eq!(texts(frames), ["0006", "0007", "0008", "0009"]);
+        let (failure, frames) = log.since(positions[4], None);
         assert_eq!(
-            texts(log.since(positions[5], None).unwrap()),
-            ["0006", "0007", "0008", "0009"]
-        );
-        assert_eq!(
-            log.since(positions[4], None).err(),
+            failure,
             Some(ResumeFailure::HistoryTrimmed),
             "event 5 was trimmed"
+        );
+        assert_eq!(
+            texts(frames),
+            ["0006", "0007", "0008", "0009"],
+            "what is left after the gap"
         );
         // 4 bytes per frame, 12 bytes allowed: three frames kept.
         let mut small = Log::default();
@@ -595,8 +646,8 @@ mod tests {
         let start = log.last();
         log.append(&frame(1), Some(me), limits(10, 1 << 20));
         log.append(&frame(2), None, limits(10, 1 << 20));
-        assert_eq!(texts(log.since(start, Some(me)).unwrap()), ["0002"]);
-        assert_eq!(texts(log.since(start, None).unwrap()).len(), 2);
+        assert_eq!(texts(log.since(start, Some(me)).1), ["0002"]);
+        assert_eq!(texts(log.since(start, None).1).len(), 2);
     }
 
     #[test]
@@ -607,11 +658,71 @@ mod tests {
         log.append(&frame(2), None, Some(l));
         log.expire(l, clock_ms() + millis(l.max_age) + 1);
         assert!(log.is_empty());
-        assert_eq!(
-            log.since(first, None).err(),
-            Some(ResumeFailure::WindowPassed)
-        );
-        assert_eq!(log.since(log.last(), None).unwrap().count(), 0);
+        assert_eq!(log.since(first, None).0, Some(ResumeFailure::WindowPassed));
+        assert_eq!(log.since(log.last(), None).0, None);
+        assert_eq!(log.since(log.last(), None).1.count(), 0);
+    }
+
+    fn resume(after: Position) -> Resume {
+        Resume {
+            after,
+            old_socket: SocketId { node: 1, seq: 99 },
+            left_ms: wall_ms(),
+        }
+    }
+
+    #[test]
+    fn a_resume_past_the_window_replays_what_is_left_after_the_notice() {
+        let mut log = Log::default();
+        let l = limits(10, 1 << 20).unwrap();
+        let start = log.last();
+        for n in 1..=3 {
+            log.append(&frame(n), None, Some(l));
+        }
+        // The first event is older than the window, the others are not.
+        for entry in log.entries.iter_mut().skip(1) {
+            entry.at_ms += millis(l.max_age);
+        }
+        log.expire(l, clock_ms() + millis(l.max_age) + 1);
+        let replay = replay(&log, &resume(start), l, usize::MAX);
+        assert_eq!(replay.failure, Some(ResumeFailure::WindowPassed));
+        assert_eq!(texts(replay.frames), ["0002", "0003"]);
+    }
+
+    #[test]
+    fn a_replay_is_every_event_kept_after_the_point_within_its_bytes() {
+        let mut log = Log::default();
+        let l = limits(4, 1 << 20).unwrap();
+        let positions: Vec<Position> = (0..6)
+            .map(|n| log.append(&frame(n), None, Some(l)))
+            .collect();
+        // Kept: 0002..0005. A resume after 0002 misses nothing.
+        let full = replay(&log, &resume(positions[2]), l, usize::MAX);
+        assert_eq!(full.failure, None);
+        assert_eq!(texts(full.frames), ["0003", "0004", "0005"]);
+        // A resume after 0000 missed 0001, which is gone: the rest, in order, each once.
+        let partial = replay(&log, &resume(positions[0]), l, usize::MAX);
+        assert_eq!(partial.failure, Some(ResumeFailure::HistoryTrimmed));
+        assert_eq!(texts(partial.frames), ["0002", "0003", "0004", "0005"]);
+        // 4 bytes a frame, 10 bytes allowed: the newest two, and the rest counts as trimmed.
+        let fit = replay(&log, &resume(positions[2]), l, 10);
+        assert_eq!(fit.failure, Some(ResumeFailure::HistoryTrimmed));
+        assert_eq!(texts(fit.frames), ["0004", "0005"]);
+        let exact = replay(&log, &resume(positions[2]), l, 12);
+        assert_eq!((exact.failure, exact.frames.len()), (None, 3));
+    }
+
+    #[test]
+    fn a_lost_log_replays_nothing_after_its_hole() {
+        let mut log = Log::default();
+        let l = limits(10, 1 << 20).unwrap();
+        let start = log.last();
+        log.append(&frame(1), None, Some(l));
+        log.lose();
+        log.append(&frame(2), None, Some(l));
+        let replay = replay(&log, &resume(start), l, usize::MAX);
+        assert_eq!(replay.failure, Some(ResumeFailure::LogLost));
+        assert!(replay.frames.is_empty());
     }
 
     #[test]

@@ -486,6 +486,18 @@ impl Outbox {
         self.0.state.lock().close.is_some()
     }
 
+    /// Bytes that can still be queued before the socket counts as a slow consumer, and its cap
+    /// (`outbox_max_bytes`): a replay is sized to fit.
+    pub fn room(&self) -> (usize, usize) {
+        let state = self.0.state.lock();
+        let room = if state.close.is_some() {
+            0
+        } else {
+            self.0.max_bytes.saturating_sub(state.bytes)
+        };
+        (room, self.0.max_bytes)
+    }
+
     /// Takes every queued frame, and returns a pending close request, if any. A slow-consumer
     /// close discards the queue; other closes keep it so it is written first.
     ///

@@ -144,7 +144,7 @@ async fn a_client_back_after_the_window_hears_resume_failed() {
 }
 
 #[tokio::test]
-async fn a_client_that_missed_more_than_the_history_hears_resume_failed() {
+async fn a_client_that_missed_more_than_the_history_hears_resume_failed_then_gets_the_rest() {
     let server = TestServer::start(|c| c.apps[0].history_events = 3).await;
     let mut alice = server.client().await;
     alice.subscribe_presence("presence-room", "alice").await;
@@ -156,9 +156,17 @@ async fn a_client_that_missed_more_than_the_history_hears_resume_failed() {
     again.subscribe_presence("presence-room", "alice").await;
     let failed = again.expect_next("herald:resume_failed").await;
     assert_eq!(data(&failed), json!({"reason": "history_trimmed"}));
+    assert_eq!(
+        expect_events(&mut again, "presence-room", "msg", 3).await,
+        ["2", "3", "4"],
+        "after the notice, every event still kept, in order"
+    );
+    again.expect_nothing_more().await;
     let metrics = crate::metrics::scrape(&server).await;
     let trimmed = [("app_id", "1"), ("result", "history_trimmed")];
     assert_eq!(metrics.value("herald_resumes_total", &trimmed), 1.0);
+    let app = [("app_id", "1")];
+    assert_eq!(metrics.value("herald_events_replayed_total", &app), 3.0);
 }
 
 #[tokio::test]
