@@ -1,8 +1,9 @@
 //! What a busy channel's history costs in memory at the default settings: a channel fed at
 //! 20 events/s for longer than `history_seconds`, with Laravel-like broadcast frames of 512 bytes
 //! and of 1 KB, once every subscriber has been written to (the history is then the frames' only
-//! holder). Counted by a global allocator; run alone (its own test binary, one test) so that
-//! nothing else allocates meanwhile:
+//! holder). Measured as the growth of the process's resident memory; run alone (its own test
+//! binary, one test) so that nothing else allocates meanwhile. The bounds it asserts are loose
+//! (more than the text, under four times it); the numbers it prints are the measurement:
 //!
 //! `cargo test -p herald-core --test history_memory -- --nocapture`
 //!
