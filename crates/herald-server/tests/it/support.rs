@@ -195,15 +195,7 @@ impl TestServer {
 
     /// A signed publish; returns the status and the `Retry-After` header.
     pub async fn publish(&self, body: &Value) -> (u16, Option<String>) {
-        let body = body.to_string();
-        let uri = signed_uri(
-            "POST",
-            "/apps/1/events",
-            &[],
-            body.as_bytes(),
-            SECRET,
-            now(),
-        );
+        let (uri, body) = signed_publish(body, SECRET);
         let req = hyper::Request::builder()
             .method("POST")
             .uri(format!("http://{}{}", self.addr, uri))
@@ -452,9 +444,8 @@ pub fn send_signal(child: &tokio::process::Child, signal: &str) {
     assert!(sent.success(), "kill {signal} {pid}");
 }
 
-/// A publish to app 1 signed with `secret`, to the server at `addr` (`host:port`, usually another
-/// process); returns the HTTP status.
-pub async fn publish_to(addr: &str, body: &Value, secret: &str) -> u16 {
+/// The path and query of a publish to app 1 of `body` signed with `secret`, and the body.
+fn signed_publish(body: &Value, secret: &str) -> (String, String) {
     let body = body.to_string();
     let uri = signed_uri(
         "POST",
@@ -464,6 +455,13 @@ pub async fn publish_to(addr: &str, body: &Value, secret: &str) -> u16 {
         secret,
         now(),
     );
+    (uri, body)
+}
+
+/// A publish to app 1 signed with `secret`, to the server at `addr` (`host:port`, usually another
+/// process); returns the HTTP status.
+pub async fn publish_to(addr: &str, body: &Value, secret: &str) -> u16 {
+    let (uri, body) = signed_publish(body, secret);
     let req = hyper::Request::post(uri)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -488,13 +486,18 @@ where
 {
     req.headers_mut()
         .insert("host", addr.parse().expect("host:port"));
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender.send_request(req).await.unwrap().status().as_u16()
+    let request = async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap().status().as_u16()
+    };
+    tokio::time::timeout(WAIT, request)
+        .await
+        .unwrap_or_else(|_| panic!("no answer from {addr} within {WAIT:?}"))
 }
 
 /// The real `herald` binary in a child process, for signals and `kill -9`; killed on drop.
